@@ -1,0 +1,113 @@
+"""Command line: serve (the default), migrate, import a catalog."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError, Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the cart server (the default)")
+    _serve_options(serve)
+    _serve_options(parser)
+    commands.add_parser("migrate", help="create or update the database schema, then exit")
+    load = commands.add_parser("import", help="load or update products from a .csv or .json file")
+    load.add_argument("file", type=Path)
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
+        if args.command == "import":
+            return asyncio.run(_import(settings, args.file))
+        return _serve(settings, args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        help="proxies trusted for X-Forwarded-* ('*' behind a platform router such as Heroku's)",
+    )
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_size,
+        ws_per_message_deflate=False,  # frames are small; compressing each per tab costs more
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        lifespan="on",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from .store import open_store
+
+    store = await open_store(settings)
+    await store.close()
+    print(f"schema is up to date in {settings.database_url}")
+    return 0
+
+
+async def _import(settings: Settings, path: Path) -> int:
+    from .importer import CatalogFileError, read_products
+    from .store import open_store
+
+    try:
+        products = read_products(path)
+    except (CatalogFileError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"read {len(products)} products from {path}; writing them in one transaction")
+    store = await open_store(settings)
+    try:
+        inserted, updated = await store.upsert_products(products)
+    except ValueError as exc:
+        print(f"error: {path}: {exc}; nothing was imported", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    print(f"imported {len(products)} products: {inserted} new, {updated} updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Pure cart domain: values, the one `apply` that turns an operation into a new cart and
+a change, and the rendering of both into wire documents. No asyncio, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from msgspec import Struct, structs
+
+from . import errors
+from .clock import iso
+from .protocol import (
+    MAX_LINES,
+    MAX_QUANTITY,
+    CartDoc,
+    ItemDoc,
+    PatchMsg,
+    PatchOp,
+    RemoveOp,
+    StatusOp,
+    UpsertOp,
+)
+
+
+class Status(StrEnum):
+    ACTIVE = "active"
+    CHECKING_OUT = "checking_out"
+    CHECKED_OUT = "checked_out"
+    ABANDONED = "abandoned"
+    MERGED = "merged"
+    EXPIRED = "expired"
+
+
+# Shoppers may edit only these; an edit re-activates an abandoned cart.
+MUTABLE = frozenset({Status.ACTIVE, Status.ABANDONED})
+# A request holding a cart in one of these is given another cart (fresh, or the merge target).
+FINISHED = frozenset({Status.CHECKED_OUT, Status.MERGED, Status.EXPIRED})
+
+
+class Product(Struct, frozen=True):
+    id: str
+    sku: str
+    name: str
+    price_cents: int
+    stock: int
+    image_url: str | None = None
+
+
+class Line(Struct, frozen=True):
+    product_id: str
+    quantity: int
+    unit_price_cents: int  # price snapshot taken when the line was first added
+    position: int  # the cart version that added it: lines are shown in this order
+
+
+class Cart(Struct, frozen=True):
+    id: str
+    updated_at: datetime
+    version: int = 0
+    status: Status = Status.ACTIVE
+    lines: tuple[Line, ...] = ()
+    user_id: str | None = None
+    abandon_at: datetime | None = None
+    merged_into: str | None = None
+
+    @property
+    def item_count(self) -> int:
+        return sum(line.quantity for line in self.lines)
+
+    @property
+    def subtotal_cents(self) -> int:
+        return sum(line.quantity * line.unit_price_cents for line in self.lines)
+
+    def line(self, product_id: str) -> Line | None:
+        for line in self.lines:
+            if line.product_id == product_id:
+                return line
+        return None
+
+
+# --- operations ---------------------------------------------------------------------
+
+
+class AddItem(Struct, frozen=True):
+    product_id: str
+    quantity: int
+
+
+class SetQuantity(Struct, frozen=True):
+    product_id: str
+    quantity: int  # 0 removes the line
+
+
+class RemoveItem(Struct, frozen=True):
+    product_id: str
+
+
+class ClearCart(Struct, frozen=True):
+    pass
+
+
+class SetStatus(Struct, frozen=True):
+    """A system transition (checkout, abandonment timer, merge): not a shopper edit."""
+
+    status: Status
+
+
+Op = AddItem | SetQuantity | RemoveItem | ClearCart | SetStatus
+
+
+class Change(Struct, frozen=True):
+    """What one accepted operation changed; rendered into a patch's ops."""
+
+    upserted: tuple[Line, ...] = ()
+    removed: tuple[str, ...] = ()
+    status: Status | None = None
+
+
+def apply(
+    cart: Cart, op: Op, catalog: Mapping[str, Product], now: datetime, abandon_after: float
+) -> tuple[Cart, Change]:
+    """Apply `op` to `cart`: the next version and what changed, or a CartError."""
+    status: Status | None = None
+    if isinstance(op, SetStatus):
+        lines, change = cart.lines, Change(status=op.status)
+        status = op.status
+    else:
+        if cart.status not in MUTABLE:
+            raise errors.CartLocked(
+                f"the cart is {cart.status.value} and cannot be edited", status=cart.status.value
+            )
+        lines, change = _edit(cart, op, catalog)
+        if cart.status is Status.ABANDONED:
+            status = Status.ACTIVE
+            change = structs.replace(change, status=status)
+    new_status = status or cart.status
+    idle = new_status is Status.ACTIVE and lines
+    return (
+        structs.replace(
+            cart,
+            version=cart.version + 1,
+            status=new_status,
+            lines=lines,
+            updated_at=now,
+            abandon_at=now + timedelta(seconds=abandon_after) if idle else None,
+        ),
+        change,
+    )
+
+
+def _edit(cart: Cart, op: Op, catalog: Mapping[str, Product]) -> tuple[tuple[Line, ...], Change]:
+    match op:
+        case AddItem(product_id, quantity):
+            product = catalog.get(product_id)
+            if product is None:
+                raise errors.UnknownProduct(
+                    f"no product with id {product_id!r}", product_id=product_id
+                )
+            existing = cart.line(product_id)
+            held = existing.quantity if existing else 0
+            if held + quantity > MAX_QUANTITY:
+                raise errors.QuantityLimit(
+                    f"a line holds at most {MAX_QUANTITY}; this one has {held}",
+                    product_id=product_id,
+                    max_quantity=MAX_QUANTITY,
+                    available=MAX_QUANTITY - held,
+                )
+            if held + quantity > product.stock:
+                raise errors.InsufficientStock(
+                    f"only {max(0, product.stock - held)} more of {product.name} can be added",
+                    product_id=product_id,
+                    available=max(0, product.stock - held),
+                )
+            if existing is None:
+                if len(cart.lines) >= MAX_LINES:
+                    raise errors.TooManyLines(
+                        f"a cart holds at most {MAX_LINES} lines", max_lines=MAX_LINES
+                    )
+                line = Line(product_id, quantity, product.price_cents, cart.version + 1)
+                return (*cart.lines, line), Change(upserted=(line,))
+            line = structs.replace(existing, quantity=held + quantity)
+            return _replace(cart.lines, line), Change(upserted=(line,))
+
+        case SetQuantity(product_id, 0) | RemoveItem(product_id):
+            if cart.line(product_id) is None:
+                raise errors.NotInCart(f"{product_id!r} is not in the cart", product_id=product_id)
+            kept = tuple(line for line in cart.lines if line.product_id != product_id)
+            return kept, Change(removed=(product_id,))
+
+        case SetQuantity(product_id, quantity):
+            existing = cart.line(product_id)
+            if existing is None:
+                raise errors.NotInCart(f"{product_id!r} is not in the cart", product_id=product_id)
+            product = catalog.get(product_id)
+            # Lowering a quantity is always allowed, even when stock fell below it meanwhile.
+            if quantity > existing.quantity and (product is None or quantity > product.stock):
+                stock = product.stock if product else 0
+                raise errors.InsufficientStock(
+                    f"only {stock} of {product.name if product else product_id} in stock",
+                    product_id=product_id,
+                    available=stock,
+                )
+            line = structs.replace(existing, quantity=quantity)
+            return _replace(cart.lines, line), Change(upserted=(line,))
+
+        case ClearCart():
+            return (), Change(removed=tuple(line.product_id for line in cart.lines))
+
+    raise AssertionError(f"unhandled operation {op!r}")  # pragma: no cover
+
+
+def _replace(lines: tuple[Line, ...], new: Line) -> tuple[Line, ...]:
+    return tuple(new if line.product_id == new.product_id else line for line in lines)
+
+
+# --- rendering ----------------------------------------------------------------------
+
+_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "cad": "CA$", "aud": "A$"}
+_ZERO_DECIMAL = {"jpy", "krw", "vnd", "clp", "isk", "huf"}
+
+
+def format_money(cents: int, currency: str) -> str:
+    """'$39.98' for 3998 usd; '1,500 ¥' style amounts for zero-decimal currencies."""
+    sign = "-" if cents < 0 else ""
+    symbol = _SYMBOLS.get(currency)
+    if currency in _ZERO_DECIMAL:
+        amount = f"{abs(cents):,}"
+    else:
+        amount = f"{abs(cents) // 100:,}.{abs(cents) % 100:02d}"
+    return f"{sign}{symbol}{amount}" if symbol else f"{sign}{amount} {currency.upper()}"
+
+
+def item_doc(line: Line, catalog: Mapping[str, Product]) -> ItemDoc:
+    product = catalog.get(line.product_id)
+    return ItemDoc(
+        product_id=line.product_id,
+        sku=product.sku if product else "",
+        name=product.name if product else line.product_id,
+        quantity=line.quantity,
+        unit_price_cents=line.unit_price_cents,
+        line_total_cents=line.quantity * line.unit_price_cents,
+        image_url=product.image_url if product else None,
+        current_price_cents=product.price_cents if product else line.unit_price_cents,
+    )
+
+
+def cart_doc(cart: Cart, catalog: Mapping[str, Product], currency: str) -> CartDoc:
+    subtotal = cart.subtotal_cents
+    return CartDoc(
+        id=cart.id,
+        version=cart.version,
+        status=cart.status.value,
+        items=[item_doc(line, catalog) for line in cart.lines],
+        item_count=cart.item_count,
+        subtotal_cents=subtotal,
+        currency=currency,
+        total_formatted=format_money(subtotal, currency),
+        updated_at=iso(cart.updated_at),
+        abandon_at=iso(cart.abandon_at) if cart.abandon_at else None,
+    )
+
+
+def patch_msg(
+    cart: Cart, change: Change, catalog: Mapping[str, Product], origin: str | None
+) -> PatchMsg:
+    """The patch that takes a tab from version cart.version - 1 to cart.version."""
+    ops: list[PatchOp] = [UpsertOp(item_doc(line, catalog)) for line in change.upserted]
+    ops.extend(RemoveOp(product_id) for product_id in change.removed)
+    if change.status is not None:
+        ops.append(StatusOp(change.status.value))
+    return PatchMsg(
+        version=cart.version,
+        ops=ops,
+        item_count=cart.item_count,
+        subtotal_cents=cart.subtotal_cents,
+        origin=origin,
+    )

@@ -1,0 +1,118 @@
+"""Settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Installed wheels carry static/ and schema.sql inside the package; a source checkout
+# keeps them at the repository root.
+_ROOT = PACKAGE_DIR if (PACKAGE_DIR / "schema.sql").exists() else PACKAGE_DIR.parent
+SCHEMA_PATH = _ROOT / "schema.sql"
+STATIC_DIR = _ROOT / "static"
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '0.5s', '30m', '2h', '30d', '250ms' or a bare number of seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
+    if not match:
+        raise ValueError(f"expected a duration like '30m', '0.5s' or '30d', got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+class ConfigError(ValueError):
+    """A setting in the environment has a value the server cannot use."""
+
+
+def sqlite_path(url: str) -> str:
+    """'sqlite:///cart.db' -> 'cart.db'; 'sqlite:////abs/cart.db' -> '/abs/cart.db'."""
+    path = url.removeprefix("sqlite:///")
+    if not url.startswith("sqlite:///") or not path or path == ":memory:":
+        raise ConfigError(f"expected DATABASE_URL like sqlite:///cart.db, got {url!r}")
+    return path
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///cart.db"
+    # HMAC secret for cart cookies. Empty: generated once and kept next to the database.
+    secret: str = ""
+    # Extra origins allowed to open the WebSocket and call mutating REST endpoints;
+    # the server's own origin (same host) is always allowed.
+    allowed_origins: tuple[str, ...] = ()
+    currency: str = "usd"
+    max_body_bytes: int = 16 * 1024
+    max_frame_bytes: int = 4 * 1024  # larger text frames get invalid_message
+    ws_max_size: int = 64 * 1024  # larger frames close the socket with 1009
+    ws_send_queue: int = 256  # frames queued for one tab before it is closed with 1013
+    patch_history: int = 100
+    room_idle_seconds: float = 60.0
+    abandon_after: float = 30 * 60.0
+    cart_ttl: float = 30 * 86400.0
+    idempotency_ttl: float = 86400.0
+    catalog_refresh_seconds: float = 5.0
+    sqlite_synchronous: str = "FULL"
+    demo_catalog: bool = True
+    access_log: bool = False
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables, naming any bad value."""
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str) -> str:
+            return env.get(name, default).strip() or default
+
+        def number(name: str, default: int) -> int:
+            raw = get(name, str(default))
+            if not raw.isdigit() or int(raw) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
+            return int(raw)
+
+        def duration(name: str, default: float) -> float:
+            try:
+                return parse_duration(get(name, str(default)))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+
+        def flag(name: str, default: bool) -> bool:
+            raw = get(name, "1" if default else "0").lower()
+            if raw not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
+            return raw in {"1", "true", "yes", "on"}
+
+        synchronous = get("SQLITE_SYNCHRONOUS", "FULL").upper()
+        if synchronous not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ConfigError(
+                f"SQLITE_SYNCHRONOUS must be FULL, NORMAL or EXTRA, got {synchronous!r}"
+            )
+        origins = tuple(
+            o.strip().rstrip("/") for o in get("ALLOWED_ORIGINS", "").split(",") if o.strip()
+        )
+        return cls(
+            database_url=get("DATABASE_URL", cls.database_url),
+            secret=env.get("CART_SECRET", ""),
+            allowed_origins=origins,
+            currency=get("CURRENCY", cls.currency).lower(),
+            max_body_bytes=number("MAX_BODY_BYTES", cls.max_body_bytes),
+            max_frame_bytes=number("MAX_FRAME_BYTES", cls.max_frame_bytes),
+            ws_max_size=number("WS_MAX_SIZE", cls.ws_max_size),
+            ws_send_queue=number("WS_SEND_QUEUE", cls.ws_send_queue),
+            patch_history=number("PATCH_HISTORY", cls.patch_history),
+            room_idle_seconds=duration("ROOM_IDLE", cls.room_idle_seconds),
+            abandon_after=duration("ABANDON_AFTER", cls.abandon_after),
+            cart_ttl=duration("CART_TTL", cls.cart_ttl),
+            idempotency_ttl=duration("IDEMPOTENCY_TTL", cls.idempotency_ttl),
+            catalog_refresh_seconds=duration("CATALOG_REFRESH", cls.catalog_refresh_seconds),
+            sqlite_synchronous=synchronous,
+            demo_catalog=flag("DEMO_CATALOG", cls.demo_catalog),
+            access_log=flag("ACCESS_LOG", cls.access_log),
+            log_level=get("LOG_LEVEL", cls.log_level).lower(),
+        )

@@ -1,0 +1,118 @@
+"""One error hierarchy: protocol data (code, message, details), made a response at the edge."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+# WebSocket close codes the protocol uses (RFC 6455 section 7.4.1).
+CLOSE_POLICY_VIOLATION = 1008  # foreign Origin, invalid frames past the rate limit
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_SERVICE_RESTART = 1012  # clients reconnect with ?since=
+CLOSE_TRY_AGAIN_LATER = 1013  # tab too slow to keep up; it reconnects and resyncs
+
+
+class CartError(Exception):
+    """A refused request. Nothing changed; `code` and `details` go on the wire as they are."""
+
+    code: ClassVar[str] = "error"
+    status: ClassVar[int] = 400
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        """The REST error body: {"error": {"code", "message", ...details}}."""
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+class InvalidJson(CartError):
+    code = "invalid_json"
+    status = 400
+
+
+class InvalidRequest(CartError):
+    code = "invalid_request"
+    status = 422
+
+
+class InvalidMessage(CartError):
+    """A WebSocket frame that is not a valid client message."""
+
+    code = "invalid_message"
+    status = 400
+
+
+class PayloadTooLarge(CartError):
+    code = "payload_too_large"
+    status = 413
+
+
+class ForbiddenOrigin(CartError):
+    code = "forbidden_origin"
+    status = 403
+
+
+class UnknownProduct(CartError):
+    code = "unknown_product"
+    status = 404
+
+
+class NotInCart(CartError):
+    code = "not_in_cart"
+    status = 404
+
+
+class InsufficientStock(CartError):
+    code = "insufficient_stock"
+    status = 409
+
+
+class CartLocked(CartError):
+    code = "cart_locked"
+    status = 409
+
+
+class TooManyLines(CartError):
+    code = "too_many_lines"
+    status = 409
+
+
+class QuantityLimit(CartError):
+    code = "quantity_limit"
+    status = 409
+
+
+class VersionConflict(CartError):
+    """If-Match / base_version names a version the cart has moved past."""
+
+    code = "version_conflict"
+    status = 412
+
+
+class RateLimited(CartError):
+    code = "rate_limited"
+    status = 429
+
+
+class Unavailable(CartError):
+    """The store could not commit; nothing was acknowledged."""
+
+    code = "unavailable"
+    status = 503
+
+
+class InternalError(CartError):
+    code = "internal_error"
+    status = 500
+
+
+class NotFound(CartError):
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(CartError):
+    code = "method_not_allowed"
+    status = 405

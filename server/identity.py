@@ -1,0 +1,85 @@
+"""Who is asking: the signed cart id in the `cart_id` cookie, `X-Cart-Id` or `?cart=`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import uuid
+from pathlib import Path
+
+from itsdangerous import BadSignature, Signer
+from msgspec import Struct
+
+from .config import ConfigError, Settings, sqlite_path
+
+log = logging.getLogger("server.identity")
+
+COOKIE = "cart_id"
+HEADER = "x-cart-id"
+COOKIE_MAX_AGE = 30 * 86400
+
+
+class CartRef(Struct, frozen=True):
+    cart_id: str
+    signed: str
+    issued: bool  # new to this client: send the cookie / header
+
+
+class CartIds:
+    """Signs cart ids and reads them back; anything tampered reads as absent."""
+
+    def __init__(self, secret: str) -> None:
+        self._signer = Signer(secret, salt="cart-id", digest_method=hashlib.sha256)
+
+    def sign(self, cart_id: str) -> str:
+        return self._signer.sign(cart_id).decode()
+
+    def unsign(self, value: str | None) -> str | None:
+        if not value or len(value) > 200:
+            return None
+        try:
+            cart_id = self._signer.unsign(value).decode()
+            return str(uuid.UUID(cart_id, version=4)) if cart_id else None
+        except (BadSignature, ValueError):
+            return None
+
+    def new(self) -> CartRef:
+        cart_id = str(uuid.uuid4())
+        return CartRef(cart_id, self.sign(cart_id), issued=True)
+
+    def resolve(self, *candidates: str | None) -> CartRef:
+        """The first validly signed candidate, else a fresh cart."""
+        for value in candidates:
+            cart_id = self.unsign(value)
+            if cart_id is not None:
+                return CartRef(cart_id, value or "", issued=False)
+        return self.new()
+
+
+def set_cookie_header(signed: str, secure: bool) -> str:
+    # Lax, not Strict: the cart must survive the top-level navigation back from a payment page.
+    flags = f"; HttpOnly; SameSite=Lax; Path=/; Max-Age={COOKIE_MAX_AGE}"
+    return f"{COOKIE}={signed}{flags}{'; Secure' if secure else ''}"
+
+
+def load_secret(settings: Settings) -> str:
+    """CART_SECRET, or one generated once and kept (mode 0600) next to the SQLite file."""
+    if settings.secret:
+        return settings.secret
+    if not settings.database_url.startswith("sqlite:"):
+        raise ConfigError("CART_SECRET must be set when DATABASE_URL is not SQLite")
+    path = Path(sqlite_path(settings.database_url) + ".secret")
+    try:
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    log.warning("CART_SECRET is not set: generated one and saved it in %s", path)
+    return secret

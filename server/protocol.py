@@ -1,0 +1,172 @@
+"""Wire messages of PROTOCOL.md v1 as msgspec Structs, with one decoder per union."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+MAX_QUANTITY = 999
+MAX_LINES = 100
+
+MessageId = Annotated[str, Meta(min_length=1, max_length=64)]
+ProductId = Annotated[str, Meta(min_length=1, max_length=64)]
+Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
+QuantityOrZero = Annotated[int, Meta(ge=0, le=MAX_QUANTITY)]
+Version = Annotated[int, Meta(ge=0)]
+
+
+# --- client -> server (WebSocket) -------------------------------------------------
+
+
+class _ClientMessage(Struct, tag_field="type"):
+    pass
+
+
+class AddMsg(_ClientMessage, tag="add"):
+    id: MessageId
+    product_id: ProductId
+    quantity: Quantity
+    base_version: Version | None = None
+
+
+class SetMsg(_ClientMessage, tag="set"):
+    id: MessageId
+    product_id: ProductId
+    quantity: QuantityOrZero
+    base_version: Version | None = None
+
+
+class RemoveMsg(_ClientMessage, tag="remove"):
+    id: MessageId
+    product_id: ProductId
+    base_version: Version | None = None
+
+
+class ClearMsg(_ClientMessage, tag="clear"):
+    id: MessageId
+    base_version: Version | None = None
+
+
+class PingMsg(_ClientMessage, tag="ping"):
+    pass
+
+
+ClientMessage = AddMsg | SetMsg | RemoveMsg | ClearMsg | PingMsg
+client_message_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+# --- REST request bodies ----------------------------------------------------------
+
+
+class AddItemBody(Struct, frozen=True):
+    product_id: ProductId
+    quantity: Quantity = 1
+
+
+class SetQuantityBody(Struct, frozen=True):
+    quantity: QuantityOrZero
+
+
+add_item_decoder = msgspec.json.Decoder(AddItemBody)
+set_quantity_decoder = msgspec.json.Decoder(SetQuantityBody)
+
+
+# --- server -> client -------------------------------------------------------------
+
+
+class ItemDoc(Struct, frozen=True):
+    product_id: str
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+    line_total_cents: int
+    image_url: str | None
+    current_price_cents: int
+
+
+class CartDoc(Struct, frozen=True):
+    id: str
+    version: int
+    status: str
+    items: list[ItemDoc]
+    item_count: int
+    subtotal_cents: int
+    currency: str
+    total_formatted: str
+    updated_at: str
+    abandon_at: str | None
+
+
+class ProductDoc(Struct, frozen=True):
+    id: str
+    sku: str
+    name: str
+    price_cents: int
+    stock: int
+    image_url: str | None
+
+
+class _PatchOp(Struct, tag_field="op"):
+    pass
+
+
+class UpsertOp(_PatchOp, tag="upsert"):
+    item: ItemDoc
+
+
+class RemoveOp(_PatchOp, tag="remove"):
+    product_id: str
+
+
+class StatusOp(_PatchOp, tag="status"):
+    status: str
+
+
+PatchOp = UpsertOp | RemoveOp | StatusOp
+
+
+class _ServerMessage(Struct, tag_field="type"):
+    pass
+
+
+class SnapshotMsg(_ServerMessage, tag="snapshot"):
+    cart: msgspec.Raw  # the room's cached, already encoded cart document
+
+
+class PatchMsg(_ServerMessage, tag="patch"):
+    version: int
+    ops: list[PatchOp]
+    item_count: int
+    subtotal_cents: int
+    origin: str | None
+
+
+class AckMsg(_ServerMessage, tag="ack"):
+    id: str
+    version: int
+
+
+class PresenceMsg(_ServerMessage, tag="presence"):
+    tabs: int
+
+
+class MovedMsg(_ServerMessage, tag="moved"):
+    cart_id: str
+
+
+class PongMsg(_ServerMessage, tag="pong"):
+    pass
+
+
+ServerMessage = PatchMsg | SnapshotMsg | AckMsg | PresenceMsg | MovedMsg | PongMsg
+server_message_decoder = msgspec.json.Decoder(ServerMessage)
+
+encode = msgspec.json.Encoder().encode
+
+
+def error_frame(msg_id: str | None, code: str, message: str, details: dict[str, Any]) -> bytes:
+    """{"type":"error","id","code","message",...details}: details vary, so this one is a dict."""
+    return encode({"type": "error", "id": msg_id, "code": code, "message": message, **details})

@@ -1,0 +1,258 @@
+"""One room per cart in memory: the authoritative cart, the lock that puts every mutation
+of it in one order, the open tabs, and the recent patches for ?since= resume.
+
+Every mutation takes the same path: lock -> apply (pure) -> commit (durable) -> accept
+(memory, tabs, other processes) -> answer. Nothing is sent before the commit returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import timedelta
+
+from msgspec import Raw, Struct
+
+from . import cart as domain
+from . import errors
+from .cart import Cart, Op
+from .catalog import Catalog
+from .clock import utcnow
+from .config import Settings
+from .errors import CLOSE_TRY_AGAIN_LATER
+from .metrics import Metrics
+from .protocol import PresenceMsg, SnapshotMsg, encode
+from .store import AlreadyApplied, CartWrite, StaleVersion, Store, StoredCart
+
+# Mutation ids kept in memory per room for the fast path; older ones are still refused
+# by the store's primary key, so the cap costs a round trip, never a double apply.
+MEMORY_KEYS = 1000
+COMMIT_ATTEMPTS = 3
+
+
+class Tab:
+    """One open WebSocket of a cart: frames wait in a bounded queue for its writer task."""
+
+    def __init__(self, client_id: str, limit: int) -> None:
+        self.client_id = client_id
+        self.limit = limit
+        self.queue: asyncio.Queue[str | int] = asyncio.Queue()
+        self.close_code: int | None = None
+
+    def send(self, frame: str) -> None:
+        if self.close_code is not None:
+            return
+        if self.queue.qsize() >= self.limit:
+            # Too slow to keep up: drop what it has not read; it reconnects with ?since=.
+            self.close(CLOSE_TRY_AGAIN_LATER)
+            return
+        self.queue.put_nowait(frame)
+
+    def close(self, code: int) -> None:
+        """Ask the writer to close the socket with `code` after nothing else."""
+        if self.close_code is None:
+            self.close_code = code
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(code)
+
+
+class Outcome(Struct, frozen=True):
+    version: int
+    body: bytes | None = None  # the cart document, when the caller asked for it
+    replayed: bool = False  # an already applied mutation id: nothing was applied now
+
+
+class RoomContext(Struct, frozen=True):
+    store: Store
+    catalog: Catalog
+    settings: Settings
+    metrics: Metrics
+    published: Callable[[str, int], None]  # after each commit: (cart id, version)
+
+
+class Room:
+    def __init__(self, cart_id: str, stored: StoredCart | None, ctx: RoomContext) -> None:
+        self.ctx = ctx
+        self.lock = asyncio.Lock()
+        self.tabs: set[Tab] = set()
+        self.refs = 0  # requests and sockets using the room; it is never evicted while > 0
+        self.last_used = time.monotonic()
+        self.history: deque[tuple[int, str]] = deque(maxlen=ctx.settings.patch_history)
+        self.keys: dict[str, int] = {}
+        self._changed: asyncio.Future[None] | None = None
+        self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
+        self.cart = Cart(id=cart_id, updated_at=utcnow())
+        if stored is not None:
+            self._load(stored)
+
+    def _load(self, stored: StoredCart) -> None:
+        self.cart = stored.cart
+        self.history.clear()
+        self.history.extend(stored.patches)
+        self.keys = dict(list(stored.keys.items())[-MEMORY_KEYS:])
+
+    @property
+    def version(self) -> int:
+        return self.cart.version
+
+    # --- reading ---------------------------------------------------------------------
+
+    def document(self) -> bytes:
+        """The cart document, encoded once per version and catalog revision."""
+        revision = self.ctx.catalog.revision
+        cached = self._doc
+        if cached is not None and cached[0] == self.cart.version and cached[1] == revision:
+            return cached[2]
+        doc = encode(
+            domain.cart_doc(self.cart, self.ctx.catalog.products, self.ctx.settings.currency)
+        )
+        self._doc = (self.cart.version, revision, doc)
+        return doc
+
+    def snapshot_frame(self) -> str:
+        return encode(SnapshotMsg(cart=Raw(self.document()))).decode()
+
+    def patches_after(self, since: int) -> list[str] | None:
+        """The patch frames after `since`, or None if they are not all held any more."""
+        if since == self.cart.version:
+            return []
+        if since > self.cart.version or not self.history or self.history[0][0] > since + 1:
+            return None
+        return [frame for version, frame in self.history if version > since]
+
+    async def wait_past(self, version: int, timeout: float) -> None:
+        """Return once the cart is past `version`, or after `timeout` seconds."""
+        if self.cart.version != version or timeout <= 0:
+            return
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._changed), timeout)
+        except TimeoutError:
+            pass
+
+    # --- tabs ------------------------------------------------------------------------
+
+    def join(self, tab: Tab, since: int | None) -> None:
+        """Register a tab and queue what it lacks: the patches after `since`, or a snapshot.
+        Synchronous, so no patch can slip between what it is sent and its registration."""
+        frames = self.patches_after(since) if since is not None else None
+        if frames is None:
+            tab.send(self.snapshot_frame())
+        else:
+            for frame in frames:
+                tab.send(frame)
+        self.tabs.add(tab)
+        self._presence()
+
+    def leave(self, tab: Tab) -> None:
+        self.tabs.discard(tab)
+        self.last_used = time.monotonic()
+        self._presence()
+
+    def _presence(self) -> None:
+        frame = encode(PresenceMsg(tabs=len(self.tabs))).decode()
+        for tab in self.tabs:
+            tab.send(frame)
+
+    def broadcast(self, frame: str) -> None:
+        """Queue one encoded frame to every tab: encoded once, the same bytes for all."""
+        for tab in self.tabs:
+            tab.send(frame)
+        self.ctx.metrics.inc("cart_patches_sent_total", len(self.tabs))
+
+    # --- mutating --------------------------------------------------------------------
+
+    async def submit(
+        self,
+        op: Op,
+        *,
+        origin: str | None = None,
+        key: str | None = None,
+        base_version: int | None = None,
+        respond: bool = False,
+    ) -> Outcome:
+        """Apply one mutation in this cart's order; returns once it is durably committed
+        and broadcast. Raises CartError (nothing changed) or Unavailable (nothing stored)."""
+        async with self.lock:
+            for _ in range(COMMIT_ATTEMPTS):
+                if key is not None and key in self.keys:
+                    return await self._replay(key, respond)
+                if base_version is not None and base_version != self.cart.version:
+                    raise errors.VersionConflict(
+                        f"the cart is at version {self.cart.version}, not {base_version}",
+                        version=self.cart.version,
+                        cart=Raw(self.document()),
+                    )
+                settings = self.ctx.settings
+                new, change = domain.apply(
+                    self.cart, op, self.ctx.catalog.products, utcnow(), settings.abandon_after
+                )
+                patch = encode(
+                    domain.patch_msg(new, change, self.ctx.catalog.products, origin)
+                ).decode()
+                body = (
+                    encode(domain.cart_doc(new, self.ctx.catalog.products, settings.currency))
+                    if respond
+                    else None
+                )
+                write = CartWrite(new, self.cart.version, change, patch, key, body)
+                try:
+                    await self.ctx.store.commit(write)
+                except StaleVersion:
+                    # Another process (or a write whose caller was cancelled) got there
+                    # first: read what the store holds and apply again on top of it.
+                    await self._catch_up()
+                    continue
+                except AlreadyApplied as done:  # an id older than the ones kept in memory
+                    self.keys[key or ""] = done.version
+                    continue
+                self._accept(new, patch, key)
+                if body is not None:
+                    self._doc = (new.version, self.ctx.catalog.revision, body)
+                return Outcome(new.version, body)
+        raise errors.Unavailable("the cart kept changing while this change was stored; try again")
+
+    async def _replay(self, key: str, respond: bool) -> Outcome:
+        version = self.keys[key]
+        body = await self.ctx.store.replay(self.cart.id, key) if respond else None
+        return Outcome(version, body or (self.document() if respond else None), replayed=True)
+
+    def _accept(self, new: Cart, patch: str, key: str | None) -> None:
+        self.cart = new
+        self.history.append((new.version, patch))
+        if key is not None:
+            self.keys[key] = new.version
+            if len(self.keys) > MEMORY_KEYS:
+                del self.keys[next(iter(self.keys))]
+        self.last_used = time.monotonic()
+        self.broadcast(patch)
+        self._wake()
+        self.ctx.published(new.id, new.version)
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set_result(None)
+            self._changed = None
+
+    async def catch_up(self) -> None:
+        """Bring the room up to what the store holds (another process committed)."""
+        async with self.lock:
+            await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        since = self.ctx.settings.idempotency_ttl
+        stored = await self.ctx.store.load_cart(self.cart.id, utcnow() - timedelta(seconds=since))
+        if stored is None or stored.cart.version <= self.cart.version:
+            return
+        behind = self.cart.version
+        self._load(stored)
+        frames = self.patches_after(behind)
+        if frames is None:  # too far behind for patches: every tab starts over
+            frames = [self.snapshot_frame()]
+        for frame in frames:
+            self.broadcast(frame)
+        self._wake()

@@ -1,0 +1,335 @@
+"""SQLite store (the embedded default): one file in WAL mode.
+
+Writes go to one writer connection owned by a single thread. Every write is a job; jobs
+submitted while the previous transaction runs are committed together in the next one
+(group commit: one fsync for many carts), each inside its own SAVEPOINT so one bad write
+fails alone. A whole batch costs one thread hop, not one per statement, which is why the
+writer uses the stdlib driver on its own thread rather than aiosqlite's per-call hops.
+Reads use an aiosqlite connection: WAL lets them run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from .. import errors
+from ..cart import Cart, Line, Product, Status
+from ..clock import iso, parse_iso, utcnow
+from ..config import SCHEMA_PATH, Settings, sqlite_path
+from ..metrics import Metrics
+from . import AlreadyApplied, CartWrite, StaleVersion, StoredCart
+
+log = logging.getLogger("server.store")
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], Any]
+PRUNE_BATCH = 500
+
+
+class SQLiteStore:
+    def __init__(self, path: str, settings: Settings, metrics: Metrics) -> None:
+        self._path = path
+        self._synchronous = settings.sqlite_synchronous
+        self._history = settings.patch_history
+        self._ttl = timedelta(seconds=settings.cart_ttl)
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._writer: sqlite3.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._read_lock = asyncio.Lock()  # one read transaction at a time on the reader
+        self._pending: list[tuple[Job, asyncio.Future[Any], float]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, metrics: Metrics | None = None) -> SQLiteStore:
+        store = cls(sqlite_path(settings.database_url), settings, metrics or Metrics())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(store._executor, store._open_writer)
+        store._reader = await aiosqlite.connect(store._path, isolation_level=None)
+        await store._reader.execute("PRAGMA busy_timeout = 5000")
+        await store._reader.execute("PRAGMA query_only = ON")
+        return store
+
+    def _open_writer(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")  # validated in Settings
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.executescript("BEGIN IMMEDIATE;\n" + SCHEMA_PATH.read_text() + "\nCOMMIT;")
+        self._writer = conn
+
+    # --- the writer: group commit ----------------------------------------------------
+
+    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, fut, time.perf_counter()))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                jobs = [job for job, _, _ in batch]
+                try:
+                    results = await loop.run_in_executor(self._executor, self._run_batch, jobs)
+                except Exception as exc:  # the transaction failed as a whole: nothing is stored
+                    log.error("SQLite transaction of %d writes failed: %s", len(batch), exc)
+                    results = [(False, exc)] * len(batch)
+                else:
+                    self._metrics.inc("cart_commit_batches_total")
+                    self._metrics.inc("cart_commit_writes_total", len(batch))
+                now = time.perf_counter()
+                for (_, fut, started), (ok, value) in zip(batch, results, strict=True):
+                    self._metrics.observe("cart_commit_seconds", now - started)
+                    if fut.done():
+                        continue
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+        finally:
+            self._flusher = None
+
+    def _run_batch(self, jobs: list[Job]) -> list[tuple[bool, Any]]:
+        conn = self._writer
+        assert conn is not None
+        results: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for job in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    results.append((True, job(conn)))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    results.append((False, exc))
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    async def commit(self, write: CartWrite) -> None:
+        try:
+            await self._write(partial(self._write_cart, write))
+        except (StaleVersion, AlreadyApplied):
+            raise
+        except sqlite3.Error as exc:
+            log.error("could not commit cart %s v%d: %s", write.cart.id, write.cart.version, exc)
+            raise errors.Unavailable("the change could not be stored; nothing changed") from exc
+
+    def _write_cart(self, write: CartWrite, conn: sqlite3.Connection) -> None:
+        cart = write.cart
+        now = iso(cart.updated_at)
+        header = (
+            cart.user_id,
+            cart.status.value,
+            cart.version,
+            iso(cart.abandon_at) if cart.abandon_at else None,
+            iso(cart.updated_at + self._ttl),
+            cart.merged_into,
+            now,
+            cart.id,
+        )
+        if write.base_version == 0:
+            cur = conn.execute(
+                "INSERT INTO cart_sessions (user_id, status, version, abandon_at, expires_at,"
+                " merged_into, updated_at, id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO NOTHING",
+                (*header, now),
+            )
+        else:
+            cur = conn.execute(
+                "UPDATE cart_sessions SET user_id = ?, status = ?, version = ?, abandon_at = ?,"
+                " expires_at = ?, merged_into = ?, updated_at = ? WHERE id = ? AND version = ?",
+                (*header, write.base_version),
+            )
+        if cur.rowcount != 1:
+            raise StaleVersion(cart.id)
+        if write.key is not None:
+            cur = conn.execute(
+                "INSERT INTO applied_mutations (cart_id, key, version, response, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (cart_id, key) DO NOTHING",
+                (
+                    cart.id,
+                    write.key,
+                    cart.version,
+                    write.response.decode() if write.response is not None else None,
+                    now,
+                ),
+            )
+            if cur.rowcount != 1:
+                (version,) = conn.execute(
+                    "SELECT version FROM applied_mutations WHERE cart_id = ? AND key = ?",
+                    (cart.id, write.key),
+                ).fetchone()
+                raise AlreadyApplied(version)
+        for line in write.change.upserted:
+            conn.execute(
+                "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position,"
+                " added_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = excluded.quantity",
+                (
+                    cart.id,
+                    line.product_id,
+                    line.quantity,
+                    line.unit_price_cents,
+                    line.position,
+                    now,
+                ),
+            )
+        if write.change.removed:
+            conn.executemany(
+                "DELETE FROM cart_items WHERE cart_id = ? AND product_id = ?",
+                [(cart.id, product_id) for product_id in write.change.removed],
+            )
+        conn.execute(
+            "INSERT INTO cart_patches (cart_id, version, body) VALUES (?, ?, ?)",
+            (cart.id, cart.version, write.patch),
+        )
+        conn.execute(
+            "DELETE FROM cart_patches WHERE cart_id = ? AND version <= ?",
+            (cart.id, cart.version - self._history),
+        )
+
+    async def prune(self, applied_before: datetime) -> int:
+        total = 0
+        while True:
+            deleted = await self._write(partial(_prune_keys, iso(applied_before)))
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                return total
+
+    async def upsert_products(self, products: list[Product]) -> tuple[int, int]:
+        return await self._write(partial(_upsert_products, products, iso(utcnow())))
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def load_cart(self, cart_id: str, keys_since: datetime) -> StoredCart | None:
+        reader = self._reader
+        assert reader is not None
+        async with self._read_lock:
+            await reader.execute("BEGIN")  # one snapshot for all four queries
+            try:
+                head = await reader.execute_fetchall(
+                    "SELECT version, status, user_id, updated_at, abandon_at, merged_into"
+                    " FROM cart_sessions WHERE id = ?",
+                    (cart_id,),
+                )
+                if not head:
+                    return None
+                lines = await reader.execute_fetchall(
+                    "SELECT product_id, quantity, price_cents, position FROM cart_items"
+                    " WHERE cart_id = ? ORDER BY position",
+                    (cart_id,),
+                )
+                patches = await reader.execute_fetchall(
+                    "SELECT version, body FROM cart_patches WHERE cart_id = ? ORDER BY version",
+                    (cart_id,),
+                )
+                keys = await reader.execute_fetchall(
+                    "SELECT key, version FROM applied_mutations"
+                    " WHERE cart_id = ? AND created_at >= ?",
+                    (cart_id, iso(keys_since)),
+                )
+            finally:
+                await reader.execute("COMMIT")
+        version, status, user_id, updated_at, abandon_at, merged_into = next(iter(head))
+        cart = Cart(
+            id=cart_id,
+            version=version,
+            status=Status(status),
+            lines=tuple(Line(*row) for row in lines),
+            user_id=user_id,
+            updated_at=parse_iso(updated_at),
+            abandon_at=parse_iso(abandon_at) if abandon_at else None,
+            merged_into=merged_into,
+        )
+        return StoredCart(
+            cart=cart,
+            patches=[(v, body) for v, body in patches],
+            keys={key: v for key, v in keys},
+        )
+
+    async def replay(self, cart_id: str, key: str) -> bytes | None:
+        rows = await self._read(
+            "SELECT response FROM applied_mutations WHERE cart_id = ? AND key = ?", (cart_id, key)
+        )
+        return rows[0][0].encode() if rows and rows[0][0] is not None else None
+
+    async def load_products(self, changed_since: str = "") -> tuple[list[Product], str]:
+        rows = await self._read(
+            "SELECT id, sku, name, price_cents, stock, image_url, updated_at FROM products"
+            " WHERE updated_at >= ? ORDER BY id",
+            (changed_since,),
+        )
+        latest = max((row[6] for row in rows), default=changed_since)
+        return [Product(*row[:6]) for row in rows], latest
+
+    async def ping(self) -> None:
+        await self._read("SELECT 1", ())
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        reader = self._reader
+        assert reader is not None
+        async with self._read_lock:
+            return list(await reader.execute_fetchall(sql, params))
+
+    async def close(self) -> None:
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._reader is not None:
+            await self._reader.close()
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.close)
+        self._executor.shutdown(wait=True)
+
+
+def _prune_keys(before: str, conn: sqlite3.Connection) -> int:
+    # Small batches: each is one short write transaction, so carts never wait long.
+    cur = conn.execute(
+        "DELETE FROM applied_mutations WHERE rowid IN (SELECT rowid FROM applied_mutations"
+        " WHERE created_at < ? LIMIT ?)",
+        (before, PRUNE_BATCH),
+    )
+    return cur.rowcount
+
+
+def _upsert_products(
+    products: list[Product], now: str, conn: sqlite3.Connection
+) -> tuple[int, int]:
+    inserted = updated = 0
+    for p in products:
+        try:
+            cur = conn.execute(
+                "UPDATE products SET sku = ?, name = ?, price_cents = ?, stock = ?, image_url = ?,"
+                " updated_at = ? WHERE id = ?",
+                (p.sku, p.name, p.price_cents, p.stock, p.image_url, now, p.id),
+            )
+            if cur.rowcount:
+                updated += 1
+                continue
+            conn.execute(
+                "INSERT INTO products (id, sku, name, price_cents, stock, image_url, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (p.id, p.sku, p.name, p.price_cents, p.stock, p.image_url, now, now),
+            )
+            inserted += 1
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"product {p.id!r} (sku {p.sku!r}): {exc}") from None
+    return inserted, updated

@@ -1,0 +1,130 @@
+"""What the REST and WebSocket endpoints share: services, origins, which cart a request
+holds, bounded bodies, and cart responses."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Struct
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from . import errors
+from .cart import FINISHED
+from .config import Settings
+from .hub import Hub
+from .identity import CartIds, CartRef, set_cookie_header
+from .metrics import Metrics
+from .store import Store
+
+T = TypeVar("T")
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+
+
+class Services(Struct, frozen=True):
+    """Everything the lifespan opened, handed to endpoints as request state."""
+
+    settings: Settings
+    hub: Hub
+    ids: CartIds
+    store: Store
+    metrics: Metrics
+
+
+def services(conn: HTTPConnection) -> Services:
+    found: Services = conn.state.services
+    return found
+
+
+def origin_allowed(headers: Headers, settings: Settings) -> bool:
+    """Same host, or listed in ALLOWED_ORIGINS. No Origin at all means no browser, so no
+    ambient cookie that another site could be borrowing."""
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    origin = origin.rstrip("/")
+    if origin in settings.allowed_origins or "*" in settings.allowed_origins:
+        return True
+    host = headers.get("host", "")
+    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+
+def is_secure(conn: HTTPConnection) -> bool:
+    # A spoofed X-Forwarded-Proto can only make the spoofer's own cookie stricter.
+    forwarded = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return conn.url.scheme in ("https", "wss") or forwarded == "https"
+
+
+async def settle(svc: Services, ref: CartRef) -> CartRef:
+    """The cart a request should use: its own, unless finished (checked out, expired:
+    a fresh one) or merged (the cart it went into)."""
+    for _ in range(4):
+        async with svc.hub.use(ref.cart_id) as room:
+            if room.cart.status not in FINISHED:
+                return ref
+            successor = room.cart.merged_into
+        ref = (
+            CartRef(successor, svc.ids.sign(successor), issued=True) if successor else svc.ids.new()
+        )
+    return svc.ids.new()
+
+
+async def read_body(request: Request, limit: int, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode a JSON body of at most `limit` bytes: 413, 400 (not JSON) or 422 (wrong shape)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise errors.PayloadTooLarge(f"the body is over {limit} bytes", limit=limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise errors.PayloadTooLarge(f"the body is over {limit} bytes", limit=limit)
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise errors.InvalidRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise errors.InvalidJson(f"the body is not JSON: {exc}") from None
+
+
+def idempotency_key(headers: Headers) -> str | None:
+    key = headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not _TOKEN.match(key):
+        raise errors.InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return key
+
+
+def if_match(headers: Headers) -> int | None:
+    """The version an If-Match names; None for absent or '*'; -1 (never current) for junk."""
+    value = headers.get("if-match")
+    if value is None or value.strip() == "*":
+        return None
+    match = _ETAG.match(value)
+    return int(match.group(1)) if match else -1
+
+
+def cart_response(
+    conn: HTTPConnection, body: bytes, ref: CartRef, version: int | None, status: int = 200
+) -> Response:
+    headers: Mapping[str, str] = {"x-cart-id": ref.signed, "cache-control": "no-store"}
+    response = Response(body, status, headers, media_type="application/json")
+    if version is not None:
+        response.headers["etag"] = f'"{version}"'
+    # Sent every time: the 30-day expiry slides with each visit.
+    response.headers.append("set-cookie", set_cookie_header(ref.signed, is_secure(conn)))
+    return response
+
+
+def error_response(exc: errors.CartError, conn: HTTPConnection, ref: CartRef | None) -> Response:
+    body = msgspec.json.encode(exc.body())
+    if ref is None:
+        return Response(body, exc.status, media_type="application/json")
+    return cart_response(conn, body, ref, None, exc.status)

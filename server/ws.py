@@ -1,0 +1,161 @@
+"""WebSocket endpoint: accept -> join the room -> read loop (decode -> submit) beside a
+writer task that drains the tab's bounded send queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+
+import msgspec
+from starlette.websockets import WebSocket
+
+from . import errors
+from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity
+from .errors import CLOSE_POLICY_VIOLATION
+from .identity import COOKIE, set_cookie_header
+from .limits import TokenBucket
+from .protocol import (
+    AckMsg,
+    AddMsg,
+    ClearMsg,
+    PingMsg,
+    PongMsg,
+    RemoveMsg,
+    SetMsg,
+    client_message_decoder,
+    encode,
+    error_frame,
+)
+from .room import Room, Tab
+from .web import Services, is_secure, origin_allowed, services, settle
+
+log = logging.getLogger("server.ws")
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PONG = encode(PongMsg()).decode()
+# Invalid frames a tab may send before it is closed with 1008: a burst, then one a second.
+INVALID_BURST = 10
+INVALID_RATE = 1.0
+CLOSE_WAIT = 5.0
+
+
+async def cart_socket(websocket: WebSocket) -> None:
+    svc = services(websocket)
+    if not origin_allowed(websocket.headers, svc.settings):
+        # Accept, then close, so the client sees the protocol's 1008 rather than a bare 403.
+        await websocket.accept()
+        await websocket.close(CLOSE_POLICY_VIOLATION, "origin not allowed")
+        svc.metrics.inc("cart_ws_closed_total", code=str(CLOSE_POLICY_VIOLATION))
+        return
+    params = websocket.query_params
+    client_id = params.get("client_id", "")
+    if not _CLIENT_ID.match(client_id):
+        client_id = (
+            uuid.uuid4().hex
+        )  # a tab that names itself can have its ids kept across reconnects
+    since_raw = params.get("since", "")
+    since = int(since_raw) if since_raw.isdigit() and len(since_raw) < 19 else None
+
+    ref = svc.ids.resolve(params.get("cart"), websocket.cookies.get(COOKIE))
+    ref = await settle(svc, ref)
+    headers = None
+    if ref.issued:
+        cookie = set_cookie_header(ref.signed, is_secure(websocket))
+        headers = [(b"set-cookie", cookie.encode())]
+    await websocket.accept(headers=headers)
+
+    async with svc.hub.use(ref.cart_id) as room:
+        tab = Tab(client_id, svc.settings.ws_send_queue)
+        room.join(tab, since)
+        writer = asyncio.create_task(_write(websocket, tab, svc))
+        try:
+            await _read(websocket, room, tab, svc)
+        finally:
+            room.leave(tab)
+            if tab.close_code is None:
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(writer, CLOSE_WAIT)
+
+
+async def _write(websocket: WebSocket, tab: Tab, svc: Services) -> None:
+    try:
+        while True:
+            item = await tab.queue.get()
+            if isinstance(item, int):
+                svc.metrics.inc("cart_ws_closed_total", code=str(item))
+                await websocket.close(item)
+                return
+            await websocket.send_text(item)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # the peer went away mid-send: the reader sees the disconnect
+        return
+
+
+async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> None:
+    invalid = TokenBucket(INVALID_RATE, INVALID_BURST)
+    limit = svc.settings.max_frame_bytes
+    while tab.close_code is None:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text: str | None = message.get("text")
+        try:
+            if text is None:
+                raise errors.InvalidMessage("binary frames are not accepted; send JSON text")
+            if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+                raise errors.InvalidMessage(f"frames are limited to {limit} bytes")
+            try:
+                msg = client_message_decoder.decode(text)
+            except msgspec.DecodeError as exc:
+                raise errors.InvalidMessage(str(exc)) from None
+        except errors.InvalidMessage as exc:
+            tab.send(error_frame(_loose_id(text), exc.code, exc.message, {}).decode())
+            svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
+            if not invalid.take():
+                tab.close(CLOSE_POLICY_VIOLATION)
+            continue
+        if isinstance(msg, PingMsg):
+            tab.send(_PONG)
+            continue
+        try:
+            outcome = await room.submit(
+                _operation(msg),
+                origin=tab.client_id,
+                key=f"ws:{tab.client_id}:{msg.id}",
+                base_version=msg.base_version,
+            )
+        except errors.CartError as exc:
+            tab.send(error_frame(msg.id, exc.code, exc.message, exc.details).decode())
+            svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
+            continue
+        tab.send(encode(AckMsg(id=msg.id, version=outcome.version)).decode())
+        svc.metrics.inc("cart_mutations_total", source="ws", result="ok")
+
+
+def _operation(msg: AddMsg | SetMsg | RemoveMsg | ClearMsg) -> Op:
+    match msg:
+        case AddMsg():
+            return AddItem(msg.product_id, msg.quantity)
+        case SetMsg():
+            return SetQuantity(msg.product_id, msg.quantity)
+        case RemoveMsg():
+            return RemoveItem(msg.product_id)
+        case ClearMsg():
+            return ClearCart()
+
+
+def _loose_id(text: str | None) -> str | None:
+    """The `id` of an invalid message, when it has a readable one, to match the error to it."""
+    if text is None:
+        return None
+    try:
+        data = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+    msg_id = data.get("id") if isinstance(data, dict) else None
+    return msg_id if isinstance(msg_id, str) and len(msg_id) <= 64 else None
