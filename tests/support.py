@@ -1,0 +1,252 @@
+"""Test support: a real server process on 127.0.0.1 and a real WebSocket tab client."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from itsdangerous import Signer
+
+SECRET = "test-secret-not-for-production"
+READY_LINE = "Uvicorn running on"
+START_TIMEOUT = 20.0
+
+
+def test_catalog() -> list[dict[str, Any]]:
+    """p-001..p-120 with deep stock (enough for 100+ lines), plus scarce ones."""
+    products = [
+        {
+            "id": f"p-{n:03d}",
+            "sku": f"SKU-{n:03d}",
+            "name": f"Product {n}",
+            "price_cents": 100 * n + 99,
+            "stock": 100_000,
+            "image_url": f"/static/img/{n}.svg",
+        }
+        for n in range(1, 121)
+    ]
+    products.append(
+        {"id": "p-low", "sku": "SKU-LOW", "name": "Last few", "price_cents": 500, "stock": 3}
+    )
+    products.append(
+        {"id": "p-none", "sku": "SKU-NONE", "name": "Sold out", "price_cents": 700, "stock": 0}
+    )
+    return products
+
+
+def sign(cart_id: str, secret: str = SECRET) -> str:
+    """The signed cart id the server would issue (same scheme as server.identity)."""
+    return Signer(secret, salt="cart-id", digest_method=hashlib.sha256).sign(cart_id).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """`python -m server` in a child process on its own SQLite file."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, catalog: bool = True):
+        self.workdir = workdir
+        self.db = workdir / "cart.db"
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{self.db}",
+            "CART_SECRET": SECRET,
+            "LOG_LEVEL": "info",
+            "DEMO_CATALOG": "0" if catalog else "1",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        if catalog and not self.db.exists():
+            path = workdir / "catalog.json"
+            path.write_text(json.dumps(test_catalog()))
+            self.cli("import", str(path))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/cart/ws"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "server", *args],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def start(self) -> ServerProcess:
+        ready = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(self.port)],
+            env=self.env,
+            cwd=self.workdir,
+            stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+        def pump(stream: Iterable[str]) -> None:
+            for line in stream:
+                self.lines.append(line)
+                if READY_LINE in line:
+                    ready.set()
+            ready.set()  # the process ended: wake the waiter, which then checks poll()
+
+        threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True).start()
+        if not ready.wait(START_TIMEOUT) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+class Tab:
+    """A real WebSocket client; a background task files every frame into a queue."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.log: list[dict[str, Any]] = []  # every frame received, in order
+        self.close_code: int | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(
+        cls,
+        server: ServerProcess,
+        signed: str | None = None,
+        *,
+        since: int | None = None,
+        client_id: str | None = None,
+        origin: str | None = None,
+        cookie: str | None = None,
+    ) -> Tab:
+        query = []
+        if signed is not None:
+            query.append(f"cart={signed}")
+        if since is not None:
+            query.append(f"since={since}")
+        if client_id is not None:
+            query.append(f"client_id={client_id}")
+        url = server.ws_url + ("?" + "&".join(query) if query else "")
+        headers = {"Cookie": f"cart_id={cookie}"} if cookie else None
+        ws = await websockets.connect(
+            url,
+            origin=origin,
+            additional_headers=headers,
+            max_size=2**22,
+            proxy=None,
+            compression=None,
+        )
+        return cls(ws)
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                self.log.append(frame)
+                self.frames.put_nowait(frame)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self.frames.put_nowait({"type": "_closed", "code": self.ws.close_code})
+
+    async def next(self, kind: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """The next frame (of `kind`, skipping others)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.frames.get()
+                if frame["type"] == "_closed" and kind != "_closed":
+                    raise ConnectionError(f"socket closed with {frame['code']}")
+                if kind is None or frame["type"] == kind:
+                    return frame
+
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
+
+    async def closed(self, timeout: float = 10.0) -> int | None:
+        """Wait for the server to close the socket; its close code."""
+        await self.next("_closed", timeout)
+        return self.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._reader
+
+
+def rest(server: ServerProcess, signed: str | None = None) -> httpx.AsyncClient:
+    """A cookie-less REST client that names its cart with X-Cart-Id."""
+    headers = {"X-Cart-Id": signed} if signed else {}
+    return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30, trust_env=False)
+
+
+def apply_patch(cart: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """What a client does with a patch frame: the next cart document (items and totals)."""
+    assert patch["version"] == cart["version"] + 1, (cart["version"], patch["version"])
+    items = {item["product_id"]: item for item in cart["items"]}
+    status = cart["status"]
+    for op in patch["ops"]:
+        if op["op"] == "upsert":
+            items[op["item"]["product_id"]] = op["item"]
+        elif op["op"] == "remove":
+            items.pop(op["product_id"])
+        else:
+            status = op["status"]
+    return {
+        **cart,
+        "version": patch["version"],
+        "status": status,
+        "items": list(items.values()),
+        "item_count": patch["item_count"],
+        "subtotal_cents": patch["subtotal_cents"],
+    }
+
+
+def same_items(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    def key(doc: dict[str, Any]) -> list[tuple[str, int, int]]:
+        return sorted((i["product_id"], i["quantity"], i["unit_price_cents"]) for i in doc["items"])
+
+    return key(a) == key(b)

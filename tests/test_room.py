@@ -1,0 +1,192 @@
+"""Rooms and the hub, in-process, on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server import errors
+from server.bus.local import LocalBroker
+from server.cart import AddItem, Product, SetQuantity, SetStatus, Status
+from server.catalog import Catalog
+from server.config import Settings
+from server.errors import CLOSE_TRY_AGAIN_LATER
+from server.hub import Hub
+from server.metrics import Metrics
+from server.room import Tab
+from server.store.sqlite import SQLiteStore
+
+PRODUCTS = [Product(f"p-{n}", f"SKU-{n}", f"Product {n}", 100 * n, 10_000) for n in range(1, 6)]
+
+
+@pytest.fixture
+async def make_hub(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Hubs over one SQLite file; several hubs on one broker act like several processes."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/cart.db", room_idle_seconds=0.05)
+    broker = LocalBroker()
+    opened: list[tuple[Hub, SQLiteStore]] = []
+
+    async def make(**overrides: Any) -> Hub:
+        own = Settings(**{**settings.__dict__, **overrides})
+        store = await SQLiteStore.open(own)
+        await store.upsert_products(PRODUCTS)
+        hub = Hub(store, broker.connect(), Catalog(), own, Metrics())
+        await hub.start()
+        opened.append((hub, store))
+        return hub
+
+    yield make
+    for hub, store in opened:
+        await hub.close()
+        await store.close()
+
+
+def frames(tab: Tab) -> list[dict[str, Any]]:
+    out = []
+    while not tab.queue.empty():
+        item = tab.queue.get_nowait()
+        out.append({"close": item} if isinstance(item, int) else json.loads(item))
+    return out
+
+
+async def test_concurrent_submits_get_contiguous_versions_in_one_order(make_hub: Any) -> None:
+    hub = await make_hub()
+    tab = Tab("t", limit=1000)
+    async with hub.use("cart-1") as room:
+        room.join(tab, None)
+        outcomes = await asyncio.gather(
+            *(room.submit(AddItem(f"p-{n % 5 + 1}", 1), key=f"k{n}") for n in range(100))
+        )
+    assert sorted(o.version for o in outcomes) == list(range(1, 101))
+    patches = [f for f in frames(tab) if f["type"] == "patch"]
+    assert [p["version"] for p in patches] == list(range(1, 101))
+    assert room.cart.item_count == 100 and patches[-1]["item_count"] == 100
+
+
+async def test_failed_commit_acknowledges_nothing_and_recovers(make_hub: Any) -> None:
+    hub = await make_hub()
+    store: SQLiteStore = hub.store  # type: ignore[assignment]
+    tab = Tab("t", limit=100)
+
+    def pages(limit: int | None) -> None:  # a real SQLITE_FULL: the file may not grow
+        assert store._writer is not None
+        count = store._writer.execute("PRAGMA page_count").fetchone()[0]
+        store._writer.execute(f"PRAGMA max_page_count = {limit or count}")
+
+    async with hub.use("cart-full") as room:
+        room.join(tab, None)
+        await room.submit(AddItem("p-1", 1))
+        frames(tab)
+        await asyncio.get_running_loop().run_in_executor(store._executor, pages, None)
+        with pytest.raises(errors.Unavailable):
+            for n in range(200):  # fill whatever room is left in the last page
+                await room.submit(AddItem("p-2", 1), key=f"fill-{n}" + "x" * 2000)
+        version = room.version
+        sent = frames(tab)
+        assert all(f["version"] <= version for f in sent if f["type"] == "patch")
+        await asyncio.get_running_loop().run_in_executor(store._executor, pages, 1 << 30)
+        outcome = await room.submit(AddItem("p-3", 1))
+        assert outcome.version == version + 1
+    fresh = await store.load_cart("cart-full", keys_since=room.cart.updated_at)
+    assert fresh is not None and fresh.cart.version == version + 1
+
+
+async def test_slow_tab_is_closed_without_holding_back_the_others(make_hub: Any) -> None:
+    hub = await make_hub()
+    slow, fast = Tab("slow", limit=5), Tab("fast", limit=1000)
+    async with hub.use("cart-slow") as room:
+        room.join(slow, None)
+        room.join(fast, None)
+        for _ in range(10):
+            await room.submit(AddItem("p-1", 1))
+    assert slow.close_code == CLOSE_TRY_AGAIN_LATER
+    assert frames(slow) == [{"close": CLOSE_TRY_AGAIN_LATER}]  # its backlog was dropped
+    versions = [f["version"] for f in frames(fast) if f["type"] == "patch"]
+    assert versions == list(range(1, 11))
+
+
+async def test_two_hubs_share_a_cart_through_bus_and_store(make_hub: Any) -> None:
+    a, b = await make_hub(), await make_hub()
+    tab_a, tab_b = Tab("a", 1000), Tab("b", 1000)
+    async with a.use("shared") as room_a, b.use("shared") as room_b:
+        room_a.join(tab_a, None)
+        room_b.join(tab_b, None)
+        # Both "processes" mutate the same cart at once: compare-and-set in the store puts
+        # them in one order; the loser catches up and applies on top.
+        await asyncio.gather(
+            *(room.submit(AddItem("p-1", 1)) for room in (room_a, room_b) for _ in range(25))
+        )
+        await room_a.catch_up()  # whichever lost the last race reads the rest now
+        await room_b.catch_up()
+        assert room_a.version == room_b.version == 50
+        assert room_a.cart == room_b.cart
+        assert room_a.cart.item_count == 50
+    for tab in (tab_a, tab_b):
+        cart_versions = [f["version"] for f in frames(tab) if f["type"] == "patch"]
+        assert cart_versions == list(range(1, 51))  # each tab: every version once, in order
+
+
+async def test_a_commit_in_one_hub_reaches_tabs_of_the_other_via_the_bus(make_hub: Any) -> None:
+    a, b = await make_hub(), await make_hub()
+    tab_b = Tab("b", 1000)
+    async with a.use("c") as room_a, b.use("c") as room_b:
+        room_b.join(tab_b, None)
+        frames(tab_b)
+        await room_a.submit(AddItem("p-2", 3))
+        async with asyncio.timeout(5):
+            patch = json.loads(await tab_b.queue.get())  # delivered by b's bus listener
+        assert patch["type"] == "patch" and patch["version"] == 1
+        assert room_b.cart.lines[0].quantity == 3
+
+
+async def test_idle_rooms_are_evicted_and_reload_the_same(make_hub: Any) -> None:
+    hub = await make_hub()
+    async with hub.use("idle") as room:
+        await room.submit(AddItem("p-4", 2))
+        await room.submit(SetStatus(Status.CHECKING_OUT))
+    tab = Tab("t", 10)
+    async with hub.use("kept") as kept:
+        kept.join(tab, None)
+    async with hub.use("busy"):
+        for room in hub.rooms.values():  # as if ROOM_IDLE had passed for all of them
+            room.last_used -= 1.0
+        assert await hub.evict_idle() == 1
+    assert "idle" not in hub.rooms and "busy" in hub.rooms  # in use: never evicted
+    assert "kept" in hub.rooms  # a tab is connected: never evicted either
+    async with hub.use("idle") as again:
+        assert again.version == 2 and again.cart.status is Status.CHECKING_OUT
+        with pytest.raises(errors.CartLocked):
+            await again.submit(SetQuantity("p-4", 1))
+
+
+async def test_long_poll_waits_for_the_next_version(make_hub: Any) -> None:
+    hub = await make_hub()
+    async with hub.use("poll") as room:
+        waiter = asyncio.create_task(room.wait_past(0, 5))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        await room.submit(AddItem("p-1", 1))
+        await asyncio.wait_for(waiter, 1)
+        started = time.monotonic()
+        await room.wait_past(1, 0.05)  # nothing happens: returns after the timeout
+        assert time.monotonic() - started >= 0.05
+
+
+async def test_replayed_key_returns_first_answer(make_hub: Any) -> None:
+    hub = await make_hub()
+    async with hub.use("idem") as room:
+        first = await room.submit(AddItem("p-1", 1), key="rest:k", respond=True)
+        await room.submit(AddItem("p-1", 1))
+        again = await room.submit(AddItem("p-1", 5), key="rest:k", respond=True)
+        assert again.replayed and again.version == first.version and again.body == first.body
+        assert room.cart.item_count == 2
+        room.keys.clear()  # beyond the in-memory window: the store's key still refuses it
+        once_more = await room.submit(AddItem("p-1", 5), key="rest:k", respond=True)
+        assert once_more.replayed and once_more.body == first.body
+        assert room.cart.item_count == 2
