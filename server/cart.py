@@ -150,9 +150,17 @@ def apply(
     )
 
 
+def _check_quantity(quantity: int, low: int) -> None:
+    # The decoders already refuse these; the domain refuses them too, since the store's
+    # CHECK constraint would otherwise be the first to notice.
+    if not low <= quantity <= MAX_QUANTITY:
+        raise errors.InvalidRequest(f"quantity must be {low} to {MAX_QUANTITY}, got {quantity}")
+
+
 def _edit(cart: Cart, op: Op, catalog: Mapping[str, Product]) -> tuple[tuple[Line, ...], Change]:
     match op:
         case AddItem(product_id, quantity):
+            _check_quantity(quantity, 1)
             product = catalog.get(product_id)
             if product is None:
                 raise errors.UnknownProduct(
@@ -160,18 +168,19 @@ def _edit(cart: Cart, op: Op, catalog: Mapping[str, Product]) -> tuple[tuple[Lin
                 )
             existing = cart.line(product_id)
             held = existing.quantity if existing else 0
-            if held + quantity > MAX_QUANTITY:
+            available = max(0, min(product.stock, MAX_QUANTITY) - held)
+            if quantity > available and product.stock < MAX_QUANTITY:
+                raise errors.InsufficientStock(
+                    f"only {available} more of {product.name} can be added",
+                    product_id=product_id,
+                    available=available,
+                )
+            if quantity > available:
                 raise errors.QuantityLimit(
                     f"a line holds at most {MAX_QUANTITY}; this one has {held}",
                     product_id=product_id,
                     max_quantity=MAX_QUANTITY,
-                    available=MAX_QUANTITY - held,
-                )
-            if held + quantity > product.stock:
-                raise errors.InsufficientStock(
-                    f"only {max(0, product.stock - held)} more of {product.name} can be added",
-                    product_id=product_id,
-                    available=max(0, product.stock - held),
+                    available=available,
                 )
             if existing is None:
                 if len(cart.lines) >= MAX_LINES:
@@ -190,6 +199,7 @@ def _edit(cart: Cart, op: Op, catalog: Mapping[str, Product]) -> tuple[tuple[Lin
             return kept, Change(removed=(product_id,))
 
         case SetQuantity(product_id, quantity):
+            _check_quantity(quantity, 1)
             existing = cart.line(product_id)
             if existing is None:
                 raise errors.NotInCart(f"{product_id!r} is not in the cart", product_id=product_id)

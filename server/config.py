@@ -72,7 +72,7 @@ class Settings:
 
         def number(name: str, default: int) -> int:
             raw = get(name, str(default))
-            if not raw.isdigit() or int(raw) <= 0:
+            if not (raw.isascii() and raw.isdigit()) or int(raw) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
             return int(raw)
 

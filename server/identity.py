@@ -78,7 +78,10 @@ def load_secret(settings: Settings) -> str:
     except FileNotFoundError:
         pass
     secret = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:  # O_EXCL: of two processes starting at once, one writes and both read it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip() or secret
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     log.warning("CART_SECRET is not set: generated one and saved it in %s", path)

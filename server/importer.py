@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,17 +37,15 @@ def read_products(path: Path) -> list[Product]:
     .json file (a list of objects, or {"products": [...]}); all rows valid or none."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        rows, first = _csv_rows(path), 2  # line 1 is the header
-        label = "line"
+        rows, label = _csv_rows(path), "line"
     elif suffix == ".json":
-        rows, first = _json_rows(path), 1
-        label = "item"
+        rows, label = list(enumerate(_json_rows(path), start=1)), "item"
     else:
         raise CatalogFileError(f"{path}: expected a .csv or .json file")
     products: list[Product] = []
     seen_ids: dict[str, int] = {}
     seen_skus: dict[str, int] = {}
-    for number, raw in enumerate(rows, start=first):
+    for number, raw in rows:
         where = f"{path} {label} {number}"
         try:
             row = msgspec.convert(raw, ProductRow, strict=suffix == ".json")
@@ -65,21 +64,36 @@ def read_products(path: Path) -> list[Product]:
     return products
 
 
-def _csv_rows(path: Path) -> list[dict[str, Any]]:
+def _csv_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line where the record starts, record), counting blank lines and quoted newlines."""
+    consumed = 0
+
+    def counted(lines: Iterator[str]) -> Iterator[str]:
+        nonlocal consumed
+        for line in lines:
+            consumed += 1
+            yield line
+
     with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
+        reader = csv.reader(counted(iter(f)))
+        header = [name.strip() for name in next(reader, [])]
         missing = [name for name in FIELDS[:5] if name not in header]
         if missing:
             raise CatalogFileError(f"{path} line 1: header lacks {', '.join(missing)}")
-        rows = []
-        for row in reader:
-            if None in row:
-                raise CatalogFileError(
-                    f"{path} line {reader.line_num}: more fields than the header"
-                )
-            rows.append({k: v for k, v in row.items() if not (k == "image_url" and v == "")})
-        return rows
+        rows: list[tuple[int, dict[str, Any]]] = []
+        while True:
+            start = consumed + 1
+            record = next(reader, None)
+            if record is None:
+                return rows
+            if not record:  # a blank line
+                continue
+            if len(record) > len(header):
+                raise CatalogFileError(f"{path} line {start}: more fields than the header")
+            fields = dict(zip(header, record, strict=False))
+            if fields.get("image_url") == "":
+                del fields["image_url"]
+            rows.append((start, fields))
 
 
 def _json_rows(path: Path) -> list[Any]:

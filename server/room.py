@@ -29,7 +29,7 @@ from .store import AlreadyApplied, CartWrite, StaleVersion, Store, StoredCart
 # Mutation ids kept in memory per room for the fast path; older ones are still refused
 # by the store's primary key, so the cap costs a round trip, never a double apply.
 MEMORY_KEYS = 1000
-COMMIT_ATTEMPTS = 3
+COMMIT_ATTEMPTS = 10
 
 
 class Tab:

@@ -116,7 +116,8 @@ class ServerProcess:
                     ready.set()
             ready.set()  # the process ended: wake the waiter, which then checks poll()
 
-        threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True).start()
+        self._pump = threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True)
+        self._pump.start()
         if not ready.wait(START_TIMEOUT) or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(self.lines))
@@ -132,6 +133,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
+        self._pump.join(timeout)  # it ends at the pipe's end of file
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
         self.proc = None
         return code
 

@@ -223,7 +223,7 @@ def test_quantity_limit_at_999() -> None:
     assert info.value.code == "quantity_limit"
     assert info.value.details["max_quantity"] == 999
     assert info.value.details["available"] == 0
-    with pytest.raises(errors.QuantityLimit):
+    with pytest.raises(errors.InvalidRequest):  # out of 1..999: refused as input, like the wire
         step(new_cart(), AddItem("p-003", 1000))
 
 
@@ -473,3 +473,26 @@ def test_any_sequence_of_ops_keeps_the_cart_invariants(ops: list[Op]) -> None:
     assert positions == sorted(positions)
     for line in cart.lines:
         assert line.quantity <= PROPERTY_CATALOG[line.product_id].stock
+
+
+def test_quantity_limit_never_reports_more_than_stock_allows() -> None:
+    deep = Product("p-d", "SKU-D", "Deep", 100, 10)
+    cart = run(new_cart(), AddItem("p-d", 5), catalog={"p-d": deep})
+    with pytest.raises(errors.InsufficientStock) as info:
+        step(cart, AddItem("p-d", 995), catalog={"p-d": deep})
+    assert info.value.details["available"] == 5
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        AddItem("p-001", 0),
+        AddItem("p-001", 1000),
+        SetQuantity("p-001", 1500),
+        SetQuantity("p-001", -1),
+    ],
+)
+def test_the_domain_refuses_quantities_out_of_range(op: Op) -> None:
+    cart = run(new_cart(), AddItem("p-001", 1))
+    with pytest.raises(errors.InvalidRequest):
+        step(cart, op)

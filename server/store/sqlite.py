@@ -314,6 +314,11 @@ def _upsert_products(
     products: list[Product], now: str, conn: sqlite3.Connection
 ) -> tuple[int, int]:
     inserted = updated = 0
+    # Park the SKUs of products being updated first, so an import may swap SKUs between
+    # them: SQLite checks UNIQUE at every row, not at commit.
+    conn.executemany(
+        "UPDATE products SET sku = ? WHERE id = ?", [("\x00" + p.id, p.id) for p in products]
+    )
     for p in products:
         try:
             cur = conn.execute(

@@ -1,0 +1,68 @@
+"""Load generator: `python -m bench fanout --carts 100 --tabs 3 --rate 2000 --seconds 10`.
+
+Starts its own server (SQLite in a temp dir) unless given --url. Bounded in count and time.
+Prints a human table and one JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvloop
+
+from .fanout import fanout
+from .harness import LocalServer, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--url", help="measure this server instead of starting one")
+    modes = parser.add_subparsers(dest="mode", required=True)
+    fan = modes.add_parser("fanout", help="K carts x T tabs at a fixed offered rate")
+    fan.add_argument("--carts", type=int, default=100)
+    fan.add_argument("--tabs", type=int, default=3)
+    fan.add_argument("--rate", type=float, default=2000.0, help="mutations offered per second")
+    fan.add_argument("--seconds", type=float, default=10.0)
+    fan.add_argument("--warmup", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    if args.seconds > 300 or args.rate * args.seconds > 5_000_000:
+        parser.error("a run is bounded: at most 300 s and 5,000,000 mutations")
+
+    server = None if args.url else LocalServer().start()
+    url = args.url or server.url  # type: ignore[union-attr]
+    try:
+        result = uvloop.run(
+            fanout(url, args.carts, args.tabs, args.rate, args.seconds, args.warmup)
+        )
+    finally:
+        if server is not None:
+            server.stop()
+    lat = result["latency_ms"]
+    report(
+        "fanout",
+        [
+            ("carts x tabs", f"{args.carts} x {args.tabs}"),
+            ("offered", f"{args.rate:,.0f} mutations/s for {args.seconds:g} s"),
+            (
+                "achieved",
+                f"{result['achieved_rate']:,.0f} mutations/s"
+                f" ({result['deliveries_per_s']:,.0f} patch deliveries/s)",
+            ),
+            (
+                "latency to all tabs",
+                f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms"
+                f"  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms",
+            ),
+            ("errors / missing", f"{result['errors']} / {result['missing']}"),
+            (
+                "gaps / dups / out of order",
+                f"{result['gaps']} / {result['duplicates']} / {result['out_of_order']}",
+            ),
+        ],
+        result,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""What every benchmark mode shares: a server to measure, percentiles, the machine, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+READY = "Uvicorn running on"
+
+
+class LocalServer:
+    """`python -m server` on a fresh SQLite file in a temp dir, with a deep-stock catalog."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="cart-bench-"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{self.dir / 'bench.db'}",
+            "CART_SECRET": "bench",
+            "DEMO_CATALOG": "0",
+            "LOG_LEVEL": "warning",
+            **(env or {}),
+        }
+        catalog = [
+            {
+                "id": f"b-{n:03d}",
+                "sku": f"B-{n:03d}",
+                "name": f"Bench {n}",
+                "price_cents": 1000 + n,
+                "stock": 10_000_000,
+            }
+            for n in range(100)
+        ]
+        (self.dir / "catalog.json").write_text(json.dumps(catalog))
+        subprocess.run(
+            [sys.executable, "-m", "server", "import", str(self.dir / "catalog.json")],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LocalServer:
+        ready = threading.Event()
+        env = {**self.env, "LOG_LEVEL": "info"}  # the ready line is logged at info
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                if READY in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(30) or self.proc.poll() is not None:
+            raise RuntimeError("the server did not start")
+        return self
+
+    def rss_bytes(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
+
+
+def percentiles(samples: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/max of `samples` (seconds), in milliseconds."""
+    if not samples:
+        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan"), "max": float("nan")}
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": ordered[-1] * 1000}
+
+
+def machine() -> dict[str, Any]:
+    packages = {}
+    for name in ("uvicorn", "starlette", "websockets", "msgspec", "uvloop"):
+        try:
+            packages[name] = version(name)
+        except Exception:
+            packages[name] = "?"
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "sqlite": __import__("sqlite3").sqlite_version,
+        **packages,
+    }
+
+
+def report(mode: str, table: list[tuple[str, str]], result: dict[str, Any]) -> None:
+    """A human table, then one JSON line with everything."""
+    width = max(len(k) for k, _ in table)
+    print(f"\n{mode}")
+    for key, value in table:
+        print(f"  {key:<{width}}  {value}")
+    print(json.dumps({"mode": mode, **result, "machine": machine()}), flush=True)

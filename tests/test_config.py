@@ -1,0 +1,151 @@
+"""Settings from the environment, durations and database URLs."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.config import ConfigError, Settings, parse_duration, sqlite_path
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0.5s", 0.5),
+        ("30m", 1800.0),
+        ("2h", 7200.0),
+        ("30d", 2_592_000.0),
+        ("250ms", 0.25),
+        ("10", 10.0),
+        ("1.5", 1.5),
+        (" 5 s ", 5.0),
+        ("0", 0.0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5s", "5x", "1.5.5s", "s", "10 minutes", "1e3"])
+def test_parse_duration_errors(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_defaults_from_an_empty_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.database_url == "sqlite:///cart.db"
+    assert settings.secret == ""
+    assert settings.allowed_origins == ()
+    assert settings.currency == "usd"
+    assert settings.max_body_bytes == 16 * 1024
+    assert settings.max_frame_bytes == 4 * 1024
+    assert settings.ws_send_queue == 256
+    assert settings.patch_history == 100
+    assert settings.abandon_after == 1800.0
+    assert settings.cart_ttl == 30 * 86400.0
+    assert settings.sqlite_synchronous == "FULL"
+    assert settings.demo_catalog is True
+    assert settings.access_log is False
+
+
+def test_blank_values_fall_back_to_defaults() -> None:
+    settings = Settings.from_env({"PATCH_HISTORY": "  ", "ABANDON_AFTER": "", "CURRENCY": " "})
+    assert settings.patch_history == 100
+    assert settings.abandon_after == 1800.0
+    assert settings.currency == "usd"
+
+
+def test_values_are_read_and_normalised() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "sqlite:////var/lib/cart.db",
+            "CART_SECRET": "s",
+            "CURRENCY": "EUR",
+            "WS_SEND_QUEUE": "32",
+            "PATCH_HISTORY": " 5 ",
+            "ABANDON_AFTER": "10m",
+            "CART_TTL": "7d",
+            "IDEMPOTENCY_TTL": "2h",
+            "CATALOG_REFRESH": "250ms",
+            "ROOM_IDLE": "30",
+            "SQLITE_SYNCHRONOUS": "normal",
+            "DEMO_CATALOG": "no",
+            "ACCESS_LOG": "TRUE",
+            "LOG_LEVEL": "DEBUG",
+        }
+    )
+    assert settings.database_url == "sqlite:////var/lib/cart.db"
+    assert settings.secret == "s"
+    assert settings.currency == "eur"
+    assert settings.ws_send_queue == 32
+    assert settings.patch_history == 5
+    assert settings.abandon_after == 600.0
+    assert settings.cart_ttl == 7 * 86400.0
+    assert settings.idempotency_ttl == 7200.0
+    assert settings.catalog_refresh_seconds == 0.25
+    assert settings.room_idle_seconds == 30.0
+    assert settings.sqlite_synchronous == "NORMAL"
+    assert settings.demo_catalog is False
+    assert settings.access_log is True
+    assert settings.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WS_SEND_QUEUE", "-1"),
+        ("WS_SEND_QUEUE", "0"),
+        ("WS_SEND_QUEUE", "lots"),
+        ("WS_SEND_QUEUE", "\u00b2"),  # a superscript two: a digit to str.isdigit, not to int
+        ("MAX_BODY_BYTES", "16k"),
+        ("MAX_FRAME_BYTES", "1.5"),
+        ("WS_MAX_SIZE", "-4096"),
+        ("PATCH_HISTORY", "0"),
+        ("ABANDON_AFTER", "soon"),
+        ("CART_TTL", "-1d"),
+        ("IDEMPOTENCY_TTL", "1 day"),
+        ("CATALOG_REFRESH", "5y"),
+        ("ROOM_IDLE", "x"),
+        ("SQLITE_SYNCHRONOUS", "OFF"),
+        ("SQLITE_SYNCHRONOUS", "0"),
+        ("DEMO_CATALOG", "maybe"),
+        ("ACCESS_LOG", "2"),
+    ],
+)
+def test_bad_values_raise_config_error_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    assert name in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", ()),
+        ("https://shop.example", ("https://shop.example",)),
+        (
+            " https://shop.example/ , http://localhost:3000/,,  ",
+            ("https://shop.example", "http://localhost:3000"),
+        ),
+        ("https://a.example//", ("https://a.example",)),
+    ],
+)
+def test_allowed_origins_parsing(raw: str, expected: tuple[str, ...]) -> None:
+    assert Settings.from_env({"ALLOWED_ORIGINS": raw}).allowed_origins == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [("sqlite:///cart.db", "cart.db"), ("sqlite:////abs/cart.db", "/abs/cart.db")],
+)
+def test_sqlite_path(url: str, path: str) -> None:
+    assert sqlite_path(url) == path
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "postgresql://h/db", "cart.db"]
+)
+def test_sqlite_path_errors(url: str) -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        sqlite_path(url)

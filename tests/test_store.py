@@ -1,0 +1,448 @@
+"""SQLiteStore: durable carts, compare-and-set, idempotency keys, group commit, catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from server import errors
+from server.cart import (
+    AddItem,
+    Cart,
+    ClearCart,
+    Line,
+    Op,
+    Product,
+    RemoveItem,
+    SetQuantity,
+    SetStatus,
+    Status,
+    apply,
+    patch_msg,
+)
+from server.config import Settings
+from server.metrics import Metrics
+from server.protocol import encode
+from server.store import AlreadyApplied, CartWrite, StaleVersion
+from server.store import sqlite as sqlite_module
+from server.store.sqlite import SQLiteStore
+
+NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
+LONG_AGO = NOW - timedelta(days=365)
+ABANDON_AFTER = 1800.0
+
+PRODUCTS = [
+    Product("p-001", "TEE-BLK-M", "Black tee (M)", 1999, 100, "/static/img/tee.svg"),
+    Product("p-002", "MUG-WHT", "White mug", 500, 100),
+    Product("p-003", "PEN-BLU", "Blue pen", 150, 100),
+]
+CATALOG: dict[str, Product] = {p.id: p for p in PRODUCTS}
+# Known to the domain, never stored: a line for it violates the foreign key.
+GHOST = Product("ghost", "GHOST", "Not in the products table", 100, 100)
+WITH_GHOST: dict[str, Product] = {**CATALOG, GHOST.id: GHOST}
+
+BATCHES = ("cart_commit_batches_total", ())
+WRITES = ("cart_commit_writes_total", ())
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "t.db"
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+async def store(db_path: Path, metrics: Metrics) -> AsyncIterator[SQLiteStore]:
+    opened = await SQLiteStore.open(
+        Settings(database_url=f"sqlite:///{db_path}", patch_history=5), metrics
+    )
+    try:
+        await opened.upsert_products(PRODUCTS)
+        yield opened
+    finally:
+        await opened.close()
+
+
+def build(
+    cart: Cart,
+    op: Op,
+    *,
+    at: datetime = NOW,
+    key: str | None = None,
+    response: bytes | None = None,
+    catalog: Mapping[str, Product] = CATALOG,
+) -> tuple[Cart, CartWrite]:
+    """The next cart and the write that stores it, as a room would make them."""
+    new, change = apply(cart, op, catalog, at, ABANDON_AFTER)
+    patch = encode(patch_msg(new, change, catalog, "tab-1")).decode()
+    write = CartWrite(
+        cart=new,
+        base_version=cart.version,
+        change=change,
+        patch=patch,
+        key=key,
+        response=response,
+    )
+    return new, write
+
+
+def fresh(cart_id: str = "cart-1") -> Cart:
+    return Cart(id=cart_id, updated_at=NOW)
+
+
+async def commit_all(
+    store: SQLiteStore, cart: Cart, ops: list[Op], start: datetime = NOW
+) -> tuple[Cart, list[CartWrite]]:
+    writes = []
+    for n, op in enumerate(ops):
+        cart, write = build(cart, op, at=start + timedelta(seconds=n), key=f"k{n + 1}")
+        await store.commit(write)
+        writes.append(write)
+    return cart, writes
+
+
+# --- carts ----------------------------------------------------------------------------
+
+
+async def test_unknown_cart_loads_as_none(store: SQLiteStore) -> None:
+    assert await store.load_cart("nope", LONG_AGO) is None
+
+
+async def test_commit_then_load_roundtrip(store: SQLiteStore) -> None:
+    ops: list[Op] = [
+        AddItem("p-002", 1),
+        AddItem("p-001", 2),
+        AddItem("p-003", 3),
+        SetQuantity("p-002", 4),
+        AddItem("p-001", 1),
+    ]
+    cart, writes = await commit_all(store, fresh(), ops)
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert stored.cart == cart
+    assert stored.cart.version == 5
+    assert stored.cart.status is Status.ACTIVE
+    assert stored.cart.lines == (
+        Line("p-002", 4, 500, 1),
+        Line("p-001", 3, 1999, 2),
+        Line("p-003", 3, 150, 3),
+    )
+    assert stored.cart.updated_at == NOW + timedelta(seconds=4)
+    assert stored.cart.abandon_at == NOW + timedelta(seconds=4 + ABANDON_AFTER)
+    assert stored.patches == [(w.cart.version, w.patch) for w in writes]
+    assert stored.keys == {"k1": 1, "k2": 2, "k3": 3, "k4": 4, "k5": 5}
+
+
+async def test_remove_re_add_and_clear_roundtrip(store: SQLiteStore) -> None:
+    repriced = {**CATALOG, "p-001": Product("p-001", "TEE-BLK-M", "Black tee (M)", 2500, 100)}
+    cart, _ = await commit_all(
+        store, fresh(), [AddItem("p-001", 1), AddItem("p-002", 1), RemoveItem("p-001")]
+    )
+    cart, write = build(cart, AddItem("p-001", 2), catalog=repriced)
+    await store.commit(write)
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert stored.cart.lines == (Line("p-002", 1, 500, 2), Line("p-001", 2, 2500, 4))
+    assert stored.cart == cart
+
+    cart, write = build(cart, ClearCart())
+    await store.commit(write)
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert stored.cart.lines == ()
+    assert stored.cart.abandon_at is None
+    assert stored.cart.version == 5
+
+
+async def test_status_and_user_roundtrip(store: SQLiteStore, db_path: Path) -> None:
+    cart, _ = await commit_all(store, fresh(), [AddItem("p-001", 1)])
+    cart, write = build(cart, SetStatus(Status.CHECKING_OUT))
+    await store.commit(write)
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert stored.cart.status is Status.CHECKING_OUT
+    assert stored.cart.abandon_at is None
+    assert stored.cart.lines == (Line("p-001", 1, 1999, 1),)
+
+    with sqlite3.connect(db_path) as conn:
+        (expires_at,) = conn.execute(
+            "SELECT expires_at FROM cart_sessions WHERE id = 'cart-1'"
+        ).fetchone()
+    conn.close()
+    assert expires_at == "2026-12-26T10:00:00.000Z"  # updated_at + CART_TTL (30 days)
+
+
+async def test_load_cart_only_lists_keys_since_the_given_time(store: SQLiteStore) -> None:
+    await commit_all(store, fresh(), [AddItem("p-001", 1), AddItem("p-001", 1)])
+    stored = await store.load_cart("cart-1", NOW + timedelta(seconds=1))
+    assert stored is not None
+    assert stored.keys == {"k2": 2}
+
+
+async def test_stale_base_version_raises_and_changes_nothing(store: SQLiteStore) -> None:
+    v0 = fresh()
+    v1, write1 = build(v0, AddItem("p-001", 1), key="a")
+    await store.commit(write1)
+    v2, write2 = build(v1, AddItem("p-002", 1), key="b")
+    await store.commit(write2)
+    before = await store.load_cart("cart-1", LONG_AGO)
+
+    _, stale = build(v1, AddItem("p-003", 1), key="c")
+    with pytest.raises(StaleVersion):
+        await store.commit(stale)
+    _, stale_new = build(v0, AddItem("p-003", 1), key="d")  # base 0: inserts a cart that exists
+    with pytest.raises(StaleVersion):
+        await store.commit(stale_new)
+
+    after = await store.load_cart("cart-1", LONG_AGO)
+    assert after == before
+    assert after is not None
+    assert after.cart == v2
+    assert "c" not in after.keys and "d" not in after.keys
+    assert [v for v, _ in after.patches] == [1, 2]
+
+
+async def test_repeated_key_raises_already_applied_and_changes_nothing(
+    store: SQLiteStore,
+) -> None:
+    v1, write1 = build(fresh(), AddItem("p-001", 1), key="m-1")
+    await store.commit(write1)
+    v2, write2 = build(v1, AddItem("p-002", 1), key="m-2")
+    await store.commit(write2)
+    before = await store.load_cart("cart-1", LONG_AGO)
+
+    _, again = build(v2, AddItem("p-003", 5), key="m-1")
+    with pytest.raises(AlreadyApplied) as info:
+        await store.commit(again)
+    assert info.value.version == 1
+
+    after = await store.load_cart("cart-1", LONG_AGO)
+    assert after == before
+    assert after is not None
+    assert after.cart.version == 2
+    assert after.cart.line("p-003") is None
+    assert after.keys == {"m-1": 1, "m-2": 2}
+
+
+async def test_patch_history_is_trimmed_to_the_last_five(store: SQLiteStore) -> None:
+    ops: list[Op] = [AddItem("p-001", 1) for _ in range(8)]
+    _, writes = await commit_all(store, fresh(), ops)
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert stored.cart.version == 8
+    assert stored.patches == [(w.cart.version, w.patch) for w in writes[-5:]]
+    assert [v for v, _ in stored.patches] == [4, 5, 6, 7, 8]
+
+
+# --- group commit ---------------------------------------------------------------------
+
+
+async def test_concurrent_commits_share_transactions(store: SQLiteStore, metrics: Metrics) -> None:
+    batches, writes = metrics.counters[BATCHES], metrics.counters[WRITES]
+    built = [build(fresh(f"cart-{n}"), AddItem("p-001", n % 5 + 1)) for n in range(50)]
+    results = await asyncio.gather(*(store.commit(write) for _, write in built))
+    assert results == [None] * 50
+    assert metrics.counters[WRITES] - writes == 50
+    assert 1 <= metrics.counters[BATCHES] - batches < 50
+    for cart, _ in built:
+        stored = await store.load_cart(cart.id, LONG_AGO)
+        assert stored is not None
+        assert stored.cart == cart
+
+
+async def test_one_failing_write_in_a_batch_fails_alone(
+    store: SQLiteStore, metrics: Metrics
+) -> None:
+    batches = metrics.counters[BATCHES]
+    good = [build(fresh(f"good-{n}"), AddItem("p-002", 1)) for n in range(10)]
+    bad_cart, bad = build(fresh("bad"), AddItem("ghost", 1), catalog=WITH_GHOST)
+    writes = [w for _, w in good[:5]] + [bad] + [w for _, w in good[5:]]
+
+    results = await asyncio.gather(*(store.commit(w) for w in writes), return_exceptions=True)
+
+    # All eleven went into one transaction, so the bad one really shared it.
+    assert metrics.counters[BATCHES] - batches == 1
+    assert isinstance(results[5], errors.Unavailable)
+    assert results[:5] + results[6:] == [None] * 10
+    assert await store.load_cart(bad_cart.id, LONG_AGO) is None
+    for cart, _ in good:
+        stored = await store.load_cart(cart.id, LONG_AGO)
+        assert stored is not None
+        assert stored.cart == cart
+
+
+async def test_failing_update_of_an_existing_cart_leaves_it_as_it_was(
+    store: SQLiteStore,
+) -> None:
+    v1, write = build(fresh(), AddItem("p-001", 1), key="a")
+    await store.commit(write)
+    _, bad = build(v1, AddItem("ghost", 1), catalog=WITH_GHOST, key="b")
+    with pytest.raises(errors.Unavailable):
+        await store.commit(bad)
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert stored.cart == v1
+    assert stored.keys == {"a": 1}
+    assert [v for v, _ in stored.patches] == [1]
+    # The cart is still writable at version 1.
+    v2, write = build(v1, AddItem("p-002", 1))
+    await store.commit(write)
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert stored.cart == v2
+
+
+# --- idempotency keys -----------------------------------------------------------------
+
+
+async def test_replay_returns_the_stored_response(store: SQLiteStore) -> None:
+    body = b'{"id":"cart-1","version":1}'
+    v1, write = build(fresh(), AddItem("p-001", 1), key="rest-1", response=body)
+    await store.commit(write)
+    _, write = build(v1, AddItem("p-001", 1), key="ws-1")
+    await store.commit(write)
+    assert await store.replay("cart-1", "rest-1") == body
+    assert await store.replay("cart-1", "ws-1") is None
+    assert await store.replay("cart-1", "never") is None
+    assert await store.replay("other-cart", "rest-1") is None
+
+
+async def test_prune_deletes_only_keys_older_than_the_cutoff(store: SQLiteStore) -> None:
+    old = NOW - timedelta(days=2)
+    ops: list[Op] = [AddItem("p-001", 1) for _ in range(4)]
+    cart, _ = await commit_all(store, fresh(), ops[:2], start=old)  # k1, k2 two days ago
+    for n, op in enumerate(ops[2:], start=3):
+        cart, write = build(cart, op, at=NOW + timedelta(seconds=n), key=f"k{n}")
+        await store.commit(write)
+
+    assert await store.prune(NOW - timedelta(days=1)) == 2
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert stored.keys == {"k3": 3, "k4": 4}
+    assert stored.cart.version == 4
+    assert await store.prune(NOW - timedelta(days=1)) == 0
+
+
+async def test_prune_goes_through_more_than_one_batch(store: SQLiteStore) -> None:
+    count = sqlite_module.PRUNE_BATCH + 20
+    old = NOW - timedelta(days=2)
+    built = [build(fresh(f"c-{n}"), AddItem("p-003", 1), at=old, key="k") for n in range(count)]
+    await asyncio.gather(*(store.commit(w) for _, w in built))
+    _, recent = build(fresh("recent"), AddItem("p-003", 1), key="k")
+    await store.commit(recent)
+
+    assert await store.prune(NOW - timedelta(days=1)) == count
+    for cart_id in ("c-0", f"c-{count - 1}"):
+        stored = await store.load_cart(cart_id, LONG_AGO)
+        assert stored is not None
+        assert stored.keys == {}
+    stored = await store.load_cart("recent", LONG_AGO)
+    assert stored is not None
+    assert stored.keys == {"k": 1}
+
+
+# --- products -------------------------------------------------------------------------
+
+
+async def test_upsert_products_reports_inserted_and_updated(store: SQLiteStore) -> None:
+    changed = Product("p-001", "TEE-BLK-M", "Black tee (M)", 2499, 7, None)
+    new = Product("p-004", "CAP-RED", "Red cap", 999, 3)
+    assert await store.upsert_products([changed, new]) == (1, 1)
+    products, _ = await store.load_products()
+    assert {p.id: p for p in products} == {**CATALOG, "p-001": changed, "p-004": new}
+
+
+async def test_upsert_products_sku_clash_names_the_product_and_changes_nothing(
+    store: SQLiteStore,
+) -> None:
+    before, _ = await store.load_products()
+    new = Product("p-004", "CAP-RED", "Red cap", 999, 3)
+    clash = Product("p-005", "MUG-WHT", "Another mug", 100, 1)
+    with pytest.raises(ValueError, match="p-005") as info:
+        await store.upsert_products([new, clash])
+    assert "MUG-WHT" in str(info.value)
+    after, _ = await store.load_products()
+    assert after == before
+
+
+async def test_load_products_with_a_high_water_mark(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t1 = datetime(2030, 1, 1, 0, 0, 1, tzinfo=UTC)
+    t2, t3 = t1 + timedelta(seconds=1), t1 + timedelta(seconds=2)
+    clock = iter([t1, t2, t3])
+    monkeypatch.setattr(sqlite_module, "utcnow", lambda: next(clock))
+
+    await store.upsert_products(
+        [Product("q-1", "Q1", "One", 100, 1), Product("q-2", "Q2", "Two", 200, 2)]
+    )  # t1
+    everything, mark = await store.load_products()
+    assert {p.id for p in everything} == {"p-001", "p-002", "p-003", "q-1", "q-2"}
+    assert mark == "2030-01-01T00:00:01.000Z"
+
+    await store.upsert_products([Product("q-2", "Q2", "Two", 250, 2)])  # t2
+    changed, mark2 = await store.load_products("2030-01-01T00:00:01.500Z")
+    assert changed == [Product("q-2", "Q2", "Two", 250, 2)]
+    assert mark2 == "2030-01-01T00:00:02.000Z"
+
+    await store.upsert_products([Product("q-3", "Q3", "Three", 300, 3)])  # t3
+    changed, mark3 = await store.load_products(mark2)
+    assert {p.id for p in changed} <= {"q-2", "q-3"}
+    assert Product("q-3", "Q3", "Three", 300, 3) in changed
+    assert "q-1" not in {p.id for p in changed}
+    assert mark3 == "2030-01-01T00:00:03.000Z"
+
+    nothing, mark4 = await store.load_products("2030-01-01T00:00:03.001Z")
+    assert nothing == []
+    assert mark4 == "2030-01-01T00:00:03.001Z"
+
+
+# --- pragmas --------------------------------------------------------------------------
+
+
+def writer_pragma(store: SQLiteStore, name: str) -> object:
+    def read() -> object:
+        assert store._writer is not None
+        return store._writer.execute(f"PRAGMA {name}").fetchone()[0]
+
+    return store._executor.submit(read).result()
+
+
+async def test_wal_mode_and_full_synchronous_by_default(store: SQLiteStore, db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+    assert writer_pragma(store, "synchronous") == 2  # FULL
+    assert writer_pragma(store, "foreign_keys") == 1
+    await store.ping()
+
+
+async def test_synchronous_follows_the_setting(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/n.db", sqlite_synchronous="NORMAL")
+    store = await SQLiteStore.open(settings)
+    try:
+        assert writer_pragma(store, "synchronous") == 1  # NORMAL
+    finally:
+        await store.close()
+
+
+async def test_data_survives_reopening(db_path: Path, store: SQLiteStore) -> None:
+    cart, _ = await commit_all(store, fresh(), [AddItem("p-001", 2)])
+    other = await SQLiteStore.open(Settings(database_url=f"sqlite:///{db_path}"))
+    try:
+        stored = await other.load_cart("cart-1", LONG_AGO)
+        assert stored is not None
+        assert stored.cart == cart
+    finally:
+        await other.close()
