@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url or server.url  # type: ignore[union-attr]
     try:
         result = uvloop.run(
-            fanout(url, args.carts, args.tabs, args.rate, args.seconds, args.warmup)
+            fanout(server, url, args.carts, args.tabs, args.rate, args.seconds, args.warmup)
         )
     finally:
         if server is not None:
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms"
                 f"  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms",
             ),
+            ("server CPU", f"{result['server_cpu_ms_per_mutation']:.3f} ms per mutation"),
             ("errors / missing", f"{result['errors']} / {result['missing']}"),
             (
                 "gaps / dups / out of order",

@@ -13,7 +13,7 @@ import httpx
 import msgspec
 import websockets
 
-from .harness import percentiles
+from .harness import LocalServer, percentiles
 
 
 class Frame(msgspec.Struct):
@@ -102,6 +102,7 @@ async def offer(
 
 
 async def fanout(
+    server: LocalServer | None,
     url: str,
     carts: int,
     tabs_per_cart: int,
@@ -122,9 +123,10 @@ async def fanout(
     ]
     if warmup > 0:
         await offer(tabs, rate, warmup, None, rng, "w")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), server.cpu_seconds() if server else 0.0
     offered = await offer(tabs, rate, seconds, rec, rng, "m")
     elapsed = time.perf_counter() - started
+    cpu = server.cpu_seconds() - cpu if server else float("nan")
     deadline = time.perf_counter() + 15
     while len(rec.acked) < len(rec.sent) and time.perf_counter() < deadline:
         await asyncio.sleep(0.05)  # a bounded drain: lost acks count as missing below
@@ -156,4 +158,5 @@ async def fanout(
         "out_of_order": rec.out_of_order,
         "latency_ms": percentiles(latencies),
         "deliveries_per_s": done * tabs_per_cart / elapsed,
+        "server_cpu_ms_per_mutation": cpu * 1000 / offered if offered else float("nan"),
     }

@@ -13,7 +13,7 @@ def utcnow() -> datetime:
 
 def iso(moment: datetime) -> str:
     """'2026-11-26T10:00:00.000Z': fixed width, so text order is time order."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_iso(text: str) -> datetime:
