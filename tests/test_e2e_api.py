@@ -781,3 +781,17 @@ async def test_a_wrong_method_is_405_in_the_error_shape(s: Session, method: str,
     before = await add(s.client, "p-048")
     response = await s.client.request(method, path, json={"product_id": "p-048"})
     await refused(s.client, response, 405, "method_not_allowed", before)
+
+
+async def test_the_page_and_its_assets_are_served_with_a_strict_policy(
+    server: ServerProcess,
+) -> None:
+    async with rest(server) as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert '<script src="/static/app.js" defer></script>' in page.text
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "unsafe-inline" not in policy
+        assert page.headers["x-content-type-options"] == "nosniff"
+        for asset in ("/static/app.js", "/static/style.css", "/static/img/black-tee.svg"):
+            assert (await client.get(asset)).status_code == 200, asset
