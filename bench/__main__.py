@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms",
             ),
             ("server CPU", f"{result['server_cpu_ms_per_mutation']:.3f} ms per mutation"),
-            ("errors / missing", f"{result['errors']} / {result['missing']}"),
+            ("errors / unfinished", f"{result['errors']} / {result['unfinished']}"),
             (
                 "gaps / dups / out of order",
                 f"{result['gaps']} / {result['duplicates']} / {result['out_of_order']}",

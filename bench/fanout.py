@@ -129,14 +129,14 @@ async def fanout(
     cpu = server.cpu_seconds() - cpu if server else float("nan")
     deadline = time.perf_counter() + 15
     while len(rec.acked) < len(rec.sent) and time.perf_counter() < deadline:
-        await asyncio.sleep(0.05)  # a bounded drain: lost acks count as missing below
+        await asyncio.sleep(0.05)  # a bounded drain: what is not done by then counts as unfinished
     await asyncio.sleep(0.1)
-    latencies, missing = [], 0
+    latencies, unfinished = [], 0
     for msg_id, (cart, sent_at) in rec.sent.items():
         version = rec.acked.get(msg_id)
         arrivals = rec.arrived.get((cart, version)) if version is not None else None
         if not arrivals or len(arrivals) < tabs_per_cart:
-            missing += 1
+            unfinished += 1
             continue
         latencies.append(max(arrivals) - sent_at)
     for row in tabs:
@@ -151,7 +151,7 @@ async def fanout(
         "achieved_rate": done / elapsed if elapsed else 0.0,
         "mutations": offered,
         "completed": done,
-        "missing": missing,
+        "unfinished": unfinished,
         "errors": rec.errors,
         "gaps": rec.gaps,
         "duplicates": rec.duplicates,
