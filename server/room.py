@@ -208,7 +208,8 @@ class Room:
                     await self._catch_up()
                     continue
                 except AlreadyApplied as done:  # an id older than the ones kept in memory
-                    self.keys[key or ""] = done.version
+                    assert key is not None  # only a write with a key can have been applied
+                    self.keys[key] = done.version
                     continue
                 self._accept(new, patch, key)
                 if body is not None:

@@ -78,7 +78,7 @@ async def settle(svc: Services, ref: CartRef) -> CartRef:
 async def read_body(request: Request, limit: int, decoder: msgspec.json.Decoder[T]) -> T:
     """Decode a JSON body of at most `limit` bytes: 413, 400 (not JSON) or 422 (wrong shape)."""
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
+    if length.isascii() and length.isdigit() and int(length) > limit:
         raise errors.PayloadTooLarge(f"the body is over {limit} bytes", limit=limit)
     body = bytearray()
     async for chunk in request.stream():
@@ -89,7 +89,7 @@ async def read_body(request: Request, limit: int, decoder: msgspec.json.Decoder[
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise errors.InvalidRequest(str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting raises the latter
         raise errors.InvalidJson(f"the body is not JSON: {exc}") from None
 
 

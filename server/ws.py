@@ -57,7 +57,7 @@ async def cart_socket(websocket: WebSocket) -> None:
             uuid.uuid4().hex
         )  # a tab that names itself can have its ids kept across reconnects
     since_raw = params.get("since", "")
-    since = int(since_raw) if since_raw.isdigit() and len(since_raw) < 19 else None
+    since = int(since_raw) if since_raw.isascii() and since_raw.isdigit() else None
 
     ref = svc.ids.resolve(params.get("cart"), websocket.cookies.get(COOKIE))
     ref = await settle(svc, ref)
@@ -111,7 +111,7 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
                 raise errors.InvalidMessage(f"frames are limited to {limit} bytes")
             try:
                 msg = client_message_decoder.decode(text)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting: the latter
                 raise errors.InvalidMessage(str(exc)) from None
         except errors.InvalidMessage as exc:
             tab.send(error_frame(_loose_id(text), exc.code, exc.message, {}).decode())
@@ -155,7 +155,7 @@ def _loose_id(text: str | None) -> str | None:
         return None
     try:
         data = msgspec.json.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     msg_id = data.get("id") if isinstance(data, dict) else None
     return msg_id if isinstance(msg_id, str) and len(msg_id) <= 64 else None

@@ -372,7 +372,17 @@ async def test_delete_all_items_empties_the_cart_and_bumps_the_version(s: Sessio
 # --- refusals ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", [b"not json", b"", b'{"product_id": "p-001"', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"",
+        b'{"product_id": "p-001"',
+        b"\xff\xfe",
+        b'{"pad": ' + b"[" * 5000 + b"]" * 5000 + b', "product_id": "p-001"}',
+    ],
+    ids=["text", "empty", "truncated", "not utf-8", "deeply nested"],
+)
 async def test_add_with_a_body_that_is_not_json_is_400(s: Session, body: bytes) -> None:
     before = await add(s.client, "p-015")
     response = await s.client.post(

@@ -339,6 +339,9 @@ INVALID: dict[str, tuple[str | bytes, str | None]] = {
     "missing id": ('{"type": "clear"}', None),
     "base_version as string": ('{"type": "clear", "id": "b1", "base_version": "1"}', "b1"),
     "binary frame": (b'{"type": "clear", "id": "bin1"}', None),
+    "deeply nested": ("[" * 3000, None),
+    "deeply nested object": ('{"type": "clear", "id": "d1", "pad": ' + "[" * 3000 + "]" * 3000
+                             + "}", None),
     "text over 4 KiB": (json.dumps({"type": "clear", "id": "big1", "pad": "x" * 4200}), None),
     "text over 4 KiB in bytes only": (
         json.dumps({"type": "clear", "id": "big2", "pad": "€" * 1400}, ensure_ascii=False),
@@ -548,3 +551,14 @@ async def test_a_tab_closed_by_the_server_does_not_break_the_cart(server: Server
         assert await frame(good) == {"type": "ack", "id": "g1", "version": 1}
     async with httpx.AsyncClient(base_url=server.url, trust_env=False) as client:
         assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_a_since_that_is_not_a_plain_number_gets_a_snapshot(server: ServerProcess) -> None:
+    signed = await new_cart(server)
+    for since in ("\u00b2", "-1", "1e3"):  # a superscript two is a digit to str.isdigit
+        t = await Tab.open(server, signed, client_id="since", since=None)
+        await t.close()
+        url = f"{server.ws_url}?cart={signed}&since={since}"
+        async with websockets.connect(url, proxy=None) as ws:
+            first = json.loads(await ws.recv())
+            assert first["type"] == "snapshot", since

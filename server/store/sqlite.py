@@ -244,7 +244,7 @@ class SQLiteStore:
                 )
                 keys = await reader.execute_fetchall(
                     "SELECT key, version FROM applied_mutations"
-                    " WHERE cart_id = ? AND created_at >= ?",
+                    " WHERE cart_id = ? AND created_at >= ? ORDER BY version",
                     (cart_id, iso(keys_since)),
                 )
             finally:
