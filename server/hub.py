@@ -75,16 +75,19 @@ class Hub:
         future: asyncio.Future[Room] = asyncio.get_running_loop().create_future()
         self._loading[cart_id] = future
         try:
+            # Subscribe first: news of a commit made while we read is then not missed.
+            await self.bus.subscribe(channel(cart_id))
             keys_since = utcnow() - timedelta(seconds=self.settings.idempotency_ttl)
             stored = await self.store.load_cart(cart_id, keys_since)
             room = Room(cart_id, stored, self._context)
             self.rooms[cart_id] = room
-            await self.bus.subscribe(channel(cart_id))
             future.set_result(room)
             return room
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters, if any, get it too
+            if cart_id not in self.rooms:
+                await self.bus.unsubscribe(channel(cart_id))
             raise
         finally:
             del self._loading[cart_id]
@@ -103,7 +106,8 @@ class Hub:
         for cart_id in idle:
             del self.rooms[cart_id]
         for cart_id in idle:
-            await self.bus.unsubscribe(channel(cart_id))
+            if cart_id not in self.rooms and cart_id not in self._loading:  # not back already
+                await self.bus.unsubscribe(channel(cart_id))
         return len(idle)
 
     # --- other processes -------------------------------------------------------------

@@ -4,7 +4,6 @@ writer task that drains the tab's bounded send queue."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import uuid
@@ -53,9 +52,8 @@ async def cart_socket(websocket: WebSocket) -> None:
     params = websocket.query_params
     client_id = params.get("client_id", "")
     if not _CLIENT_ID.match(client_id):
-        client_id = (
-            uuid.uuid4().hex
-        )  # a tab that names itself can have its ids kept across reconnects
+        # Only a tab that names itself keeps its message ids across reconnects.
+        client_id = uuid.uuid4().hex
     since_raw = params.get("since", "")
     since = int(since_raw) if since_raw.isascii() and since_raw.isdigit() else None
 
@@ -77,8 +75,10 @@ async def cart_socket(websocket: WebSocket) -> None:
             room.leave(tab)
             if tab.close_code is None:
                 writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(writer, CLOSE_WAIT)
+            # Give a requested close frame its chance to go out; a stuck peer gets no more.
+            done, _ = await asyncio.wait([writer], timeout=CLOSE_WAIT)
+            if not done:
+                writer.cancel()
 
 
 async def _write(websocket: WebSocket, tab: Tab, svc: Services) -> None:

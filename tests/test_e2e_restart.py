@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import websockets
 
-from tests.support import ServerProcess, Tab, apply_patch, rest, same_items
+from tests.support import ServerProcess, Tab, apply_patch, rest, same_items, sign
 
 
 async def test_restart_keeps_every_acknowledged_change_and_resumes_tabs(
@@ -152,3 +152,17 @@ async def test_kill_9_under_load_loses_no_acknowledged_mutation(
     async with rest(server, carts[0][1]) as client:
         doc: dict[str, Any] = (await client.get("/api/cart")).json()
     assert doc["version"] == _stored(server, carts[0][0])[0]
+
+
+async def test_sigterm_closes_tabs_with_1012_so_they_resume(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server().start()
+    tab = await Tab.open(server, None)
+    cart = (await tab.next("snapshot"))["cart"]
+    server.stop()  # SIGTERM
+    assert await tab.closed() == 1012  # "service restart": reconnect with ?since=
+    server.start()
+    again = await Tab.open(server, sign(cart["id"]), since=cart["version"])
+    assert (await again.next())["type"] == "presence"  # nothing missed, no snapshot needed
+    await again.close()
