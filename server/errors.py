@@ -6,8 +6,8 @@ from typing import Any, ClassVar
 
 # WebSocket close codes the protocol uses (RFC 6455 section 7.4.1).
 CLOSE_POLICY_VIOLATION = 1008  # foreign Origin, invalid frames past the rate limit
-CLOSE_MESSAGE_TOO_BIG = 1009
-CLOSE_SERVICE_RESTART = 1012  # clients reconnect with ?since=
+CLOSE_MESSAGE_TOO_BIG = 1009  # sent by uvicorn for frames over WS_MAX_SIZE
+CLOSE_SERVICE_RESTART = 1012  # sent by uvicorn on shutdown; clients reconnect with ?since=
 CLOSE_TRY_AGAIN_LATER = 1013  # tab too slow to keep up; it reconnects and resyncs
 
 
@@ -89,11 +89,6 @@ class VersionConflict(CartError):
 
     code = "version_conflict"
     status = 412
-
-
-class RateLimited(CartError):
-    code = "rate_limited"
-    status = 429
 
 
 class Unavailable(CartError):
