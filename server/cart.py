@@ -169,13 +169,13 @@ def _edit(cart: Cart, op: Op, catalog: Mapping[str, Product]) -> tuple[tuple[Lin
             existing = cart.line(product_id)
             held = existing.quantity if existing else 0
             available = max(0, min(product.stock, MAX_QUANTITY) - held)
-            if quantity > available and product.stock < MAX_QUANTITY:
-                raise errors.InsufficientStock(
-                    f"only {available} more of {product.name} can be added",
-                    product_id=product_id,
-                    available=available,
-                )
             if quantity > available:
+                if product.stock < MAX_QUANTITY:  # stock is the tighter bound
+                    raise errors.InsufficientStock(
+                        f"only {available} more of {product.name} can be added",
+                        product_id=product_id,
+                        available=available,
+                    )
                 raise errors.QuantityLimit(
                     f"a line holds at most {MAX_QUANTITY}; this one has {held}",
                     product_id=product_id,

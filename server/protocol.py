@@ -165,6 +165,8 @@ ServerMessage = PatchMsg | SnapshotMsg | AckMsg | PresenceMsg | MovedMsg | PongM
 server_message_decoder = msgspec.json.Decoder(ServerMessage)
 
 encode = msgspec.json.Encoder().encode
+# What decoding untrusted JSON may raise: deep nesting overflows the recursion limit.
+DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
 
 
 def error_frame(msg_id: str | None, code: str, message: str, details: dict[str, Any]) -> bytes:

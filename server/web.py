@@ -20,6 +20,7 @@ from .config import Settings
 from .hub import Hub
 from .identity import CartIds, CartRef, set_cookie_header
 from .metrics import Metrics
+from .protocol import DECODE_ERRORS
 from .store import Store
 
 T = TypeVar("T")
@@ -89,7 +90,7 @@ async def read_body(request: Request, limit: int, decoder: msgspec.json.Decoder[
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise errors.InvalidRequest(str(exc)) from None
-    except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting raises the latter
+    except DECODE_ERRORS as exc:
         raise errors.InvalidJson(f"the body is not JSON: {exc}") from None
 
 

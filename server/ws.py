@@ -17,6 +17,7 @@ from .errors import CLOSE_POLICY_VIOLATION
 from .identity import COOKIE, set_cookie_header
 from .limits import TokenBucket
 from .protocol import (
+    DECODE_ERRORS,
     AckMsg,
     AddMsg,
     ClearMsg,
@@ -111,7 +112,7 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
                 raise errors.InvalidMessage(f"frames are limited to {limit} bytes")
             try:
                 msg = client_message_decoder.decode(text)
-            except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting: the latter
+            except DECODE_ERRORS as exc:
                 raise errors.InvalidMessage(str(exc)) from None
         except errors.InvalidMessage as exc:
             tab.send(error_frame(_loose_id(text), exc.code, exc.message, {}).decode())
@@ -155,7 +156,7 @@ def _loose_id(text: str | None) -> str | None:
         return None
     try:
         data = msgspec.json.decode(text)
-    except (msgspec.DecodeError, RecursionError):
+    except DECODE_ERRORS:
         return None
     msg_id = data.get("id") if isinstance(data, dict) else None
     return msg_id if isinstance(msg_id, str) and len(msg_id) <= 64 else None
