@@ -1,4 +1,5 @@
-"""Load generator: `python -m bench fanout --carts 100 --tabs 3 --rate 2000 --seconds 10`.
+"""Load generator: `python -m bench fanout --carts 100 --tabs 3 --rate 2000 --seconds 10`;
+crash test: `python -m bench crash --kills 1000`.
 
 Starts its own server (SQLite in a temp dir) unless given --url. Bounded in count and time.
 Prints a human table and one JSON line."""
@@ -10,6 +11,7 @@ import sys
 
 import uvloop
 
+from .crash import crash_loop
 from .fanout import fanout
 from .harness import LocalServer, report
 
@@ -24,7 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     fan.add_argument("--rate", type=float, default=2000.0, help="mutations offered per second")
     fan.add_argument("--seconds", type=float, default=10.0)
     fan.add_argument("--warmup", type=float, default=1.0)
+    crash = modes.add_parser("crash", help="SIGKILL under load, restart, check every ack")
+    crash.add_argument("--kills", type=int, default=1000)
+    crash.add_argument("--max-seconds", type=float, default=3600.0)
+    crash.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.mode == "crash":
+        return _crash(args)
     if args.seconds > 300 or args.rate * args.seconds > 5_000_000:
         parser.error("a run is bounded: at most 300 s and 5,000,000 mutations")
 
@@ -59,6 +67,36 @@ def main(argv: list[str] | None = None) -> int:
                 "gaps / dups / out of order",
                 f"{result['gaps']} / {result['duplicates']} / {result['out_of_order']}",
             ),
+        ],
+        result,
+    )
+    return 0
+
+
+def _crash(args: argparse.Namespace) -> int:
+    if args.url:
+        print("crash starts (and kills) its own server; --url does not apply", file=sys.stderr)
+        return 2
+    result = uvloop.run(
+        crash_loop(args.kills, args.max_seconds, args.seed, progress=lambda s: print(s, flush=True))
+    )
+    start = result["startup_ms"]
+    report(
+        "crash",
+        [
+            ("kills survived", f"{result['kills']:,} in {result['seconds']:,.0f} s"),
+            (
+                "mutations",
+                f"{result['sent']:,} sent, {result['acknowledged']:,} acknowledged,"
+                f" {result['refused']:,} refused",
+            ),
+            (
+                "in the store",
+                f"{result['applied']:,} applied, of which {result['applied_unacknowledged']:,}"
+                " committed but killed before the answer",
+            ),
+            ("lost or half-applied", "0 (every check passed)"),
+            ("server startup", f"p50 {start['p50']:.0f} ms  max {start['max']:.0f} ms"),
         ],
         result,
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -21,8 +23,8 @@ READY = "Uvicorn running on"
 class LocalServer:
     """`python -m server` on a fresh SQLite file in a temp dir, with a deep-stock catalog."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="cart-bench-"))
+    def __init__(self, env: dict[str, str] | None = None, workdir: Path | None = None) -> None:
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix="cart-bench-"))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -32,6 +34,12 @@ class LocalServer:
             "CART_SECRET": "bench",
             "DEMO_CATALOG": "0",
             "LOG_LEVEL": "warning",
+            # A load generator is one address driving carts far faster than people do.
+            "MAX_CONNECTIONS_PER_IP": "100000",
+            "CART_RATE_LIMIT": "1000000",
+            "CART_RATE_BURST": "1000000",
+            "CONNECTION_RATE_LIMIT": "1000000",
+            "CONNECTION_RATE_BURST": "1000000",
             **(env or {}),
         }
         catalog = [
@@ -52,6 +60,8 @@ class LocalServer:
             capture_output=True,
         )
         self.proc: subprocess.Popen[str] | None = None
+        self.startups: list[float] = []  # seconds from spawn to listening, per start
+        self.lines: list[str] = []  # the output of the current (or last) run
 
     @property
     def url(self) -> str:
@@ -60,24 +70,29 @@ class LocalServer:
     def start(self) -> LocalServer:
         ready = threading.Event()
         env = {**self.env, "LOG_LEVEL": "info"}  # the ready line is logged at info
-        self.proc = subprocess.Popen(
+        started = time.perf_counter()
+        proc = self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", str(self.port)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
+        self.lines = []
 
         def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.lines.append(line)
                 if READY in line:
                     ready.set()
             ready.set()
 
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(30) or self.proc.poll() is not None:
-            raise RuntimeError("the server did not start")
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+        if not ready.wait(30) or proc.poll() is not None:
+            raise RuntimeError("the server did not start:\n" + "".join(self.lines))
+        self.startups.append(time.perf_counter() - started)
         return self
 
     def rss_bytes(self) -> int:
@@ -93,11 +108,20 @@ class LocalServer:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(30)
-            self.proc = None
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the server and wait for it; its exit code."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        proc.send_signal(sig)
+        code = proc.wait(30)
+        self._pump.join(5)  # it ends at the pipe's end of file
+        assert proc.stdout is not None
+        proc.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
 
 
 def percentiles(samples: Sequence[float]) -> dict[str, float]:

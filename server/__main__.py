@@ -56,14 +56,16 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .serving import GRACEFUL_SECONDS, CartServer, redact_logs, stall_guarded
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host,
         port=args.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=stall_guarded(settings.ws_send_timeout),  # websockets-sansio, dropping stuck peers
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,  # frames are small; compressing each per tab costs more
         ws_ping_interval=20.0,
@@ -73,8 +75,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
     )
+    redact_logs()  # after Config, which (re)configures uvicorn's loggers
+    CartServer(config, app).run()
     return 0
 
 

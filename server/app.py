@@ -20,6 +20,7 @@ from .config import STATIC_DIR, Settings
 from .hub import Hub
 from .identity import CartIds, load_secret
 from .importer import DEMO_CATALOG, read_products
+from .limits import ConnectionCounter
 from .metrics import Metrics
 from .store import open_store
 from .web import Services, error_response
@@ -46,7 +47,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 log.info("seeded the demo catalog: %d products", len(catalog.products))
             await hub.start()
             log.info("cart server ready: %d products", len(catalog.products))
-            yield {"services": Services(settings, hub, ids, store, metrics)}
+            connections = ConnectionCounter(settings.max_connections_per_ip)
+            metrics.gauge("cart_long_lived_connections", connections.total)
+            app.state.drain = hub.drain  # called by serving.CartServer on shutdown
+            yield {"services": Services(settings, hub, ids, store, metrics, connections)}
         finally:
             await hub.close()
             await bus.close()

@@ -51,6 +51,17 @@ class Settings:
     max_frame_bytes: int = 4 * 1024  # larger text frames get invalid_message
     ws_max_size: int = 64 * 1024  # larger frames close the socket with 1009
     ws_send_queue: int = 256  # frames queued for one tab before it is closed with 1013
+    # A peer whose socket has not taken data for this long is dropped (it stopped reading).
+    ws_send_timeout: float = 5.0
+    max_tabs_per_cart: int = 20
+    max_connections_per_ip: int = 100  # open WebSockets and long-polls from one address
+    # Mutations per second (and burst) per cart, shared by its tabs and REST callers, and
+    # per WebSocket connection. Far above what a person clicks; bots and loops hit them.
+    cart_rate: float = 50.0
+    cart_burst: int = 100
+    connection_rate: float = 20.0
+    connection_burst: int = 40
+    long_poll_max: float = 60.0  # ?wait= is capped at this
     patch_history: int = 100
     room_idle_seconds: float = 60.0
     abandon_after: float = 30 * 60.0
@@ -75,6 +86,16 @@ class Settings:
             if not (raw.isascii() and raw.isdigit()) or int(raw) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
             return int(raw)
+
+        def rate(name: str, default: float) -> float:
+            raw = get(name, str(default))
+            try:
+                value = float(raw)
+            except ValueError:
+                value = 0.0
+            if not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be a positive number per second, got {raw!r}")
+            return value
 
         def duration(name: str, default: float) -> float:
             try:
@@ -105,6 +126,14 @@ class Settings:
             max_frame_bytes=number("MAX_FRAME_BYTES", cls.max_frame_bytes),
             ws_max_size=number("WS_MAX_SIZE", cls.ws_max_size),
             ws_send_queue=number("WS_SEND_QUEUE", cls.ws_send_queue),
+            ws_send_timeout=duration("WS_SEND_TIMEOUT", cls.ws_send_timeout),
+            max_tabs_per_cart=number("MAX_TABS_PER_CART", cls.max_tabs_per_cart),
+            max_connections_per_ip=number("MAX_CONNECTIONS_PER_IP", cls.max_connections_per_ip),
+            cart_rate=rate("CART_RATE_LIMIT", cls.cart_rate),
+            cart_burst=number("CART_RATE_BURST", cls.cart_burst),
+            connection_rate=rate("CONNECTION_RATE_LIMIT", cls.connection_rate),
+            connection_burst=number("CONNECTION_RATE_BURST", cls.connection_burst),
+            long_poll_max=duration("LONG_POLL_MAX", cls.long_poll_max),
             patch_history=number("PATCH_HISTORY", cls.patch_history),
             room_idle_seconds=duration("ROOM_IDLE", cls.room_idle_seconds),
             abandon_after=duration("ABANDON_AFTER", cls.abandon_after),

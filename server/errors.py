@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 # WebSocket close codes the protocol uses (RFC 6455 section 7.4.1).
-CLOSE_POLICY_VIOLATION = 1008  # foreign Origin, invalid frames past the rate limit
+CLOSE_POLICY_VIOLATION = 1008  # foreign Origin, too many tabs or connections, invalid frames
+# or refused mutations past the rate limit
 CLOSE_MESSAGE_TOO_BIG = 1009  # sent by uvicorn for frames over WS_MAX_SIZE
 CLOSE_SERVICE_RESTART = 1012  # sent by uvicorn on shutdown; clients reconnect with ?since=
 CLOSE_TRY_AGAIN_LATER = 1013  # tab too slow to keep up; it reconnects and resyncs
@@ -21,6 +23,10 @@ class CartError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers for REST (Retry-After)."""
+        return {}
 
     def body(self) -> dict[str, Any]:
         """The REST error body: {"error": {"code", "message", ...details}}."""
@@ -89,6 +95,26 @@ class VersionConflict(CartError):
 
     code = "version_conflict"
     status = 412
+
+
+class RateLimited(CartError):
+    """Over a mutation rate limit (per cart or per connection); `retry_after` seconds."""
+
+    code = "rate_limited"
+    status = 429
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(math.ceil(self.details.get("retry_after", 1)))}
+
+
+class TooManyConnections(CartError):
+    """This client address holds as many long-lived connections as it may."""
+
+    code = "too_many_connections"
+    status = 429
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "5"}
 
 
 class Unavailable(CartError):

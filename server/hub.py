@@ -17,6 +17,7 @@ from .bus import Bus
 from .catalog import Catalog
 from .clock import utcnow
 from .config import Settings
+from .errors import CLOSE_SERVICE_RESTART
 from .metrics import Metrics
 from .room import Room, RoomContext
 from .store import Store
@@ -50,7 +51,10 @@ class Hub:
         self.metrics = metrics
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Future[Room]] = {}
-        self._context = RoomContext(store, catalog, settings, metrics, self._published)
+        self.draining = asyncio.Event()
+        self._context = RoomContext(
+            store, catalog, settings, metrics, self._published, self.draining
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         metrics.gauge("cart_rooms_loaded", lambda: len(self.rooms))
         metrics.gauge("cart_ws_connections", lambda: sum(len(r.tabs) for r in self.rooms.values()))
@@ -154,6 +158,22 @@ class Hub:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Shutdown, before uvicorn closes the connections: long-polls answer now, tabs
+        start no new mutation, the ones in flight commit, and every tab is sent what it
+        is owed (acks, patches) and then closed with 1012 so it reconnects elsewhere."""
+        self.draining.set()
+        rooms = list(self.rooms.values())
+        for room in rooms:
+            room.wake()
+        for room in rooms:
+            async with room.lock:  # FIFO: every mutation already waiting goes first
+                pass
+        tabs = [tab for room in rooms for tab in room.tabs]
+        for tab in tabs:
+            tab.close(CLOSE_SERVICE_RESTART, flush=True)
+        await asyncio.gather(*(tab.done.wait() for tab in tabs))
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -1,8 +1,13 @@
-"""Token buckets for rate limits."""
+"""Rate limits (token buckets) and the count of open connections per client address."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
+from collections.abc import Iterator
+
+from . import errors
 
 
 class TokenBucket:
@@ -14,11 +19,62 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = time.monotonic()
 
-    def take(self, cost: float = 1.0) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def take(self, cost: float = 1.0) -> bool:
+        self._refill()
         if self.tokens < cost:
             return False
         self.tokens -= cost
         return True
+
+    def wait(self, cost: float = 1.0) -> float:
+        """Seconds until `cost` tokens are there; 0 if they are now."""
+        self._refill()
+        return max(0.0, (cost - self.tokens) / self.rate)
+
+
+def admit(*buckets: TokenBucket | None) -> None:
+    """Take a token from every bucket, or from none and raise RateLimited: a refusal by one
+    limit spends nothing from the others."""
+    present = [bucket for bucket in buckets if bucket is not None]
+    wait = max((bucket.wait() for bucket in present), default=0.0)
+    if wait > 0:
+        seconds = math.ceil(wait * 1000) / 1000
+        raise errors.RateLimited(
+            f"too many changes; try again in {seconds:g} s", retry_after=seconds
+        )
+    for bucket in present:
+        bucket.take()
+
+
+class ConnectionCounter:
+    """Open long-lived connections (WebSockets, long-polls) per client address."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+
+    def total(self) -> int:
+        return sum(self.open.values())
+
+    @contextlib.contextmanager
+    def hold(self, address: str) -> Iterator[bool]:
+        """Count one connection from `address` for the block; yields False (and counts
+        nothing) when the address is at the limit already."""
+        count = self.open.get(address, 0)
+        if count >= self.limit:
+            yield False
+            return
+        self.open[address] = count + 1
+        try:
+            yield True
+        finally:
+            left = self.open[address] - 1
+            if left:
+                self.open[address] = left
+            else:
+                del self.open[address]

@@ -16,8 +16,13 @@ _HELP = {
     "cart_commit_batches_total": ("counter", "Store transactions (group commits)."),
     "cart_commit_writes_total": ("counter", "Writes committed inside those transactions."),
     "cart_commit_seconds": ("histogram", "Time from a write's submission to its commit."),
+    "cart_store_writes_pending": ("gauge", "Writes submitted to the store, not yet committed."),
     "cart_ws_connections": ("gauge", "Open WebSocket tabs."),
     "cart_rooms_loaded": ("gauge", "Cart rooms held in memory."),
+    "cart_long_lived_connections": (
+        "gauge",
+        "Open WebSockets and long-polls (counted per address for MAX_CONNECTIONS_PER_IP).",
+    ),
 }
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 

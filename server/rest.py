@@ -12,10 +12,12 @@ from starlette.responses import PlainTextResponse, Response
 from . import errors
 from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity
 from .identity import COOKIE, HEADER, CartRef
+from .limits import admit
 from .protocol import add_item_decoder, encode, set_quantity_decoder
 from .web import (
     Services,
     cart_response,
+    client_address,
     error_response,
     idempotency_key,
     if_match,
@@ -26,7 +28,6 @@ from .web import (
 )
 
 DEFAULT_WAIT = 25.0
-MAX_WAIT = 60.0
 
 
 def _ref(request: Request, svc: Services) -> CartRef:
@@ -61,6 +62,7 @@ async def _mutate(request: Request, parse: Callable[[Request], Awaitable[Op]]) -
         op = await parse(request)
         ref = await settle(svc, ref)
         async with svc.hub.use(ref.cart_id) as room:
+            admit(room.rate)
             outcome = await room.submit(
                 op,
                 key=None if key is None else f"rest:{key}",
@@ -117,15 +119,26 @@ async def changes(request: Request) -> Response:
     try:
         since_param = _param(request, "since", int)
         wait_param = _param(request, "wait", float)
+        with svc.connections.hold(client_address(request)) as admitted:
+            if not admitted:
+                raise errors.TooManyConnections(
+                    "this address has as many open connections as it may; try again later"
+                )
+            return await _changes(request, svc, ref, since_param, wait_param)
     except errors.CartError as exc:
         return error_response(exc, request, ref)
-    since = None if since_param is None else int(since_param)
-    wait = DEFAULT_WAIT if wait_param is None else min(wait_param, MAX_WAIT)
+
+
+async def _changes(
+    request: Request, svc: Services, ref: CartRef, since: float | None, wait: float | None
+) -> Response:
+    cap = svc.settings.long_poll_max
+    wait = min(DEFAULT_WAIT if wait is None else wait, cap)
     ref = await settle(svc, ref)
     async with svc.hub.use(ref.cart_id) as room:
         if since is not None:
-            await room.wait_past(since, wait)
-        frames = room.patches_after(since) if since is not None else None
+            await room.wait_past(int(since), wait)
+        frames = room.patches_after(int(since)) if since is not None else None
         if frames is None:
             body = encode({"snapshot": Raw(room.document())})
         else:

@@ -22,6 +22,7 @@ from .catalog import Catalog
 from .clock import utcnow
 from .config import Settings
 from .errors import CLOSE_TRY_AGAIN_LATER
+from .limits import TokenBucket
 from .metrics import Metrics
 from .protocol import PresenceMsg, SnapshotMsg, encode
 from .store import AlreadyApplied, CartWrite, StaleVersion, Store, StoredCart
@@ -40,6 +41,7 @@ class Tab:
         self.limit = limit
         self.queue: asyncio.Queue[str | int] = asyncio.Queue()
         self.close_code: int | None = None
+        self.done = asyncio.Event()  # set by the writer when it has stopped
 
     def send(self, frame: str) -> None:
         if self.close_code is not None:
@@ -50,11 +52,12 @@ class Tab:
             return
         self.queue.put_nowait(frame)
 
-    def close(self, code: int) -> None:
-        """Ask the writer to close the socket with `code` after nothing else."""
+    def close(self, code: int, *, flush: bool = False) -> None:
+        """Ask the writer to close the socket with `code`: next, dropping what is queued,
+        or (flush) after the frames queued so far."""
         if self.close_code is None:
             self.close_code = code
-            while not self.queue.empty():
+            while not flush and not self.queue.empty():
                 self.queue.get_nowait()
             self.queue.put_nowait(code)
 
@@ -71,6 +74,7 @@ class RoomContext(Struct, frozen=True):
     settings: Settings
     metrics: Metrics
     published: Callable[[str, int], None]  # after each commit: (cart id, version)
+    draining: asyncio.Event  # the server is shutting down: long-polls answer at once
 
 
 class Room:
@@ -84,6 +88,8 @@ class Room:
         self.keys: dict[str, int] = {}
         self._changed: asyncio.Future[None] | None = None
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
+        # Shared by every tab and REST caller of the cart: more tabs, no more allowance.
+        self.rate = TokenBucket(ctx.settings.cart_rate, ctx.settings.cart_burst)
         self.cart = Cart(id=cart_id, updated_at=utcnow())
         if stored is not None:
             self._load(stored)
@@ -125,7 +131,7 @@ class Room:
 
     async def wait_past(self, version: int, timeout: float) -> None:
         """Return once the cart is past `version`, or after `timeout` seconds."""
-        if self.cart.version != version or timeout <= 0:
+        if self.cart.version != version or timeout <= 0 or self.ctx.draining.is_set():
             return
         if self._changed is None:
             self._changed = asyncio.get_running_loop().create_future()
@@ -231,10 +237,11 @@ class Room:
                 del self.keys[next(iter(self.keys))]
         self.last_used = time.monotonic()
         self.broadcast(patch)
-        self._wake()
+        self.wake()
         self.ctx.published(new.id, new.version)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Return every wait_past() now: the cart changed, or the server is shutting down."""
         if self._changed is not None:
             self._changed.set_result(None)
             self._changed = None
@@ -256,4 +263,4 @@ class Room:
             frames = [self.snapshot_frame()]
         for frame in frames:
             self.broadcast(frame)
-        self._wake()
+        self.wake()

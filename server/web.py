@@ -19,6 +19,7 @@ from .cart import FINISHED
 from .config import Settings
 from .hub import Hub
 from .identity import CartIds, CartRef, set_cookie_header
+from .limits import ConnectionCounter
 from .metrics import Metrics
 from .protocol import DECODE_ERRORS
 from .store import Store
@@ -36,6 +37,13 @@ class Services(Struct, frozen=True):
     ids: CartIds
     store: Store
     metrics: Metrics
+    connections: ConnectionCounter
+
+
+def client_address(conn: HTTPConnection) -> str:
+    """The peer's address as uvicorn reports it: X-Forwarded-For is taken into account only
+    from proxies listed in --forwarded-allow-ips, so a client cannot pick its own."""
+    return conn.client.host if conn.client is not None else ""
 
 
 def services(conn: HTTPConnection) -> Services:
@@ -127,5 +135,8 @@ def cart_response(
 def error_response(exc: errors.CartError, conn: HTTPConnection, ref: CartRef | None) -> Response:
     body = msgspec.json.encode(exc.body())
     if ref is None:
-        return Response(body, exc.status, media_type="application/json")
-    return cart_response(conn, body, ref, None, exc.status)
+        response = Response(body, exc.status, media_type="application/json")
+    else:
+        response = cart_response(conn, body, ref, None, exc.status)
+    response.headers.update(exc.headers())
+    return response

@@ -13,9 +13,9 @@ from starlette.websockets import WebSocket
 
 from . import errors
 from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity
-from .errors import CLOSE_POLICY_VIOLATION
+from .errors import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER
 from .identity import COOKIE, set_cookie_header
-from .limits import TokenBucket
+from .limits import TokenBucket, admit
 from .protocol import (
     DECODE_ERRORS,
     AckMsg,
@@ -30,26 +30,49 @@ from .protocol import (
     error_frame,
 )
 from .room import Room, Tab
-from .web import Services, is_secure, origin_allowed, services, settle
+from .web import Services, client_address, is_secure, origin_allowed, services, settle
 
 log = logging.getLogger("server.ws")
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PONG = encode(PongMsg()).decode()
-# Invalid frames a tab may send before it is closed with 1008: a burst, then one a second.
-INVALID_BURST = 10
-INVALID_RATE = 1.0
+# Strikes (invalid frames, rate-limited mutations) a tab may collect before it is closed
+# with 1008: a burst, then one a second.
+STRIKE_BURST = 10
+STRIKE_RATE = 1.0
 CLOSE_WAIT = 5.0
+_CLOSE_REASONS = {
+    CLOSE_POLICY_VIOLATION: "too many invalid or rate-limited messages",
+    CLOSE_SERVICE_RESTART: "server restarting",
+    CLOSE_TRY_AGAIN_LATER: "too slow to keep up; reconnect with since",
+}
 
 
 async def cart_socket(websocket: WebSocket) -> None:
     svc = services(websocket)
     if not origin_allowed(websocket.headers, svc.settings):
-        # Accept, then close, so the client sees the protocol's 1008 rather than a bare 403.
-        await websocket.accept()
-        await websocket.close(CLOSE_POLICY_VIOLATION, "origin not allowed")
-        svc.metrics.inc("cart_ws_closed_total", code=str(CLOSE_POLICY_VIOLATION))
+        await _refuse(websocket, svc, CLOSE_POLICY_VIOLATION, "origin not allowed")
         return
+    if svc.hub.draining.is_set():
+        await _refuse(websocket, svc, CLOSE_SERVICE_RESTART, "server restarting")
+        return
+    with svc.connections.hold(client_address(websocket)) as admitted:
+        if not admitted:
+            reason = "too many connections from this address"
+            await _refuse(websocket, svc, CLOSE_POLICY_VIOLATION, reason)
+            return
+        await _serve(websocket, svc)
+
+
+async def _refuse(websocket: WebSocket, svc: Services, code: int, reason: str) -> None:
+    # Accept, then close, so the client sees the protocol's close code and a reason rather
+    # than a bare 403; no cart frame is sent first.
+    await websocket.accept()
+    await websocket.close(code, reason)
+    svc.metrics.inc("cart_ws_closed_total", code=str(code))
+
+
+async def _serve(websocket: WebSocket, svc: Services) -> None:
     params = websocket.query_params
     client_id = params.get("client_id", "")
     if not _CLIENT_ID.match(client_id):
@@ -64,9 +87,17 @@ async def cart_socket(websocket: WebSocket) -> None:
     if ref.issued:
         cookie = set_cookie_header(ref.signed, is_secure(websocket))
         headers = [(b"set-cookie", cookie.encode())]
-    await websocket.accept(headers=headers)
 
     async with svc.hub.use(ref.cart_id) as room:
+        if len(room.tabs) >= svc.settings.max_tabs_per_cart:
+            # Checked before the accept's await as well as after it, so the limit holds.
+            await _refuse(websocket, svc, CLOSE_POLICY_VIOLATION, "too many tabs on this cart")
+            return
+        await websocket.accept(headers=headers)
+        if len(room.tabs) >= svc.settings.max_tabs_per_cart:
+            await websocket.close(CLOSE_POLICY_VIOLATION, "too many tabs on this cart")
+            svc.metrics.inc("cart_ws_closed_total", code=str(CLOSE_POLICY_VIOLATION))
+            return
         tab = Tab(client_id, svc.settings.ws_send_queue)
         room.join(tab, since)
         writer = asyncio.create_task(_write(websocket, tab, svc))
@@ -88,22 +119,30 @@ async def _write(websocket: WebSocket, tab: Tab, svc: Services) -> None:
             item = await tab.queue.get()
             if isinstance(item, int):
                 svc.metrics.inc("cart_ws_closed_total", code=str(item))
-                await websocket.close(item)
+                await websocket.close(item, _CLOSE_REASONS.get(item, ""))
                 return
             await websocket.send_text(item)
     except asyncio.CancelledError:
         raise
     except Exception:  # the peer went away mid-send: the reader sees the disconnect
         return
+    finally:
+        tab.done.set()
 
 
 async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> None:
-    invalid = TokenBucket(INVALID_RATE, INVALID_BURST)
+    # Invalid frames and rate-limited mutations are strikes: a burst of them is answered
+    # with error frames, a connection that keeps going is closed with 1008.
+    strikes = TokenBucket(STRIKE_RATE, STRIKE_BURST)
+    rate = TokenBucket(svc.settings.connection_rate, svc.settings.connection_burst)
     limit = svc.settings.max_frame_bytes
+    draining = svc.hub.draining
     while tab.close_code is None:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
+        if draining.is_set():
+            continue  # shutting down: not applied, not acknowledged; resent after reconnecting
         text: str | None = message.get("text")
         try:
             if text is None:
@@ -117,13 +156,14 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
         except errors.InvalidMessage as exc:
             tab.send(error_frame(_loose_id(text), exc.code, exc.message, {}).decode())
             svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
-            if not invalid.take():
+            if not strikes.take():
                 tab.close(CLOSE_POLICY_VIOLATION)
             continue
         if isinstance(msg, PingMsg):
             tab.send(_PONG)
             continue
         try:
+            admit(rate, room.rate)
             outcome = await room.submit(
                 _operation(msg),
                 origin=tab.client_id,
@@ -133,6 +173,8 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
         except errors.CartError as exc:
             tab.send(error_frame(msg.id, exc.code, exc.message, exc.details).decode())
             svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
+            if isinstance(exc, errors.RateLimited) and not strikes.take():
+                tab.close(CLOSE_POLICY_VIOLATION)
             continue
         tab.send(encode(AckMsg(id=msg.id, version=outcome.version)).decode())
         svc.metrics.inc("cart_mutations_total", source="ws", result="ok")

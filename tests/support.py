@@ -21,6 +21,15 @@ from itsdangerous import Signer
 
 SECRET = "test-secret-not-for-production"
 READY_LINE = "Uvicorn running on"
+# Tests drive carts at machine speed from one address: far past the limits meant for
+# people. Tests of the limits themselves set their own.
+UNLIMITED = {
+    "MAX_CONNECTIONS_PER_IP": "100000",
+    "CART_RATE_LIMIT": "1000000",
+    "CART_RATE_BURST": "1000000",
+    "CONNECTION_RATE_LIMIT": "1000000",
+    "CONNECTION_RATE_BURST": "1000000",
+}
 START_TIMEOUT = 20.0
 
 
@@ -71,6 +80,7 @@ class ServerProcess:
             "CART_SECRET": SECRET,
             "LOG_LEVEL": "info",
             "DEMO_CATALOG": "0" if catalog else "1",
+            **UNLIMITED,
             **(env or {}),
         }
         self.proc: subprocess.Popen[str] | None = None

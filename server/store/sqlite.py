@@ -48,6 +48,8 @@ class SQLiteStore:
         self._read_lock = asyncio.Lock()  # one read transaction at a time on the reader
         self._pending: list[tuple[Job, asyncio.Future[Any], float]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._unfinished = 0  # writes submitted and not yet committed or failed
+        metrics.gauge("cart_store_writes_pending", lambda: self._unfinished)
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics | None = None) -> SQLiteStore:
@@ -75,7 +77,11 @@ class SQLiteStore:
         self._pending.append((job, fut, time.perf_counter()))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
-        return await fut
+        self._unfinished += 1
+        try:
+            return await fut
+        finally:
+            self._unfinished -= 1
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()

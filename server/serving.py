@@ -1,0 +1,102 @@
+"""uvicorn, as this server runs it: the app drains before connections are closed on
+shutdown, WebSocket peers that stop reading are dropped, and cart ids stay out of the log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+log = logging.getLogger("server")
+
+DRAIN_SECONDS = 3.0  # in-flight mutations and their acks; uvicorn then has the rest of 10 s
+GRACEFUL_SECONDS = 6
+
+
+class CartServer(uvicorn.Server):
+    """On SIGTERM: stop accepting, let the app drain (long-polls answer, in-flight mutations
+    commit, tabs get their acks and 1012), then uvicorn's own graceful shutdown."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # stop accepting before draining what is open
+        drain: Callable[[], Awaitable[None]] | None = getattr(self.app.state, "drain", None)
+        if drain is not None and not self.force_exit:
+            log.info("draining: answering long-polls, finishing mutations in flight")
+            try:
+                await asyncio.wait_for(drain(), DRAIN_SECONDS)
+            except TimeoutError:
+                log.warning("shutdown: tabs still unflushed after %.0f s", DRAIN_SECONDS)
+        await super().shutdown(sockets)
+
+
+class StallGuardedProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, except that a peer which stops reading is dropped.
+
+    Sends wait while the transport's buffer is over its high-water mark, and a close frame
+    waits behind them: a peer that keeps its TCP window shut would hold the socket, its
+    buffers and its tab until the keepalive gave up, and even that closes gracefully,
+    waiting for the buffer to drain. Here a buffer that has not drained for
+    `stall_seconds` aborts the connection."""
+
+    stall_seconds = 5.0
+    _stall: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._stall = self.loop.call_later(self.stall_seconds, self._abort_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_stall()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_stall()
+        super().connection_lost(exc)
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _abort_stalled(self) -> None:
+        self._stall = None
+        log.info("dropped a WebSocket peer that read nothing for %g s", self.stall_seconds)
+        self.transport.abort()
+
+
+def stall_guarded(seconds: float) -> type[StallGuardedProtocol]:
+    return type("StallGuardedProtocol", (StallGuardedProtocol,), {"stall_seconds": seconds})
+
+
+class RedactCartIds(logging.Filter):
+    """uvicorn logs each WebSocket's path with its query string, which may hold a signed
+    cart id (`?cart=`): a bearer credential for that cart. Blank it before it is written."""
+
+    _CART = re.compile(r"([?&]cart=)[^&\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._CART.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = self._CART.sub(r"\1[redacted]", record.msg)
+        return True
+
+
+def redact_logs() -> None:
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(RedactCartIds())
