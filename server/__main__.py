@@ -65,7 +65,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port,
         loop="uvloop",
         http="httptools",
-        ws=stall_guarded(settings.ws_send_timeout),  # websockets-sansio, dropping stuck peers
+        ws=stall_guarded(settings),  # websockets-sansio, dropping stuck peers
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,  # frames are small; compressing each per tab costs more
         ws_ping_interval=20.0,

@@ -53,6 +53,9 @@ class Settings:
     ws_send_queue: int = 256  # frames queued for one tab before it is closed with 1013
     # A peer whose socket has not taken data for this long is dropped (it stopped reading).
     ws_send_timeout: float = 5.0
+    # Kernel send buffer per WebSocket (SO_SNDBUF): bounds what a stalled peer holds and
+    # how soon it is noticed; cart frames are small, so this costs no throughput.
+    ws_send_buffer: int = 256 * 1024
     max_tabs_per_cart: int = 20
     max_connections_per_ip: int = 100  # open WebSockets and long-polls from one address
     # Mutations per second (and burst) per cart, shared by its tabs and REST callers, and
@@ -127,6 +130,7 @@ class Settings:
             ws_max_size=number("WS_MAX_SIZE", cls.ws_max_size),
             ws_send_queue=number("WS_SEND_QUEUE", cls.ws_send_queue),
             ws_send_timeout=duration("WS_SEND_TIMEOUT", cls.ws_send_timeout),
+            ws_send_buffer=number("WS_SEND_BUFFER", cls.ws_send_buffer),
             max_tabs_per_cart=number("MAX_TABS_PER_CART", cls.max_tabs_per_cart),
             max_connections_per_ip=number("MAX_CONNECTIONS_PER_IP", cls.max_connections_per_ip),
             cart_rate=rate("CART_RATE_LIMIT", cls.cart_rate),

@@ -13,6 +13,8 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from .config import Settings
+
 log = logging.getLogger("server")
 
 DRAIN_SECONDS = 3.0  # in-flight mutations and their acks; uvicorn then has the rest of 10 s
@@ -50,7 +52,15 @@ class StallGuardedProtocol(WebSocketsSansIOProtocol):
     `stall_seconds` aborts the connection."""
 
     stall_seconds = 5.0
+    send_buffer = 256 * 1024
     _stall: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Without a cap the kernel grows it to megabytes for a peer that reads nothing.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        super().connection_made(transport)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -76,8 +86,10 @@ class StallGuardedProtocol(WebSocketsSansIOProtocol):
         self.transport.abort()
 
 
-def stall_guarded(seconds: float) -> type[StallGuardedProtocol]:
-    return type("StallGuardedProtocol", (StallGuardedProtocol,), {"stall_seconds": seconds})
+def stall_guarded(settings: Settings) -> type[StallGuardedProtocol]:
+    """The protocol class, configured: uvicorn instantiates it per connection."""
+    limits = {"stall_seconds": settings.ws_send_timeout, "send_buffer": settings.ws_send_buffer}
+    return type("StallGuardedProtocol", (StallGuardedProtocol,), limits)
 
 
 class RedactCartIds(logging.Filter):

@@ -157,7 +157,7 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
             tab.send(error_frame(_loose_id(text), exc.code, exc.message, {}).decode())
             svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
             if not strikes.take():
-                tab.close(CLOSE_POLICY_VIOLATION)
+                tab.close(CLOSE_POLICY_VIOLATION, flush=True)
             continue
         if isinstance(msg, PingMsg):
             tab.send(_PONG)
@@ -174,7 +174,7 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
             tab.send(error_frame(msg.id, exc.code, exc.message, exc.details).decode())
             svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
             if isinstance(exc, errors.RateLimited) and not strikes.take():
-                tab.close(CLOSE_POLICY_VIOLATION)
+                tab.close(CLOSE_POLICY_VIOLATION, flush=True)
             continue
         tab.send(encode(AckMsg(id=msg.id, version=outcome.version)).decode())
         svc.metrics.inc("cart_mutations_total", source="ws", result="ok")

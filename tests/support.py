@@ -164,6 +164,7 @@ class Tab:
         self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.log: list[dict[str, Any]] = []  # every frame received, in order
         self.close_code: int | None = None
+        self.close_reason = ""
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -176,6 +177,7 @@ class Tab:
         client_id: str | None = None,
         origin: str | None = None,
         cookie: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Tab:
         query = []
         if signed is not None:
@@ -185,11 +187,11 @@ class Tab:
         if client_id is not None:
             query.append(f"client_id={client_id}")
         url = server.ws_url + ("?" + "&".join(query) if query else "")
-        headers = {"Cookie": f"cart_id={cookie}"} if cookie else None
+        extra = {**(headers or {}), **({"Cookie": f"cart_id={cookie}"} if cookie else {})}
         ws = await websockets.connect(
             url,
             origin=origin,
-            additional_headers=headers,
+            additional_headers=extra,
             max_size=2**22,
             proxy=None,
             compression=None,
@@ -206,6 +208,7 @@ class Tab:
             pass
         finally:
             self.close_code = self.ws.close_code
+            self.close_reason = self.ws.close_reason or ""
             self.frames.put_nowait({"type": "_closed", "code": self.ws.close_code})
 
     async def next(self, kind: str | None = None, timeout: float = 10.0) -> dict[str, Any]:

@@ -47,6 +47,37 @@ def test_defaults_from_an_empty_environment() -> None:
     assert settings.sqlite_synchronous == "FULL"
     assert settings.demo_catalog is True
     assert settings.access_log is False
+    # Limits: generous for people, far below what a loop or a bot does.
+    assert settings.max_tabs_per_cart == 20
+    assert settings.max_connections_per_ip == 100
+    assert (settings.cart_rate, settings.cart_burst) == (50.0, 100)
+    assert (settings.connection_rate, settings.connection_burst) == (20.0, 40)
+    assert settings.ws_send_timeout == 5.0
+    assert settings.ws_send_buffer == 256 * 1024
+    assert settings.long_poll_max == 60.0
+
+
+def test_limits_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "MAX_TABS_PER_CART": "5",
+            "MAX_CONNECTIONS_PER_IP": "7",
+            "CART_RATE_LIMIT": "2.5",
+            "CART_RATE_BURST": "9",
+            "CONNECTION_RATE_LIMIT": "0.5",
+            "CONNECTION_RATE_BURST": "3",
+            "WS_SEND_TIMEOUT": "500ms",
+            "WS_SEND_BUFFER": "65536",
+            "LONG_POLL_MAX": "25s",
+        }
+    )
+    assert settings.max_tabs_per_cart == 5
+    assert settings.max_connections_per_ip == 7
+    assert (settings.cart_rate, settings.cart_burst) == (2.5, 9)
+    assert (settings.connection_rate, settings.connection_burst) == (0.5, 3)
+    assert settings.ws_send_timeout == 0.5
+    assert settings.ws_send_buffer == 65536
+    assert settings.long_poll_max == 25.0
 
 
 def test_blank_values_fall_back_to_defaults() -> None:
@@ -111,6 +142,17 @@ def test_values_are_read_and_normalised() -> None:
         ("SQLITE_SYNCHRONOUS", "0"),
         ("DEMO_CATALOG", "maybe"),
         ("ACCESS_LOG", "2"),
+        ("MAX_TABS_PER_CART", "0"),
+        ("MAX_CONNECTIONS_PER_IP", "many"),
+        ("CART_RATE_LIMIT", "0"),
+        ("CART_RATE_LIMIT", "-5"),
+        ("CART_RATE_LIMIT", "nan"),
+        ("CART_RATE_LIMIT", "inf"),
+        ("CONNECTION_RATE_LIMIT", "fast"),
+        ("CONNECTION_RATE_BURST", "2.5"),
+        ("WS_SEND_TIMEOUT", "forever"),
+        ("WS_SEND_BUFFER", "256k"),
+        ("LONG_POLL_MAX", "-1"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_variable(name: str, value: str) -> None:
