@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .config import ConfigError, Settings
 
+TRACE = 5
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    logging.addLevelName(TRACE, "TRACE")  # uvicorn's level below debug, known before uvicorn
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

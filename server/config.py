@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -42,7 +42,8 @@ def sqlite_path(url: str) -> str:
 class Settings:
     database_url: str = "sqlite:///cart.db"
     # HMAC secret for cart cookies. Empty: generated once and kept next to the database.
-    secret: str = ""
+    # Never in a repr: settings end up in logged ASGI state at trace level.
+    secret: str = field(default="", repr=False)
     # Extra origins allowed to open the WebSocket and call mutating REST endpoints;
     # the server's own origin (same host) is always allowed.
     allowed_origins: tuple[str, ...] = ()
@@ -117,6 +118,10 @@ class Settings:
             raise ConfigError(
                 f"SQLITE_SYNCHRONOUS must be FULL, NORMAL or EXTRA, got {synchronous!r}"
             )
+        log_level = get("LOG_LEVEL", cls.log_level).lower()
+        if log_level not in {"critical", "error", "warning", "info", "debug", "trace"}:
+            levels = "critical, error, warning, info, debug or trace"
+            raise ConfigError(f"LOG_LEVEL must be {levels}, got {log_level!r}")
         origins = tuple(
             o.strip().rstrip("/") for o in get("ALLOWED_ORIGINS", "").split(",") if o.strip()
         )
@@ -147,5 +152,5 @@ class Settings:
             sqlite_synchronous=synchronous,
             demo_catalog=flag("DEMO_CATALOG", cls.demo_catalog),
             access_log=flag("ACCESS_LOG", cls.access_log),
-            log_level=get("LOG_LEVEL", cls.log_level).lower(),
+            log_level=log_level,
         )

@@ -93,22 +93,42 @@ def stall_guarded(settings: Settings) -> type[StallGuardedProtocol]:
 
 
 class RedactCartIds(logging.Filter):
-    """uvicorn logs each WebSocket's path with its query string, which may hold a signed
-    cart id (`?cart=`): a bearer credential for that cart. Blank it before it is written."""
+    """A signed cart id is a bearer credential for its cart, and uvicorn logs some: the
+    WebSocket path with its `?cart=`, request headers (cookie, X-Cart-Id) at debug, whole
+    ASGI scopes at trace. Keep the id, blank the signature, before anything is written."""
 
-    _CART = re.compile(r"([?&]cart=)[^&\s\"']*")
+    _SIGNED = re.compile(
+        r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.[A-Za-z0-9_-]+"
+    )
+    _CART = re.compile(r"(\bcart(?:_id)?=)[^&;\s\"']+")
+    _HEADERS = {"cookie", "set-cookie", "x-cart-id", "authorization", "stripe-signature"}
+
+    def _clean(self, text: str) -> str:
+        text = self._SIGNED.sub(r"\1.[redacted]", text)
+        return self._CART.sub(r"\1[redacted]", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._CART.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
-                for arg in record.args
-            )
         if isinstance(record.msg, str):
-            record.msg = self._CART.sub(r"\1[redacted]", record.msg)
+            record.msg = self._clean(record.msg)
+        args = record.args
+        if isinstance(args, tuple) and args:
+            if isinstance(args[0], str) and args[0].lower() in self._HEADERS:
+                args = (args[0], "[redacted]", *args[2:])  # websockets: "< %s: %s"
+            record.args = tuple(self._arg(arg) for arg in args)
         return True
+
+    def _arg(self, arg: object) -> object:
+        if isinstance(arg, str):
+            return self._clean(arg)
+        if isinstance(arg, dict | list | tuple | bytes):  # scopes and headers at trace level
+            text = repr(arg)
+            cleaned = self._clean(text)
+            return arg if cleaned == text else cleaned
+        return arg
 
 
 def redact_logs() -> None:
-    for name in ("uvicorn.error", "uvicorn.access"):
+    """On uvicorn's loggers, whose records carry request data; the server's own log no
+    signed id."""
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
         logging.getLogger(name).addFilter(RedactCartIds())

@@ -153,6 +153,7 @@ def test_values_are_read_and_normalised() -> None:
         ("WS_SEND_TIMEOUT", "forever"),
         ("WS_SEND_BUFFER", "256k"),
         ("LONG_POLL_MAX", "-1"),
+        ("LOG_LEVEL", "verbose"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_variable(name: str, value: str) -> None:

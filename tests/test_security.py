@@ -1,0 +1,283 @@
+"""Closed to strangers: cross-site WebSocket hijacking, forged cart ids, SQL built only from
+literals, and no secret or cart credential in the log of a whole session."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from itsdangerous import Signer
+
+from tests.support import SECRET, ServerProcess, Tab, rest, sign
+
+SERVER_DIR = Path(__file__).resolve().parent.parent / "server"
+
+
+@pytest.fixture
+def victim(server: ServerProcess) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A cart with a line in it, checked to be untouched at the end."""
+    import httpx
+
+    with httpx.Client(base_url=server.url, trust_env=False) as client:
+        signed = client.get("/api/cart").headers["x-cart-id"]
+        headers = {"X-Cart-Id": signed}
+        doc = client.post(
+            "/api/cart/items", json={"product_id": "p-007", "quantity": 3}, headers=headers
+        ).json()
+        yield signed, doc
+        assert client.get("/api/cart", headers=headers).json() == doc
+
+
+# --- cross-site WebSocket hijacking ---------------------------------------------------
+
+
+def foreign_origins(server: ServerProcess) -> dict[str, str]:
+    host = f"127.0.0.1:{server.port}"
+    return {
+        "another site": "http://evil.example",
+        "sandboxed frame or file": "null",
+        "same host, other port": "http://127.0.0.1:1",
+        "our host as a subdomain": f"http://{host}.evil.example",
+        "our host as userinfo": f"http://{host}@evil.example",
+        "our host in the path": f"http://evil.example/{host}",
+        "another name for the host": f"http://localhost:{server.port}",
+    }
+
+
+async def test_a_foreign_page_cannot_open_the_socket_with_the_victims_cookie(
+    server: ServerProcess, victim: tuple[str, dict[str, Any]]
+) -> None:
+    """A browser sends the cookie with a cross-site WebSocket, and always its Origin: the
+    server must refuse by Origin before it sends a single frame about the cart."""
+    signed, _ = victim
+    for name, origin in foreign_origins(server).items():
+        tab = await Tab.open(server, cookie=signed, origin=origin)
+        assert await tab.closed() == 1008, name
+        assert tab.close_reason == "origin not allowed", name
+        assert tab.log == [], name  # no snapshot: nothing of the cart leaked
+        assert "set-cookie" not in tab.ws.response.headers, name
+
+
+async def test_the_shops_own_page_and_listed_origins_may(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server({"ALLOWED_ORIGINS": "https://shop.example"}).start()
+    async with rest(server) as client:
+        signed = (await client.get("/api/cart")).headers["x-cart-id"]
+    for origin in (server.url, "https://shop.example", "https://shop.example/"):
+        tab = await Tab.open(server, cookie=signed, origin=origin)
+        assert (await tab.next())["type"] == "snapshot", origin
+        await tab.close()
+    other = await Tab.open(server, cookie=signed, origin="https://shop.example.evil.example")
+    assert await other.closed() == 1008
+
+
+async def test_a_state_change_from_a_foreign_page_with_the_cookie_is_403(
+    server: ServerProcess, victim: tuple[str, dict[str, Any]]
+) -> None:
+    signed, _ = victim
+    async with rest(server) as client:
+        for origin in foreign_origins(server).values():
+            headers = {"Cookie": f"cart_id={signed}", "Origin": origin}
+            response = await client.post(
+                "/api/cart/items", json={"product_id": "p-008"}, headers=headers
+            )
+            assert response.status_code == 403, origin
+            assert response.json()["error"]["code"] == "forbidden_origin"
+
+
+# --- forged cart ids ------------------------------------------------------------------
+
+
+def forgeries(victim_id: str) -> dict[str, str]:
+    signed = sign(victim_id)
+    value, signature = signed.rsplit(".", 1)
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    default_salt = Signer(SECRET, digest_method=hashlib.sha256).sign(victim_id).decode()
+    return {
+        "bad signature": f"{value}.{flipped}",
+        "another shop's secret": sign(victim_id, "another-shops-secret"),
+        "guessed uuid, unsigned": victim_id,
+        "our secret, another salt": default_salt,
+        "signature of another cart": f"{victim_id}.{sign(str(uuid.uuid4())).rsplit('.', 1)[1]}",
+        "truncated signature": signed[:-4],
+        "huge": signed + "x" * 5000,
+    }
+
+
+async def test_a_forged_id_on_the_socket_gets_a_fresh_cart_never_the_victims(
+    server: ServerProcess, victim: tuple[str, dict[str, Any]]
+) -> None:
+    _, doc = victim
+    for name, forged in forgeries(doc["id"]).items():
+        for carrier in ("query", "cookie"):
+            if carrier == "query":
+                tab = await Tab.open(server, forged.replace("x" * 5000, "x" * 500))
+            else:
+                tab = await Tab.open(server, cookie=forged)
+            cart = (await tab.next("snapshot"))["cart"]
+            assert cart["id"] != doc["id"] and cart["items"] == [], (name, carrier)
+            issued = tab.ws.response.headers["set-cookie"]
+            assert issued.startswith(f"cart_id={sign(cart['id'])};"), (name, carrier)
+            # What the forger then does lands in the fresh cart.
+            await tab.send({"type": "clear", "id": "wipe"})
+            assert (await tab.next("ack"))["version"] == 1
+            await tab.close()
+
+
+async def test_a_forged_id_on_rest_changes_only_a_fresh_cart(
+    server: ServerProcess, victim: tuple[str, dict[str, Any]]
+) -> None:
+    _, doc = victim
+    async with rest(server) as client:
+        for name, forged in forgeries(doc["id"]).items():
+            for headers in ({"X-Cart-Id": forged}, {"Cookie": f"cart_id={forged}"}):
+                response = await client.delete("/api/cart/items", headers=headers)
+                assert response.status_code == 200, (name, response.text)
+                assert response.json()["id"] != doc["id"], name
+                assert response.headers["x-cart-id"] == sign(response.json()["id"]), name
+
+
+# --- SQL only from literals -----------------------------------------------------------
+
+SQL_CALLS = {
+    "execute", "executemany", "executescript", "execute_fetchall", "_read",
+    "fetch", "fetchrow", "fetchval", "copy_records_to_table",
+}  # fmt: skip
+SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA|CREATE|DROP|ALTER|WHERE)\b")
+# Each exception, and why it is safe.
+ALLOWED = {
+    # Validated against FULL / NORMAL / EXTRA in Settings.from_env; a PRAGMA takes no
+    # parameters.
+    'f"PRAGMA synchronous = {self._synchronous}"',
+    # The schema file shipped with the package, wrapped in one transaction.
+    '"BEGIN IMMEDIATE;\\n" + SCHEMA_PATH.read_text() + "\\nCOMMIT;"',
+    # The store's read helper: its own callers are checked like any other call.
+    "sql",
+}
+
+
+def _literal(node: ast.expr) -> bool:
+    """A string literal, or literals joined with +."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _literal(node.left) and _literal(node.right)
+    return False
+
+
+def unsafe_sql(source: str) -> list[str]:
+    """Queries built from anything but literals: a query argument that is not a literal,
+    and any f-string, %-format or .format() whose text looks like SQL."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else ""  # methods only
+            if name in SQL_CALLS and node.args and not _literal(node.args[0]):
+                found.append(ast.get_source_segment(source, node.args[0]) or "?")
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr == "format"
+                and isinstance(func.value, ast.Constant)
+                and SQL_WORDS.search(str(func.value.value))
+            ):
+                found.append(ast.get_source_segment(source, node) or "?")
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(str(v.value) for v in node.values if isinstance(v, ast.Constant))
+            if SQL_WORDS.search(text):
+                found.append(ast.get_source_segment(source, node) or "?")
+        elif (
+            isinstance(node, ast.BinOp)
+            and isinstance(node.op, ast.Mod)
+            and isinstance(node.left, ast.Constant)
+            and SQL_WORDS.search(str(node.left.value))
+        ):
+            found.append(ast.get_source_segment(source, node) or "?")
+    return [segment for segment in found if segment not in ALLOWED]
+
+
+def test_every_query_in_server_is_a_literal_with_parameters() -> None:
+    files = sorted(SERVER_DIR.rglob("*.py"))
+    assert any(path.name == "sqlite.py" for path in files)  # the scan sees the store
+    problems = {
+        str(path.relative_to(SERVER_DIR)): found
+        for path in files
+        if (found := unsafe_sql(path.read_text()))
+    }
+    assert problems == {}
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "db.execute(f\"SELECT * FROM carts WHERE id = '{cart_id}'\")",
+        "db.execute(\"SELECT * FROM carts WHERE id = '%s'\" % cart_id)",
+        'db.execute("SELECT * FROM carts WHERE id = {}".format(cart_id))',
+        'db.execute("SELECT * FROM carts WHERE id = " + cart_id)',
+        "db.execute(query)",
+        'await conn.fetch(f"DELETE FROM cart_items WHERE cart_id = {cid}")',
+        'sql = f"UPDATE carts SET version = {v}"',
+    ],
+)
+def test_the_scan_catches_queries_built_from_values(snippet: str) -> None:
+    assert unsafe_sql(snippet)
+
+
+def test_the_scan_passes_parameterized_queries() -> None:
+    assert unsafe_sql('db.execute("SELECT 1 FROM carts WHERE id = ?" " AND v = ?", (a, b))') == []
+
+
+# --- secrets stay out of the log ------------------------------------------------------
+
+
+async def test_a_whole_session_logs_no_secret_and_no_cart_credential(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    server = make_server({"CART_SECRET": secret, "LOG_LEVEL": "trace", "ACCESS_LOG": "1"}).start()
+    credentials: set[str] = set()
+    async with rest(server) as client:
+        first = await client.get("/api/cart")
+        signed = first.headers["x-cart-id"]
+        credentials.add(signed)
+        headers = {"X-Cart-Id": signed}
+        await client.post("/api/cart/items", json={"product_id": "p-001"}, headers=headers)
+        await client.patch("/api/cart/items/p-001", json={"quantity": 4}, headers=headers)
+        await client.post("/api/cart/items", content=b"{not json", headers=headers)
+        await client.post("/api/cart/items", json={"product_id": "nope"}, headers=headers)
+        await client.get("/api/cart/changes", params={"since": 0, "wait": 0}, headers=headers)
+        cookie = await client.get("/api/cart", headers={"Cookie": f"cart_id={signed}"})
+        forged = await client.get("/api/cart", headers={"Cookie": f"cart_id={signed[:-3]}abc"})
+        credentials.add(forged.headers["x-cart-id"])
+        assert cookie.status_code == 200
+        await client.get("/metrics")
+        await client.get("/nowhere")
+    tab = await Tab.open(server, signed, client_id="logged")
+    await tab.next("snapshot")
+    await tab.send({"type": "add", "id": "w1", "product_id": "p-002", "quantity": 1})
+    await tab.next("ack")
+    await tab.send("not json")
+    await tab.next("error")
+    await tab.close()
+    by_cookie = await Tab.open(server, cookie=signed)
+    await by_cookie.next("snapshot")
+    await by_cookie.close()
+    refused = await Tab.open(server, signed, origin="http://evil.example")
+    await refused.closed()
+    server.stop()
+
+    log = server.log()
+    assert "WebSocket /api/cart/ws" in log  # the log did record the sockets, and the requests
+    assert "/api/cart/items" in log
+    assert "ASGI [" in log and "< cookie: [redacted]" in log  # trace: scopes and headers too
+    assert secret not in log
+    for value in credentials:
+        assert value not in log
+        assert value.rsplit(".", 1)[1] not in log  # not even the signature alone
