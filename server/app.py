@@ -10,10 +10,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from . import errors, rest, ws
+from . import errors, openapi, rest, ws
 from .bus import open_bus
 from .catalog import Catalog
 from .config import STATIC_DIR, Settings
@@ -56,8 +56,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await bus.close()
             await store.close()
 
+    api_document = openapi.encoded()
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(api_document, media_type="application/json")
+
     routes = [
         Route("/", index),
+        Route("/openapi.json", openapi_json),
         Route("/api/products", rest.products),
         Route("/api/cart", rest.get_cart),
         Route("/api/cart/items", rest.add_item, methods=["POST"]),
@@ -104,7 +110,20 @@ async def http_error(request: Request, exc: Exception) -> Response:
     kind = _HTTP_ERRORS.get(exc.status_code)
     if kind is None:
         return Response(exc.detail, exc.status_code, headers=exc.headers)
-    return error_response(kind(f"{request.method} {request.url.path}: {exc.detail}"), request, None)
+    response = error_response(
+        kind(f"{request.method} {request.url.path}: {exc.detail}"), request, None
+    )
+    if exc.status_code == 405:  # RFC 9110: say what is allowed, across all routes of the path
+        response.headers["allow"] = ", ".join(sorted(_allowed(request)))
+    return response
+
+
+def _allowed(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return methods
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

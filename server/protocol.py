@@ -11,7 +11,7 @@ MAX_QUANTITY = 999
 MAX_LINES = 100
 
 MessageId = Annotated[str, Meta(min_length=1, max_length=64)]
-ProductId = Annotated[str, Meta(min_length=1, max_length=64)]
+ProductId = Annotated[str, Meta(min_length=1, max_length=64, examples=["p-001"])]
 Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
 QuantityOrZero = Annotated[int, Meta(ge=0, le=MAX_QUANTITY)]
 Version = Annotated[int, Meta(ge=0)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 
 from msgspec import Raw
@@ -28,6 +29,7 @@ from .web import (
 )
 
 DEFAULT_WAIT = 25.0
+MAX_VERSION = 2**63 - 1  # a version is a signed 64-bit integer in every store
 
 
 def _ref(request: Request, svc: Services) -> CartRef:
@@ -117,8 +119,8 @@ async def changes(request: Request) -> Response:
     svc = services(request)
     ref = _ref(request, svc)
     try:
-        since_param = _param(request, "since", int)
-        wait_param = _param(request, "wait", float)
+        since_param = _param(request, "since", int, MAX_VERSION)
+        wait_param = _param(request, "wait", float, sys.float_info.max)  # capped below
         with svc.connections.hold(client_address(request)) as admitted:
             if not admitted:
                 raise errors.TooManyConnections(
@@ -146,16 +148,18 @@ async def _changes(
         return cart_response(request, body, ref, room.version)
 
 
-def _param(request: Request, name: str, parse: Callable[[str], float]) -> float | None:
+def _param(
+    request: Request, name: str, parse: Callable[[str], float], limit: float
+) -> float | None:
     raw = request.query_params.get(name)
     if raw is None:
         return None
     try:
-        value = parse(raw)
+        value = parse(raw) if raw.isascii() else -1  # int() also reads Arabic-Indic digits
     except ValueError:
         value = -1
-    if not 0 <= value < 1e18:  # also refuses NaN
-        raise errors.InvalidRequest(f"?{name}= must be a non-negative number, got {raw!r}")
+    if not 0 <= value <= limit:  # also refuses NaN
+        raise errors.InvalidRequest(f"?{name}= must be a number from 0 to {limit:g}, got {raw!r}")
     return value
 
 

@@ -1,0 +1,438 @@
+"""The REST API of PROTOCOL.md as an OpenAPI 3.1 document, served at /openapi.json.
+
+Bodies are the msgspec Structs the server itself decodes and encodes (their JSON schema
+comes from msgspec), so the document cannot drift from the wire types; the paths, headers
+and error statuses are written out here. The WebSocket is described in PROTOCOL.md only:
+OpenAPI has no way to say it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from .protocol import (
+    MAX_QUANTITY,
+    AddItemBody,
+    CartDoc,
+    PatchMsg,
+    ProductDoc,
+    SetQuantityBody,
+)
+
+# --- shapes that only this document names ----------------------------------------------
+
+
+class Products(Struct):
+    products: list[ProductDoc]
+
+
+class Changes(Struct):
+    version: int
+    patches: list[PatchMsg]
+
+
+class Snapshot(Struct):
+    snapshot: CartDoc
+
+
+class CheckoutSession(Struct):
+    checkout_url: str
+    session_id: str
+
+
+class LoginBody(Struct):
+    token: str
+
+
+class Health(Struct):
+    status: str
+    reason: str | None = None
+
+
+_STRUCTS = [Products, CartDoc, AddItemBody, SetQuantityBody, Changes, Snapshot]
+_STRUCTS += [CheckoutSession, LoginBody, Health]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+                "message": {"type": "string", "minLength": 1},
+            },
+            "additionalProperties": True,  # details: available, max_quantity, version, cart, …
+        }
+    },
+}
+
+# --- headers ---------------------------------------------------------------------------
+
+_TOKEN = "^[\\x21-\\x7e]{1,255}$"
+CART_ID_IN = {
+    "name": "X-Cart-Id",
+    "in": "header",
+    "required": False,
+    "description": "The signed cart id, for clients without cookies (the `cart_id` cookie "
+    "does the same). Missing, tampered or foreign: a fresh cart is issued.",
+    "schema": {"type": "string"},
+}
+CART_COOKIE = {
+    "name": "cart_id",
+    "in": "cookie",
+    "required": False,
+    "description": "The signed cart id (HttpOnly; SameSite=Lax).",
+    "schema": {"type": "string"},
+}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "A repeat with the same key for the same cart returns the first answer "
+    "and changes nothing (remembered for IDEMPOTENCY_TTL). Malformed: 422.",
+    "schema": {"type": "string", "pattern": _TOKEN},
+}
+IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": 'Apply only at this version: `"7"`, `W/"7"`, `7` or `*`; otherwise 412 '
+    "with the current cart.",
+    "schema": {"type": "string", "pattern": '^\\s*(\\*|(W/)?"?[0-9]{1,18}"?)\\s*$'},
+}
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": 'The ETag the client holds: `"7"` answers 304 while the cart is at 7.',
+    "schema": {"type": "string"},
+}
+ORIGIN = {
+    "name": "Origin",
+    "in": "header",
+    "required": False,
+    "description": "Sent by browsers. A state change from an origin other than the "
+    "server's own or ALLOWED_ORIGINS is refused (403 forbidden_origin).",
+    "schema": {"type": "string"},
+}
+PRODUCT_ID = {
+    "name": "product_id",
+    "in": "path",
+    "required": True,
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "pattern": "^[^/]+$",
+        "examples": ["p-001"],
+    },
+}
+
+_CART_HEADERS = {
+    "X-Cart-Id": {"description": "The signed cart id.", "schema": {"type": "string"}},
+    "ETag": {"description": 'The cart version, `"<version>"`.', "schema": {"type": "string"}},
+    "Set-Cookie": {
+        "description": "`cart_id=<signed id>; HttpOnly; SameSite=Lax; Path=/; "
+        "Max-Age=2592000` (plus `Secure` over https).",
+        "schema": {"type": "string"},
+    },
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}}
+
+# --- responses -------------------------------------------------------------------------
+
+
+def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> Any:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> Any:
+    return _json(_ref("Error"), description, headers)
+
+
+CART_OK = _json(_ref("CartDoc"), "The cart document.", _CART_HEADERS)
+MUTATION_ERRORS = {
+    "403": _error("`forbidden_origin`: a browser on another site."),
+    "409": _error(
+        "`insufficient_stock` (`available`), `cart_locked`, `too_many_lines` "
+        f"(`max_lines`: 100), `quantity_limit` (`max_quantity`: {MAX_QUANTITY})."
+    ),
+    "412": _error("`version_conflict`: If-Match names an old version; `version`, `cart`."),
+    "422": _error(
+        "`invalid_request`: a malformed Idempotency-Key, or a body of the wrong shape."
+    ),  # fmt: skip
+    "429": _error(
+        "`rate_limited`: over the mutations per second of this cart; `retry_after`.",
+        _RETRY_AFTER,
+    ),
+    "503": _error("`unavailable`: the store could not commit; nothing changed, retry."),
+}
+BODY_ERRORS = {
+    "400": _error("`invalid_json`: the body is not JSON."),
+    "413": _error("`payload_too_large`: over MAX_BODY_BYTES (16 KiB); `limit`."),
+}
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _mutation(
+    name: str, summary: str, body: str | None, *extra: dict[str, Any], **errors: Any
+) -> Any:
+    operation: dict[str, Any] = {
+        "operationId": name,
+        "summary": summary,
+        "tags": ["cart"],
+        "parameters": [*extra, CART_ID_IN, CART_COOKIE, IDEMPOTENCY_KEY, IF_MATCH, ORIGIN],
+        "responses": {"200": CART_OK, **MUTATION_ERRORS, **(BODY_ERRORS if body else {})},
+    }
+    operation["responses"].update(errors)
+    if body is not None:
+        operation["requestBody"] = _body(body)
+    return operation
+
+
+def _added(operation: dict[str, Any]) -> dict[str, Any]:
+    """Links from an add to what can be done with the line it made, in the same cart."""
+    same_line = {
+        "product_id": "$request.body#/product_id",
+        "X-Cart-Id": "$response.header.X-Cart-Id",
+    }
+    ok = dict(operation["responses"]["200"])
+    ok["links"] = {
+        "SetQuantity": {"operationId": "setQuantity", "parameters": same_line},
+        "RemoveItem": {"operationId": "removeItem", "parameters": same_line},
+    }
+    operation["responses"] = {**operation["responses"], "200": ok}
+    return operation
+
+
+def _paths() -> dict[str, Any]:
+    not_in_cart = _error("`not_in_cart`: the cart has no line for this product.")
+    return {
+        "/api/products": {
+            "get": {
+                "operationId": "listProducts",
+                "summary": "The catalog.",
+                "tags": ["catalog"],
+                "responses": {"200": _json(_ref("Products"), "Every product.")},
+            }
+        },
+        "/api/cart": {
+            "get": {
+                "operationId": "getCart",
+                "summary": "The cart.",
+                "tags": ["cart"],
+                "parameters": [CART_ID_IN, CART_COOKIE, IF_NONE_MATCH],
+                "responses": {
+                    "200": CART_OK,
+                    "304": {"description": "Still at the version If-None-Match names."},
+                },
+            }
+        },
+        "/api/cart/items": {
+            "post": _added(
+                _mutation(
+                    "addItem",
+                    "Add to a line (creating it).",
+                    "AddItemBody",
+                    **{"404": _error("`unknown_product`.")},
+                )
+            ),
+            "delete": _mutation("clearCart", "Empty the cart.", None),
+        },
+        "/api/cart/items/{product_id}": {
+            "patch": _mutation(
+                "setQuantity",
+                "Set a line's quantity (0 removes it).",
+                "SetQuantityBody",
+                PRODUCT_ID,
+                **{"404": not_in_cart},
+            ),
+            "delete": _mutation(
+                "removeItem", "Remove a line.", None, PRODUCT_ID, **{"404": not_in_cart}
+            ),
+        },
+        "/api/cart/changes": {
+            "get": {
+                "operationId": "cartChanges",
+                "summary": "Long-poll for the patches after a version.",
+                "tags": ["cart"],
+                "parameters": [
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Without it, a snapshot at once.",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                    },
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "description": "Seconds to wait for a change (default 25, capped at "
+                        "LONG_POLL_MAX, 60).",
+                        "schema": {"type": "number", "minimum": 0},
+                    },
+                    CART_ID_IN,
+                    CART_COOKIE,
+                ],
+                "responses": {
+                    "200": _json(
+                        {"oneOf": [_ref("Changes"), _ref("Snapshot")]},
+                        "The patches after `since` (none if nothing happened within `wait`),"
+                        " or a snapshot when `since` is missing or too old.",
+                        _CART_HEADERS,
+                    ),
+                    "422": _error("`invalid_request`: `since` or `wait` is not a number."),
+                    "429": _error(
+                        "`too_many_connections`: this address holds MAX_CONNECTIONS_PER_IP.",
+                        _RETRY_AFTER,
+                    ),
+                },
+            }
+        },
+        "/api/cart/checkout": {
+            "post": {
+                "operationId": "startCheckout",
+                "summary": "Start a checkout: reserve stock, cart → checking_out.",
+                "tags": ["checkout"],
+                "parameters": [CART_ID_IN, CART_COOKIE, IDEMPOTENCY_KEY, ORIGIN],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": _json(_ref("CheckoutSession"), "Where to send the shopper."),
+                    "403": MUTATION_ERRORS["403"],
+                    "409": _error(
+                        "`empty_cart`, `insufficient_stock` (lists the lines), `cart_locked`."
+                    ),  # fmt: skip
+                    "429": MUTATION_ERRORS["429"],
+                    "503": MUTATION_ERRORS["503"],
+                },
+            }
+        },
+        "/api/cart/checkout/cancel": {
+            "post": {
+                "operationId": "cancelCheckout",
+                "summary": "Cancel a checkout: reservations released, cart → active.",
+                "tags": ["checkout"],
+                "parameters": [CART_ID_IN, CART_COOKIE, ORIGIN],
+                "responses": {
+                    "200": CART_OK,
+                    "403": MUTATION_ERRORS["403"],
+                    "409": _error("`cart_locked`: not checking out."),
+                },
+            }
+        },
+        "/api/cart/login": {
+            "post": {
+                "operationId": "login",
+                "summary": "Attach the cart to a user (signed token); merge with theirs.",
+                "tags": ["checkout"],
+                "parameters": [CART_ID_IN, CART_COOKIE, ORIGIN],
+                "requestBody": _body("LoginBody"),
+                "responses": {
+                    "200": CART_OK,
+                    "401": _error("The token is missing, malformed, forged or expired."),
+                    "403": MUTATION_ERRORS["403"],
+                },
+            }
+        },
+        "/api/webhooks/stripe": {
+            "post": {
+                "operationId": "stripeWebhook",
+                "summary": "Stripe events (checkout.session.completed, …).",
+                "tags": ["checkout"],
+                "parameters": [
+                    {
+                        "name": "Stripe-Signature",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": {"description": "Received (also for events it ignores)."},
+                    "400": _error("Bad or old signature, or not an event."),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness.",
+                "tags": ["operations"],
+                "responses": {"200": _json(_ref("Health"), '`{"status": "ok"}`')},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness: the store answers.",
+                "tags": ["operations"],
+                "responses": {
+                    "200": _json(_ref("Health"), '`{"status": "ready"}`'),
+                    "503": _json(_ref("Health"), "`unavailable`, with the `reason`."),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus text.",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": "Counters, gauges, histograms.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document."""
+    _, components = msgspec.json.schema_components(
+        _STRUCTS, ref_template="#/components/schemas/{name}"
+    )
+    components["Error"] = ERROR_SCHEMA
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Cart sync",
+            "version": "1",
+            "description": "Real-time shopping carts: the REST half of PROTOCOL.md v1. Every "
+            "error has the `Error` shape. The WebSocket (`GET /api/cart/ws`) is described in "
+            "PROTOCOL.md.",
+        },
+        "paths": _paths(),
+        "components": {"schemas": components},
+    }
+
+
+def encoded() -> bytes:
+    return msgspec.json.encode(document())
