@@ -13,14 +13,16 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from . import errors, rest, ws
+from . import errors, payment_pages, rest, ws
 from .bus import open_bus
 from .catalog import Catalog
+from .checkout import Checkouts
 from .config import STATIC_DIR, Settings
 from .hub import Hub
 from .identity import CartIds, load_secret
 from .importer import DEMO_CATALOG, read_products
 from .metrics import Metrics
+from .payments import open_provider
 from .store import open_store
 from .web import Services, error_response
 
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         bus = open_bus(None)
         catalog = Catalog()
         hub = Hub(store, bus, catalog, settings, metrics)
+        checkouts = Checkouts(hub, store, open_provider(settings), ids, settings, metrics)
         try:
             await catalog.refresh(store)
             if not catalog.products and settings.demo_catalog:
@@ -45,9 +48,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await catalog.refresh(store)
                 log.info("seeded the demo catalog: %d products", len(catalog.products))
             await hub.start()
-            log.info("cart server ready: %d products", len(catalog.products))
-            yield {"services": Services(settings, hub, ids, store, metrics)}
+            checkouts.start_sweeper()
+            log.info(
+                "cart server ready: %d products, %s payments",
+                len(catalog.products),
+                checkouts.provider.name,
+            )
+            yield {"services": Services(settings, hub, ids, store, metrics, checkouts)}
         finally:
+            await checkouts.close()
             await hub.close()
             await bus.close()
             await store.close()
@@ -61,6 +70,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/cart/items/{product_id}", rest.set_quantity, methods=["PATCH"]),
         Route("/api/cart/items/{product_id}", rest.remove_item, methods=["DELETE"]),
         Route("/api/cart/changes", rest.changes),
+        Route("/api/cart/checkout", rest.checkout, methods=["POST"]),
+        Route("/api/cart/checkout/cancel", rest.checkout_cancel, methods=["POST"]),
+        Route("/api/cart/checkout/confirm", rest.checkout_confirm, methods=["POST"]),
+        Route("/api/webhooks/stripe", payment_pages.stripe_webhook, methods=["POST"]),
+        Route("/checkout/demo/{checkout_id}", payment_pages.demo_page),
+        Route("/checkout/demo/{checkout_id}/pay", payment_pages.demo_pay, methods=["POST"]),
+        Route("/checkout/demo/{checkout_id}/cancel", payment_pages.demo_cancel, methods=["POST"]),
         WebSocketRoute("/api/cart/ws", ws.cart_socket),
         Route("/healthz", rest.healthz),
         Route("/readyz", rest.readyz),

@@ -101,13 +101,19 @@ class ClearCart(Struct, frozen=True):
     pass
 
 
+class StartCheckout(Struct, frozen=True):
+    """Lock an editable, non-empty cart while its stock is reserved and paid for."""
+
+
 class SetStatus(Struct, frozen=True):
-    """A system transition (checkout, abandonment timer, merge): not a shopper edit."""
+    """A system transition (checkout end, abandonment timer, merge): not a shopper edit.
+    `successor` is the cart a finished cart's shoppers move on to."""
 
     status: Status
+    successor: str | None = None
 
 
-Op = AddItem | SetQuantity | RemoveItem | ClearCart | SetStatus
+Op = AddItem | SetQuantity | RemoveItem | ClearCart | StartCheckout | SetStatus
 
 
 class Change(Struct, frozen=True):
@@ -123,9 +129,21 @@ def apply(
 ) -> tuple[Cart, Change]:
     """Apply `op` to `cart`: the next version and what changed, or a CartError."""
     status: Status | None = None
+    successor = cart.merged_into
     if isinstance(op, SetStatus):
         lines, change = cart.lines, Change(status=op.status)
         status = op.status
+        successor = op.successor or successor
+    elif isinstance(op, StartCheckout):
+        if cart.status not in MUTABLE:
+            raise errors.CartLocked(
+                f"the cart is {cart.status.value} and cannot be checked out",
+                status=cart.status.value,
+            )
+        if not cart.lines:
+            raise errors.EmptyCart("the cart is empty; add something before checking out")
+        lines, change = cart.lines, Change(status=Status.CHECKING_OUT)
+        status = Status.CHECKING_OUT
     else:
         if cart.status not in MUTABLE:
             raise errors.CartLocked(
@@ -145,6 +163,7 @@ def apply(
             lines=lines,
             updated_at=now,
             abandon_at=now + timedelta(seconds=abandon_after) if idle else None,
+            merged_into=successor,
         ),
         change,
     )

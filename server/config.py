@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -42,7 +42,7 @@ def sqlite_path(url: str) -> str:
 class Settings:
     database_url: str = "sqlite:///cart.db"
     # HMAC secret for cart cookies. Empty: generated once and kept next to the database.
-    secret: str = ""
+    secret: str = field(default="", repr=False)
     # Extra origins allowed to open the WebSocket and call mutating REST endpoints;
     # the server's own origin (same host) is always allowed.
     allowed_origins: tuple[str, ...] = ()
@@ -61,6 +61,13 @@ class Settings:
     demo_catalog: bool = True
     access_log: bool = False
     log_level: str = "info"
+    # Checkout. Without a Stripe key the built-in demo payment provider is used.
+    stripe_secret_key: str = field(default="", repr=False)
+    stripe_webhook_secret: str = field(default="", repr=False)
+    stripe_api_base: str = ""  # a stand-in for api.stripe.com (tests, stripe-mock)
+    public_url: str = ""  # where shoppers come back to; default: the request's own base URL
+    checkout_expires: float = 30 * 60.0
+    checkout_price: str = "snapshot"  # charge the price shown in the cart, or today's
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +100,9 @@ class Settings:
             raise ConfigError(
                 f"SQLITE_SYNCHRONOUS must be FULL, NORMAL or EXTRA, got {synchronous!r}"
             )
+        price = get("CHECKOUT_PRICE", cls.checkout_price).lower()
+        if price not in {"snapshot", "current"}:
+            raise ConfigError(f"CHECKOUT_PRICE must be snapshot or current, got {price!r}")
         origins = tuple(
             o.strip().rstrip("/") for o in get("ALLOWED_ORIGINS", "").split(",") if o.strip()
         )
@@ -115,4 +125,10 @@ class Settings:
             demo_catalog=flag("DEMO_CATALOG", cls.demo_catalog),
             access_log=flag("ACCESS_LOG", cls.access_log),
             log_level=get("LOG_LEVEL", cls.log_level).lower(),
+            stripe_secret_key=env.get("STRIPE_SECRET_KEY", "").strip(),
+            stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET", "").strip(),
+            stripe_api_base=get("STRIPE_API_BASE", "").rstrip("/"),
+            public_url=get("PUBLIC_URL", "").rstrip("/"),
+            checkout_expires=duration("CHECKOUT_EXPIRES", cls.checkout_expires),
+            checkout_price=price,
         )

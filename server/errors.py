@@ -74,6 +74,32 @@ class CartLocked(CartError):
     status = 409
 
 
+class EmptyCart(CartError):
+    code = "empty_cart"
+    status = 409
+
+
+class CheckoutCompleted(CartError):
+    """Cancel came after the payment went through: the order stands."""
+
+    code = "checkout_completed"
+    status = 409
+
+
+class BadSignature(CartError):
+    """A webhook whose signature does not verify (or no webhook secret is configured)."""
+
+    code = "bad_signature"
+    status = 400
+
+
+class PaymentProviderError(CartError):
+    """The payment provider refused or did not answer; the reservation was released."""
+
+    code = "payment_provider_error"
+    status = 502
+
+
 class TooManyLines(CartError):
     code = "too_many_lines"
     status = 409

@@ -69,7 +69,12 @@ class SetQuantityBody(Struct, frozen=True):
     quantity: QuantityOrZero
 
 
+class EmptyBody(Struct, frozen=True):
+    """POST /api/cart/checkout takes `{}`; unknown fields are ignored for forward use."""
+
+
 add_item_decoder = msgspec.json.Decoder(AddItemBody)
+empty_body_decoder = msgspec.json.Decoder(EmptyBody)
 set_quantity_decoder = msgspec.json.Decoder(SetQuantityBody)
 
 

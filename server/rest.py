@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from . import errors
 from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity
 from .identity import COOKIE, HEADER, CartRef
-from .protocol import add_item_decoder, encode, set_quantity_decoder
+from .protocol import add_item_decoder, empty_body_decoder, encode, set_quantity_decoder
 from .web import (
     Services,
     cart_response,
@@ -54,8 +54,7 @@ async def _mutate(request: Request, parse: Callable[[Request], Awaitable[Op]]) -
     svc = services(request)
     ref = _ref(request, svc)
     try:
-        if not origin_allowed(request.headers, svc.settings):
-            raise errors.ForbiddenOrigin("requests from this origin may not change carts")
+        _check_origin(request, svc)
         key = idempotency_key(request.headers)
         base = if_match(request.headers)
         op = await parse(request)
@@ -108,6 +107,55 @@ async def remove_item(request: Request) -> Response:
 
 async def clear_cart(request: Request) -> Response:
     return await _mutate(request, _clear)
+
+
+async def checkout(request: Request) -> Response:
+    """Reserve the stock and open a payment session: {"checkout_url", "session_id"}."""
+    svc = services(request)
+    ref = _ref(request, svc)
+    try:
+        _check_origin(request, svc)
+        await read_body(request, svc.settings.max_body_bytes, empty_body_decoder, optional=True)
+        ref = await settle(svc, ref)
+        async with svc.hub.use(ref.cart_id) as room:
+            started = await svc.checkouts.start(room, str(request.base_url))
+    except errors.CartError as exc:
+        return error_response(exc, request, ref)
+    return cart_response(request, encode(started), ref, None)
+
+
+async def checkout_cancel(request: Request) -> Response:
+    """Release the reservation and unlock the cart; the cart document."""
+    return await _checkout_step(request, cancel=True)
+
+
+async def checkout_confirm(request: Request) -> Response:
+    """The shopper is back from the payment page: settle now if the provider says paid."""
+    return await _checkout_step(request, cancel=False)
+
+
+async def _checkout_step(request: Request, *, cancel: bool) -> Response:
+    svc = services(request)
+    ref = _ref(request, svc)
+    try:
+        _check_origin(request, svc)
+        ref = await settle(svc, ref)
+        async with svc.hub.use(ref.cart_id) as room:
+            if cancel:
+                await svc.checkouts.cancel(room)
+            else:
+                await svc.checkouts.confirm(room)
+        ref = await settle(svc, ref)  # a completed checkout moves the shopper on
+        async with svc.hub.use(ref.cart_id) as room:
+            version, body = room.version, room.document()
+    except errors.CartError as exc:
+        return error_response(exc, request, ref)
+    return cart_response(request, body, ref, version)
+
+
+def _check_origin(request: Request, svc: Services) -> None:
+    if not origin_allowed(request.headers, svc.settings):
+        raise errors.ForbiddenOrigin("requests from this origin may not change carts")
 
 
 async def changes(request: Request) -> Response:

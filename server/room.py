@@ -24,7 +24,7 @@ from .config import Settings
 from .errors import CLOSE_TRY_AGAIN_LATER
 from .metrics import Metrics
 from .protocol import PresenceMsg, SnapshotMsg, encode
-from .store import AlreadyApplied, CartWrite, StaleVersion, Store, StoredCart
+from .store import AlreadyApplied, CartWrite, Effect, StaleVersion, Store, StoredCart
 
 # Mutation ids kept in memory per room for the fast path; older ones are still refused
 # by the store's primary key, so the cap costs a round trip, never a double apply.
@@ -178,43 +178,62 @@ class Room:
         """Apply one mutation in this cart's order; returns once it is durably committed
         and broadcast. Raises CartError (nothing changed) or Unavailable (nothing stored)."""
         async with self.lock:
-            for _ in range(COMMIT_ATTEMPTS):
-                if key is not None and key in self.keys:
-                    return await self._replay(key, respond)
-                if base_version is not None and base_version != self.cart.version:
-                    raise errors.VersionConflict(
-                        f"the cart is at version {self.cart.version}, not {base_version}",
-                        version=self.cart.version,
-                        cart=Raw(self.document()),
-                    )
-                settings = self.ctx.settings
-                new, change = domain.apply(
-                    self.cart, op, self.ctx.catalog.products, utcnow(), settings.abandon_after
+            return await self.apply_locked(
+                op, origin=origin, key=key, base_version=base_version, respond=respond
+            )
+
+    async def apply_locked(
+        self,
+        op: Op,
+        *,
+        origin: str | None = None,
+        key: str | None = None,
+        base_version: int | None = None,
+        respond: bool = False,
+        effects: Callable[[Cart], tuple[Effect, ...]] | None = None,
+    ) -> Outcome:
+        """submit() for a caller already holding the lock. `effects` gives the rows to
+        write in the same transaction, from the cart as it will be (asked again after a
+        catch-up)."""
+        assert self.lock.locked()
+        for _ in range(COMMIT_ATTEMPTS):
+            if key is not None and key in self.keys:
+                return await self._replay(key, respond)
+            if base_version is not None and base_version != self.cart.version:
+                raise errors.VersionConflict(
+                    f"the cart is at version {self.cart.version}, not {base_version}",
+                    version=self.cart.version,
+                    cart=Raw(self.document()),
                 )
-                patch = encode(
-                    domain.patch_msg(new, change, self.ctx.catalog.products, origin)
-                ).decode()
-                body = (
-                    encode(domain.cart_doc(new, self.ctx.catalog.products, settings.currency))
-                    if respond
-                    else None
-                )
-                write = CartWrite(new, self.cart.version, change, patch, key, body)
-                try:
-                    await self.ctx.store.commit(write)
-                except StaleVersion:
-                    # Another process (or a write whose caller was cancelled) got there
-                    # first: read what the store holds and apply again on top of it.
-                    await self._catch_up()
-                    continue
-                except AlreadyApplied as done:  # an id older than the ones kept in memory
-                    assert key is not None  # only a write with a key can have been applied
-                    self.keys[key] = done.version
-                    continue
-                self._accept(new, patch, key)
-                if body is not None:
-                    self._doc = (new.version, self.ctx.catalog.revision, body)
-                return Outcome(new.version, body)
+            settings = self.ctx.settings
+            new, change = domain.apply(
+                self.cart, op, self.ctx.catalog.products, utcnow(), settings.abandon_after
+            )
+            patch = encode(
+                domain.patch_msg(new, change, self.ctx.catalog.products, origin)
+            ).decode()
+            body = (
+                encode(domain.cart_doc(new, self.ctx.catalog.products, settings.currency))
+                if respond
+                else None
+            )
+            extra = effects(new) if effects is not None else ()
+            write = CartWrite(new, self.cart.version, change, patch, key, body, extra)
+            try:
+                await self.ctx.store.commit(write)
+            except StaleVersion:
+                # Another process (or a write whose caller was cancelled) got there
+                # first: read what the store holds and apply again on top of it.
+                await self.catch_up_locked()
+                continue
+            except AlreadyApplied as done:  # an id older than the ones kept in memory
+                assert key is not None  # only a write with a key can have been applied
+                self.keys[key] = done.version
+                continue
+            self._accept(new, patch, key)
+            if body is not None:
+                self._doc = (new.version, self.ctx.catalog.revision, body)
+            return Outcome(new.version, body)
         raise errors.Unavailable("the cart kept changing while this change was stored; try again")
 
     async def _replay(self, key: str, respond: bool) -> Outcome:
@@ -242,9 +261,10 @@ class Room:
     async def catch_up(self) -> None:
         """Bring the room up to what the store holds (another process committed)."""
         async with self.lock:
-            await self._catch_up()
+            await self.catch_up_locked()
 
-    async def _catch_up(self) -> None:
+    async def catch_up_locked(self) -> None:
+        """catch_up() for a caller holding the lock."""
         since = self.ctx.settings.idempotency_ttl
         stored = await self.ctx.store.load_cart(self.cart.id, utcnow() - timedelta(seconds=since))
         if stored is None or stored.cart.version <= self.cart.version:

@@ -24,6 +24,102 @@ class AlreadyApplied(Exception):
         self.version = version
 
 
+class ShortStock(Exception):
+    """A reservation found lines the stock cannot cover; nothing was reserved."""
+
+    def __init__(self, lines: list[dict[str, object]]) -> None:
+        super().__init__(lines)
+        self.lines = lines  # [{"product_id", "requested", "available"}]
+
+
+class CheckoutMoved(Exception):
+    """The checkout is no longer in the state the effect expects: re-read and decide."""
+
+
+class DuplicateEvent(Exception):
+    """This payment event id was handled before."""
+
+
+class CheckoutLine(Struct, frozen=True):
+    product_id: str
+    quantity: int
+    unit_price_cents: int  # what is charged
+
+
+class Checkout(Struct, frozen=True):
+    id: str
+    cart_id: str
+    cart_version: int  # the version that locked the cart for this checkout
+    provider: str
+    status: str  # reserved | paid | released
+    lines: tuple[CheckoutLine, ...]
+    amount_cents: int
+    currency: str
+    expires_at: datetime
+    session_id: str | None = None
+    url: str | None = None
+
+
+class OrderLine(Struct, frozen=True):
+    product_id: str
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
+
+class Order(Struct, frozen=True):
+    id: str
+    checkout_id: str
+    cart_id: str
+    user_id: str | None
+    session_id: str | None
+    payment_intent: str | None
+    amount_total_cents: int
+    currency: str
+    lines: tuple[OrderLine, ...]
+
+
+# Effects: rows written in the same transaction as a cart write (or alone), so a
+# reservation, an order or a handled event never exists without the cart state it implies.
+
+
+class Reserve(Struct, frozen=True):
+    """Take the stock of every line (all or nothing, never below zero): ShortStock."""
+
+    checkout: Checkout
+
+
+class Release(Struct, frozen=True):
+    """Give a reserved checkout's stock back: CheckoutMoved unless it is reserved."""
+
+    checkout_id: str
+
+
+class Fulfil(Struct, frozen=True):
+    """Turn a reservation into an order. A released one (paid after expiry or cancel)
+    takes its stock again as far as it is there; the order is then 'needs_review' if
+    some is missing. CheckoutMoved if it is already paid."""
+
+    order: Order
+
+
+class AttachSession(Struct, frozen=True):
+    checkout_id: str
+    session_id: str
+    url: str
+
+
+class RecordEvent(Struct, frozen=True):
+    """Remember a payment event id: DuplicateEvent if it was handled before."""
+
+    event_id: str
+    type: str
+
+
+Effect = Reserve | Release | Fulfil | AttachSession | RecordEvent
+
+
 class StoredCart(Struct, frozen=True):
     cart: Cart
     patches: list[tuple[int, str]]  # (version, patch frame), oldest first
@@ -39,6 +135,7 @@ class CartWrite(Struct, frozen=True):
     patch: str  # the patch frame as sent to tabs, kept for ?since= resume
     key: str | None = None  # the mutation id (REST Idempotency-Key or WS message id)
     response: bytes | None = None  # REST: the first answer, replayed for a repeated key
+    effects: tuple[Effect, ...] = ()  # written in the same transaction, after the cart
 
 
 class Store(Protocol):
@@ -48,6 +145,17 @@ class Store(Protocol):
     async def commit(self, write: CartWrite) -> None:
         """Durably commit one mutation. Raises StaleVersion, AlreadyApplied, or Unavailable
         when it could not."""
+
+    async def record(self, *effects: Effect) -> None:
+        """Durably write effects that change no cart, in one transaction."""
+
+    async def load_checkout(self, checkout_id: str) -> Checkout | None: ...
+
+    async def open_checkout(self, cart_id: str) -> Checkout | None:
+        """The cart's reserved checkout, if any."""
+
+    async def due_checkouts(self, now: datetime, limit: int) -> list[Checkout]:
+        """Reserved checkouts past their expiry, oldest first."""
 
     async def replay(self, cart_id: str, key: str) -> bytes | None:
         """The stored first answer for a REST idempotency key."""
