@@ -126,3 +126,22 @@ CREATE TABLE IF NOT EXISTS payment_events (
     type        TEXT NOT NULL,
     received_at TEXT NOT NULL
 );
+
+-- Outbox of cart lifecycle events (abandoned, expired), written in the same transaction
+-- as the status change; delivered to CART_EVENTS_WEBHOOK_URL when set, else listed by
+-- `python -m server events`.
+CREATE TABLE IF NOT EXISTS cart_events (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    cart_id         TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    payload         TEXT NOT NULL,           -- JSON, the body POSTed to the webhook
+    created_at      TEXT NOT NULL,
+    delivered_at    TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL            -- also a lease: a sender claims a row by moving it
+);
+CREATE INDEX IF NOT EXISTS idx_cart_events_pending ON cart_events(next_attempt_at) WHERE delivered_at IS NULL;
+
+-- One open cart per user: two devices logging in at once end up in the same cart.
+CREATE UNIQUE INDEX IF NOT EXISTS idx_cart_sessions_user_open ON cart_sessions(user_id)
+    WHERE user_id IS NOT NULL AND status IN ('active', 'checking_out', 'abandoned');

@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         store = await open_store(settings, metrics)
         bus = open_bus(None)
         catalog = Catalog()
-        hub = Hub(store, bus, catalog, settings, metrics)
+        hub = Hub(store, bus, catalog, settings, metrics, ids.sign)
         checkouts = Checkouts(hub, store, open_provider(settings), ids, settings, metrics)
         try:
             await catalog.refresh(store)

@@ -21,13 +21,13 @@ from .hub import Hub
 from .identity import CartIds
 from .metrics import Metrics
 from .payments import PaymentProvider, PaymentRequest
-from .protocol import MovedMsg, encode
 from .room import Room
 from .store import (
     AttachSession,
     Checkout,
     CheckoutLine,
     CheckoutMoved,
+    CreateCart,
     DuplicateEvent,
     Effect,
     Fulfil,
@@ -258,12 +258,15 @@ class Checkouts:
         )
         effects: tuple[Effect, ...] = (Fulfil(order), event)
         if checkout.status == "reserved" and room.cart.status is Status.CHECKING_OUT:
+            # Every tab moves on to the same fresh cart (the room sends `moved`); a user's
+            # is stored now so that their next login finds it.
             successor = str(uuid.uuid4())
+            if room.cart.user_id is not None:
+                expires = utcnow() + timedelta(seconds=self.settings.cart_ttl)
+                effects += (CreateCart(successor, room.cart.user_id, expires),)
             await room.apply_locked(
                 SetStatus(Status.CHECKED_OUT, successor), effects=lambda _: effects
             )
-            # Every tab moves on to the same fresh cart (a request for this one does too).
-            room.broadcast(encode(MovedMsg(cart_id=self.ids.sign(successor))).decode())
         else:
             # Paid after the reservation went back (cancel or expiry raced the payment):
             # the money is taken, so the order stands; the cart has moved on already.

@@ -117,6 +117,18 @@ class VersionConflict(CartError):
     status = 412
 
 
+class NotDue(CartError):
+    """A timer found nothing to do: the cart changed since it was armed. Never sent."""
+
+    code = "not_due"
+    status = 409
+
+
+class InvalidToken(CartError):
+    code = "invalid_token"
+    status = 401
+
+
 class Unavailable(CartError):
     """The store could not commit; nothing was acknowledged."""
 

@@ -40,7 +40,13 @@ def channel(cart_id: str) -> str:
 
 class Hub:
     def __init__(
-        self, store: Store, bus: Bus, catalog: Catalog, settings: Settings, metrics: Metrics
+        self,
+        store: Store,
+        bus: Bus,
+        catalog: Catalog,
+        settings: Settings,
+        metrics: Metrics,
+        sign: Callable[[str], str] = str,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.store = store
@@ -50,7 +56,7 @@ class Hub:
         self.metrics = metrics
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Future[Room]] = {}
-        self._context = RoomContext(store, catalog, settings, metrics, self._published)
+        self._context = RoomContext(store, catalog, settings, metrics, self._published, sign)
         self._tasks: set[asyncio.Task[None]] = set()
         metrics.gauge("cart_rooms_loaded", lambda: len(self.rooms))
         metrics.gauge("cart_ws_connections", lambda: sum(len(r.tabs) for r in self.rooms.values()))
@@ -104,7 +110,7 @@ class Hub:
             and room.last_used < cutoff
         ]
         for cart_id in idle:
-            del self.rooms[cart_id]
+            self.rooms.pop(cart_id).close()
         for cart_id in idle:
             if cart_id not in self.rooms and cart_id not in self._loading:  # not back already
                 await self.bus.unsubscribe(channel(cart_id))

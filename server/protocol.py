@@ -166,6 +166,29 @@ class PongMsg(_ServerMessage, tag="pong"):
     pass
 
 
+# --- outbox events (CART_EVENTS_WEBHOOK_URL) -----------------------------------------
+
+
+class EventItem(Struct, frozen=True):
+    product_id: str
+    quantity: int
+    unit_price_cents: int
+
+
+class CartEventDoc(Struct, frozen=True):
+    """The JSON body of a lifecycle event: what a shop needs for a reminder email."""
+
+    type: str  # abandoned | expired
+    cart_id: str
+    user_id: str | None
+    version: int
+    item_count: int
+    subtotal_cents: int
+    currency: str
+    items: list[EventItem]
+    at: str
+
+
 ServerMessage = PatchMsg | SnapshotMsg | AckMsg | PresenceMsg | MovedMsg | PongMsg
 server_message_decoder = msgspec.json.Decoder(ServerMessage)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,14 +18,14 @@ from msgspec import Raw, Struct
 
 from . import cart as domain
 from . import errors
-from .cart import Cart, Op
+from .cart import FINISHED, Abandon, Cart, Expire, Op, Status
 from .catalog import Catalog
-from .clock import utcnow
+from .clock import iso, utcnow
 from .config import Settings
 from .errors import CLOSE_TRY_AGAIN_LATER
 from .metrics import Metrics
-from .protocol import PresenceMsg, SnapshotMsg, encode
-from .store import AlreadyApplied, CartWrite, Effect, StaleVersion, Store, StoredCart
+from .protocol import CartEventDoc, EventItem, MovedMsg, PresenceMsg, SnapshotMsg, encode
+from .store import AlreadyApplied, CartWrite, Effect, Emit, StaleVersion, Store, StoredCart
 
 # Mutation ids kept in memory per room for the fast path; older ones are still refused
 # by the store's primary key, so the cap costs a round trip, never a double apply.
@@ -71,6 +72,7 @@ class RoomContext(Struct, frozen=True):
     settings: Settings
     metrics: Metrics
     published: Callable[[str, int], None]  # after each commit: (cart id, version)
+    sign: Callable[[str], str]  # a cart id as the signed value clients hold
 
 
 class Room:
@@ -84,6 +86,8 @@ class Room:
         self.keys: dict[str, int] = {}
         self._changed: asyncio.Future[None] | None = None
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
+        self._timer: asyncio.TimerHandle | None = None
+        self._due: asyncio.Task[bool] | None = None
         self.cart = Cart(id=cart_id, updated_at=utcnow())
         if stored is not None:
             self._load(stored)
@@ -93,6 +97,7 @@ class Room:
         self.history.clear()
         self.history.extend(stored.patches)
         self.keys = dict(list(stored.keys.items())[-MEMORY_KEYS:])
+        self._arm()
 
     @property
     def version(self) -> int:
@@ -252,6 +257,66 @@ class Room:
         self.broadcast(patch)
         self._wake()
         self.ctx.published(new.id, new.version)
+        self._arm()
+        if new.status in FINISHED and new.merged_into:
+            # Every tab moves on to the same cart (a request for this one does too).
+            self.broadcast(encode(MovedMsg(cart_id=self.ctx.sign(new.merged_into))).decode())
+
+    # --- timers ----------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """(Re)start the abandonment timer for the cart's stored abandon_at. The sweeper
+        covers carts whose room is not in memory, so this is only the prompt path."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        at = self.cart.abandon_at
+        if at is None or self.cart.status is not Status.ACTIVE or not self.cart.lines:
+            return
+        delay = max(0.0, (at - utcnow()).total_seconds())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self._due is None or self._due.done():
+            self._due = asyncio.create_task(self.run_due())
+
+    async def run_due(self) -> bool:
+        """Expire or abandon the cart if it is due (in this cart's order, like any other
+        mutation; checked again after a catch-up, so it fires once per idle period even
+        with several processes); True if it did."""
+        settings = self.ctx.settings
+        async with self.lock:
+            for op in (Expire(settings.cart_ttl, str(uuid.uuid4())), Abandon()):
+                try:
+                    await self.apply_locked(op, effects=self._event)
+                except errors.NotDue:
+                    continue
+                return True
+        return False
+
+    def _event(self, new: Cart) -> tuple[Effect, ...]:
+        """The outbox event a timer's status change emits."""
+        payload = encode(
+            CartEventDoc(
+                type=new.status.value,
+                cart_id=new.id,
+                user_id=new.user_id,
+                version=new.version,
+                item_count=new.item_count,
+                subtotal_cents=new.subtotal_cents,
+                currency=self.ctx.settings.currency,
+                items=[EventItem(x.product_id, x.quantity, x.unit_price_cents) for x in new.lines],
+                at=iso(new.updated_at),
+            )
+        )
+        return (Emit(new.id, new.status.value, payload),)
+
+    def close(self) -> None:
+        """Stop the timer: the room is leaving memory (the sweeper takes over)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _wake(self) -> None:
         if self._changed is not None:

@@ -117,7 +117,34 @@ class RecordEvent(Struct, frozen=True):
     type: str
 
 
-Effect = Reserve | Release | Fulfil | AttachSession | RecordEvent
+class Emit(Struct, frozen=True):
+    """Queue a lifecycle event in the outbox."""
+
+    cart_id: str
+    type: str
+    payload: bytes  # JSON
+
+
+class CreateCart(Struct, frozen=True):
+    """An empty cart row for a user (the successor of a checked-out cart), so the
+    user's next login finds it. Skipped if the user has an open cart already."""
+
+    cart_id: str
+    user_id: str
+    expires_at: datetime
+
+
+Effect = Reserve | Release | Fulfil | AttachSession | RecordEvent | Emit | CreateCart
+
+
+class CartEvent(Struct, frozen=True):
+    id: int
+    cart_id: str
+    type: str
+    payload: str  # JSON
+    created_at: str
+    delivered_at: str | None
+    attempts: int
 
 
 class StoredCart(Struct, frozen=True):
@@ -142,9 +169,9 @@ class Store(Protocol):
     async def load_cart(self, cart_id: str, keys_since: datetime) -> StoredCart | None:
         """The cart with its recent patches and mutation ids, or None if never stored."""
 
-    async def commit(self, write: CartWrite) -> None:
-        """Durably commit one mutation. Raises StaleVersion, AlreadyApplied, or Unavailable
-        when it could not."""
+    async def commit(self, write: CartWrite, *more: CartWrite) -> None:
+        """Durably commit one mutation (or several carts' at once, all or none). Raises
+        StaleVersion, AlreadyApplied, or Unavailable when it could not."""
 
     async def record(self, *effects: Effect) -> None:
         """Durably write effects that change no cart, in one transaction."""
@@ -156,6 +183,24 @@ class Store(Protocol):
 
     async def due_checkouts(self, now: datetime, limit: int) -> list[Checkout]:
         """Reserved checkouts past their expiry, oldest first."""
+
+    async def user_cart(self, user_id: str) -> str | None:
+        """The user's open cart (active, abandoned or checking out), if any."""
+
+    async def due_carts(self, now: datetime, limit: int) -> list[str]:
+        """Carts whose abandon_at or expires_at has passed and that still need it."""
+
+    async def purge_expired(self, finished_before: datetime, limit: int) -> int:
+        """Delete the lines, patches and ids of expired carts, and finished carts last
+        changed before `finished_before`, at most `limit` rows per transaction."""
+
+    async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
+        """Undelivered events due for a try, leased to the caller for `lease` seconds."""
+
+    async def event_sent(self, event_id: int, delivered: bool, retry_at: datetime) -> None:
+        """Mark an event delivered, or count a failed try and schedule the next."""
+
+    async def list_events(self, undelivered: bool, limit: int) -> list[CartEvent]: ...
 
     async def replay(self, cart_id: str, key: str) -> bytes | None:
         """The stored first answer for a REST idempotency key."""

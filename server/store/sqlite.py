@@ -30,12 +30,15 @@ from ..metrics import Metrics
 from . import (
     AlreadyApplied,
     AttachSession,
+    CartEvent,
     CartWrite,
     Checkout,
     CheckoutLine,
     CheckoutMoved,
+    CreateCart,
     DuplicateEvent,
     Effect,
+    Emit,
     Fulfil,
     Order,
     RecordEvent,
@@ -141,14 +144,18 @@ class SQLiteStore:
             raise
         return results
 
-    async def commit(self, write: CartWrite) -> None:
+    async def commit(self, write: CartWrite, *more: CartWrite) -> None:
         try:
-            await self._write(partial(self._write_cart, write))
+            await self._write(partial(self._write_carts, (write, *more)))
         except (StaleVersion, AlreadyApplied):
             raise
         except sqlite3.Error as exc:
             log.error("could not commit cart %s v%d: %s", write.cart.id, write.cart.version, exc)
             raise errors.Unavailable("the change could not be stored; nothing changed") from exc
+
+    def _write_carts(self, writes: tuple[CartWrite, ...], conn: sqlite3.Connection) -> None:
+        for write in writes:  # one job: one savepoint for all of them
+            self._write_cart(write, conn)
 
     def _write_cart(self, write: CartWrite, conn: sqlite3.Connection) -> None:
         cart = write.cart
@@ -164,12 +171,20 @@ class SQLiteStore:
             cart.id,
         )
         if write.base_version == 0:
-            cur = conn.execute(
-                "INSERT INTO cart_sessions (user_id, status, version, abandon_at, expires_at,"
-                " merged_into, updated_at, id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (id) DO NOTHING",
-                (*header, now),
-            )
+            # A cart's first write, or the first on an empty user cart made by CreateCart.
+            try:
+                cur = conn.execute(
+                    "INSERT INTO cart_sessions (user_id, status, version, abandon_at, expires_at,"
+                    " merged_into, updated_at, id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id,"
+                    " status = excluded.status, version = excluded.version,"
+                    " abandon_at = excluded.abandon_at, expires_at = excluded.expires_at,"
+                    " merged_into = excluded.merged_into, updated_at = excluded.updated_at"
+                    " WHERE cart_sessions.version = 0",
+                    (*header, now),
+                )
+            except sqlite3.IntegrityError:  # the user got an open cart meanwhile: look again
+                raise StaleVersion(cart.id) from None
         else:
             cur = conn.execute(
                 "UPDATE cart_sessions SET user_id = ?, status = ?, version = ?, abandon_at = ?,"
@@ -200,14 +215,15 @@ class SQLiteStore:
             conn.execute(
                 "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position,"
                 " added_at) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = excluded.quantity",
+                " ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = excluded.quantity,"
+                " price_cents = excluded.price_cents, added_at = excluded.added_at",
                 (
                     cart.id,
                     line.product_id,
                     line.quantity,
                     line.unit_price_cents,
                     line.position,
-                    now,
+                    iso(line.added_at) if line.added_at else now,
                 ),
             )
         if write.change.removed:
@@ -259,8 +275,8 @@ class SQLiteStore:
                 if not head:
                     return None
                 lines = await reader.execute_fetchall(
-                    "SELECT product_id, quantity, price_cents, position FROM cart_items"
-                    " WHERE cart_id = ? ORDER BY position",
+                    "SELECT product_id, quantity, price_cents, position, added_at FROM cart_items"
+                    " WHERE cart_id = ? ORDER BY position, rowid",
                     (cart_id,),
                 )
                 patches = await reader.execute_fetchall(
@@ -279,7 +295,7 @@ class SQLiteStore:
             id=cart_id,
             version=version,
             status=Status(status),
-            lines=tuple(Line(*row) for row in lines),
+            lines=tuple(Line(p, q, price, pos, parse_iso(at)) for p, q, price, pos, at in lines),
             user_id=user_id,
             updated_at=parse_iso(updated_at),
             abandon_at=parse_iso(abandon_at) if abandon_at else None,
@@ -290,6 +306,62 @@ class SQLiteStore:
             patches=[(v, body) for v, body in patches],
             keys={key: v for key, v in keys},
         )
+
+    async def user_cart(self, user_id: str) -> str | None:
+        rows = await self._read(
+            "SELECT id FROM cart_sessions WHERE user_id = ?"
+            " AND status IN ('active', 'checking_out', 'abandoned')",
+            (user_id,),
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def due_carts(self, now: datetime, limit: int) -> list[str]:
+        at = iso(now)
+        # Two queries, each served by its own partial index.
+        abandon = await self._read(
+            "SELECT id FROM cart_sessions WHERE abandon_at <= ? AND status = 'active'"
+            " ORDER BY abandon_at LIMIT ?",
+            (at, limit),
+        )
+        expire = await self._read(
+            "SELECT id FROM cart_sessions WHERE expires_at <= ?"
+            " AND status IN ('active', 'abandoned') ORDER BY expires_at LIMIT ?",
+            (at, limit),
+        )
+        return list(dict.fromkeys(row[0] for row in [*expire, *abandon]))[:limit]
+
+    async def purge_expired(self, finished_before: datetime, limit: int) -> int:
+        total = 0
+        for sql in _PURGES:
+            while True:
+                params = (iso(finished_before), limit) if sql.count("?") == 2 else (limit,)
+                deleted = await self._write(partial(_execute, sql, params))
+                total += deleted
+                if deleted < limit:
+                    break
+        return total
+
+    async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
+        return await self._write(
+            partial(_claim_events, iso(now), iso(now + timedelta(seconds=lease)), limit)
+        )
+
+    async def event_sent(self, event_id: int, delivered: bool, retry_at: datetime) -> None:
+        now = iso(utcnow())
+        if delivered:
+            sql = "UPDATE cart_events SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?"
+            params: tuple[Any, ...] = (now, event_id)
+        else:
+            sql = "UPDATE cart_events SET next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?"
+            params = (iso(retry_at), event_id)
+        await self._write(partial(_execute, sql, params))
+
+    async def list_events(self, undelivered: bool, limit: int) -> list[CartEvent]:
+        where = "WHERE delivered_at IS NULL " if undelivered else ""
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM cart_events {where}ORDER BY id LIMIT ?", (limit,)
+        )
+        return [CartEvent(*row) for row in rows]
 
     async def load_checkout(self, checkout_id: str) -> Checkout | None:
         found = await self._checkouts("id = ?", (checkout_id,))
@@ -441,6 +513,22 @@ def _apply_effects(effects: tuple[Effect, ...], now: str, conn: sqlite3.Connecti
                     "UPDATE checkouts SET session_id = ?, url = ?, updated_at = ? WHERE id = ?",
                     (session_id, url, now, checkout_id),
                 )
+            case Emit(cart_id, kind, payload):
+                conn.execute(
+                    "INSERT INTO cart_events (cart_id, type, payload, created_at, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (cart_id, kind, payload.decode(), now, now),
+                )
+            case CreateCart(cart_id, user_id, expires_at):
+                try:
+                    conn.execute(
+                        "INSERT INTO cart_sessions (id, user_id, status, version, expires_at,"
+                        " created_at, updated_at) VALUES (?, ?, 'active', 0, ?, ?, ?)"
+                        " ON CONFLICT (id) DO NOTHING",
+                        (cart_id, user_id, iso(expires_at), now, now),
+                    )
+                except sqlite3.IntegrityError:
+                    pass  # the user has an open cart already: their next login finds that
             case RecordEvent(event_id, kind):
                 cur = conn.execute(
                     "INSERT INTO payment_events (event_id, type, received_at) VALUES (?, ?, ?)"
@@ -551,3 +639,35 @@ def _fulfil(order: Order, now: str, conn: sqlite3.Connection) -> None:
             for x in order.lines
         ],
     )
+
+
+_EVENT_COLUMNS = "id, cart_id, type, payload, created_at, delivered_at, attempts"
+
+# Each a short transaction of at most `limit` rows, so carts never wait long for the writer.
+_PURGES = (
+    "DELETE FROM cart_items WHERE rowid IN (SELECT i.rowid FROM cart_items i"
+    " JOIN cart_sessions s ON s.id = i.cart_id WHERE s.status = 'expired' LIMIT ?)",
+    "DELETE FROM cart_patches WHERE rowid IN (SELECT p.rowid FROM cart_patches p"
+    " JOIN cart_sessions s ON s.id = p.cart_id WHERE s.status = 'expired' LIMIT ?)",
+    "DELETE FROM applied_mutations WHERE rowid IN (SELECT m.rowid FROM applied_mutations m"
+    " JOIN cart_sessions s ON s.id = m.cart_id WHERE s.status = 'expired' LIMIT ?)",
+    "DELETE FROM cart_sessions WHERE id IN (SELECT id FROM cart_sessions"
+    " WHERE status IN ('expired', 'merged', 'checked_out') AND updated_at < ? LIMIT ?)",
+)
+
+
+def _execute(sql: str, params: tuple[Any, ...], conn: sqlite3.Connection) -> int:
+    return conn.execute(sql, params).rowcount
+
+
+def _claim_events(now: str, until: str, limit: int, conn: sqlite3.Connection) -> list[CartEvent]:
+    rows = conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM cart_events WHERE delivered_at IS NULL"
+        " AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    # The lease: another sender (another process) skips these until it runs out.
+    conn.executemany(
+        "UPDATE cart_events SET next_attempt_at = ? WHERE id = ?", [(until, row[0]) for row in rows]
+    )
+    return [CartEvent(*row) for row in rows]
