@@ -22,6 +22,7 @@ from .hub import Hub
 from .identity import CartIds, load_secret
 from .importer import DEMO_CATALOG, read_products
 from .metrics import Metrics
+from .outbox import Outbox
 from .payments import open_provider
 from .store import open_store
 from .web import Services, error_response
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         catalog = Catalog()
         hub = Hub(store, bus, catalog, settings, metrics, ids.sign)
         checkouts = Checkouts(hub, store, open_provider(settings), ids, settings, metrics)
+        outbox = Outbox(store, settings, metrics)
         try:
             await catalog.refresh(store)
             if not catalog.products and settings.demo_catalog:
@@ -49,13 +51,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 log.info("seeded the demo catalog: %d products", len(catalog.products))
             await hub.start()
             checkouts.start_sweeper()
+            outbox.start()
             log.info(
                 "cart server ready: %d products, %s payments",
                 len(catalog.products),
                 checkouts.provider.name,
             )
-            yield {"services": Services(settings, hub, ids, store, metrics, checkouts)}
+            auth = auth_secret(settings, ids)
+            services = Services(settings, hub, ids, store, metrics, checkouts, auth)
+            yield {"services": services}
         finally:
+            await outbox.close()
             await checkouts.close()
             await hub.close()
             await bus.close()
@@ -73,6 +79,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/cart/checkout", rest.checkout, methods=["POST"]),
         Route("/api/cart/checkout/cancel", rest.checkout_cancel, methods=["POST"]),
         Route("/api/cart/checkout/confirm", rest.checkout_confirm, methods=["POST"]),
+        Route("/api/cart/login", rest.login, methods=["POST"]),
+        Route("/api/demo/login", rest.demo_login, methods=["POST"]),
         Route("/api/webhooks/stripe", payment_pages.stripe_webhook, methods=["POST"]),
         Route("/checkout/demo/{checkout_id}", payment_pages.demo_page),
         Route("/checkout/demo/{checkout_id}/pay", payment_pages.demo_pay, methods=["POST"]),
@@ -88,6 +96,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+
+
+def auth_secret(settings: Settings, ids: CartIds) -> str:
+    """CART_AUTH_SECRET; for the demo login alone, one derived from the cart secret."""
+    if settings.cart_auth_secret or not settings.demo_login:
+        return settings.cart_auth_secret
+    return ids.derive("demo-login")
 
 
 # The page passes this policy: no inline script or style, everything from this origin

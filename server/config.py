@@ -68,6 +68,11 @@ class Settings:
     public_url: str = ""  # where shoppers come back to; default: the request's own base URL
     checkout_expires: float = 30 * 60.0
     checkout_price: str = "snapshot"  # charge the price shown in the cart, or today's
+    # Lifecycle and login.
+    cart_auth_secret: str = field(default="", repr=False)  # verifies user tokens
+    demo_login: bool = False  # mint user tokens for the demo page: never in production
+    events_webhook_url: str = ""
+    events_secret: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +108,10 @@ class Settings:
         price = get("CHECKOUT_PRICE", cls.checkout_price).lower()
         if price not in {"snapshot", "current"}:
             raise ConfigError(f"CHECKOUT_PRICE must be snapshot or current, got {price!r}")
+        events_url = get("CART_EVENTS_WEBHOOK_URL", "")
+        events_secret = env.get("CART_EVENTS_SECRET", "").strip()
+        if events_url and not events_secret:
+            raise ConfigError("CART_EVENTS_WEBHOOK_URL is set: CART_EVENTS_SECRET must be too")
         origins = tuple(
             o.strip().rstrip("/") for o in get("ALLOWED_ORIGINS", "").split(",") if o.strip()
         )
@@ -131,4 +140,8 @@ class Settings:
             public_url=get("PUBLIC_URL", "").rstrip("/"),
             checkout_expires=duration("CHECKOUT_EXPIRES", cls.checkout_expires),
             checkout_price=price,
+            cart_auth_secret=env.get("CART_AUTH_SECRET", "").strip(),
+            demo_login=flag("DEMO_LOGIN", cls.demo_login),
+            events_webhook_url=events_url,
+            events_secret=events_secret,
         )

@@ -22,6 +22,8 @@ from .room import Room, RoomContext
 from .store import Store
 
 log = logging.getLogger("server.hub")
+SWEEP_BATCH = 500
+SWEEP_CONCURRENCY = 50
 
 
 class BusMessage(msgspec.Struct, frozen=True, array_like=True):
@@ -132,11 +134,40 @@ class Hub:
             if message.origin != self.id and room is not None and message.version > room.version:
                 self._spawn(room.catch_up())
 
+    # --- timers of carts not in memory ------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Expire and abandon the carts that are due, through their rooms like any
+        mutation: rooms evicted from memory, and deadlines that passed while the server
+        was down, fire here (once: the room re-checks under its lock)."""
+        fired = 0
+        while True:
+            due = await self.store.due_carts(utcnow(), SWEEP_BATCH)
+            results: list[bool] = []
+            for start in range(0, len(due), SWEEP_CONCURRENCY):
+                chunk = due[start : start + SWEEP_CONCURRENCY]
+                results += await asyncio.gather(*(self._run_due(c) for c in chunk))
+            fired += sum(results)
+            if len(due) < SWEEP_BATCH or not any(results):
+                return fired
+
+    async def _run_due(self, cart_id: str) -> bool:
+        try:
+            async with self.use(cart_id) as room:
+                return await room.run_due()
+        except Exception:  # one cart's failure must not stop the others
+            log.exception("timer of cart %s failed", cart_id)
+            return False
+
+    def sweep_period(self) -> float:
+        return min(60.0, max(0.25, self.settings.abandon_after / 4))
+
     # --- background work -------------------------------------------------------------
 
     async def start(self) -> None:
         await self.catalog.refresh(self.store)
         self._spawn(self._listen())
+        self._spawn(self._sweep_now_and_every(self.sweep_period()))
         self._spawn(self._every(max(1.0, self.settings.room_idle_seconds / 4), self.evict_idle))
         self._spawn(self._every(self.settings.catalog_refresh_seconds, self._refresh_catalog))
         self._spawn(self._every(3600.0, self._prune))
@@ -147,6 +178,15 @@ class Hub:
     async def _prune(self) -> None:
         before = utcnow() - timedelta(seconds=self.settings.idempotency_ttl)
         await self.store.prune(before)
+        await self.store.purge_expired(utcnow() - timedelta(seconds=self.settings.cart_ttl), 500)
+
+    async def _sweep_now_and_every(self, seconds: float) -> None:
+        # At once on start: deadlines that passed while the server was down fire soon.
+        try:
+            await self.sweep()
+        except Exception:
+            log.exception("the first timer sweep failed")
+        await self._every(seconds, self.sweep)
 
     async def _every(self, seconds: float, work: Callable[[], Awaitable[object]]) -> None:
         while True:

@@ -73,7 +73,17 @@ class EmptyBody(Struct, frozen=True):
     """POST /api/cart/checkout takes `{}`; unknown fields are ignored for forward use."""
 
 
+class LoginBody(Struct, frozen=True):
+    token: Annotated[str, Meta(min_length=1, max_length=2048)]
+
+
+class DemoLoginBody(Struct, frozen=True):
+    user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
 add_item_decoder = msgspec.json.Decoder(AddItemBody)
+login_decoder = msgspec.json.Decoder(LoginBody)
+demo_login_decoder = msgspec.json.Decoder(DemoLoginBody)
 empty_body_decoder = msgspec.json.Decoder(EmptyBody)
 set_quantity_decoder = msgspec.json.Decoder(SetQuantityBody)
 

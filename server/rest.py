@@ -9,10 +9,18 @@ from msgspec import Raw
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from . import errors
+from . import errors, merge
+from .auth import make_user_token, verify_user_token
 from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity
 from .identity import COOKIE, HEADER, CartRef
-from .protocol import add_item_decoder, empty_body_decoder, encode, set_quantity_decoder
+from .protocol import (
+    add_item_decoder,
+    demo_login_decoder,
+    empty_body_decoder,
+    encode,
+    login_decoder,
+    set_quantity_decoder,
+)
 from .web import (
     Services,
     cart_response,
@@ -151,6 +159,39 @@ async def _checkout_step(request: Request, *, cancel: bool) -> Response:
     except errors.CartError as exc:
         return error_response(exc, request, ref)
     return cart_response(request, body, ref, version)
+
+
+async def login(request: Request) -> Response:
+    """Merge the shopper's cart into the user's (made if none); the user's cart."""
+    svc = services(request)
+    ref = _ref(request, svc)
+    try:
+        _check_origin(request, svc)
+        body = await read_body(request, svc.settings.max_body_bytes, login_decoder)
+        user_id = verify_user_token(body.token, svc.auth_secret)
+        ref = await settle(svc, ref)
+        ref = await merge.login(svc.hub, svc.ids, ref, user_id)
+        async with svc.hub.use(ref.cart_id) as room:
+            version, doc = room.version, room.document()
+    except errors.CartError as exc:
+        return error_response(exc, request, ref)
+    return cart_response(request, doc, ref, version)
+
+
+async def demo_login(request: Request) -> Response:
+    """DEMO_LOGIN=1 only: a user token for any name, so the demo page can show merging."""
+    svc = services(request)
+    try:
+        if not svc.settings.demo_login:
+            raise errors.NotFound("the demo login is off (DEMO_LOGIN=1 turns it on)")
+        _check_origin(request, svc)
+        body = await read_body(request, svc.settings.max_body_bytes, demo_login_decoder)
+    except errors.CartError as exc:
+        return error_response(exc, request, None)
+    token = make_user_token(f"demo:{body.user}", svc.auth_secret)
+    return Response(
+        encode({"token": token, "user_id": f"demo:{body.user}"}), media_type="application/json"
+    )
 
 
 def _check_origin(request: Request, svc: Services) -> None:

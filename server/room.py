@@ -210,20 +210,7 @@ class Room:
                     version=self.cart.version,
                     cart=Raw(self.document()),
                 )
-            settings = self.ctx.settings
-            new, change = domain.apply(
-                self.cart, op, self.ctx.catalog.products, utcnow(), settings.abandon_after
-            )
-            patch = encode(
-                domain.patch_msg(new, change, self.ctx.catalog.products, origin)
-            ).decode()
-            body = (
-                encode(domain.cart_doc(new, self.ctx.catalog.products, settings.currency))
-                if respond
-                else None
-            )
-            extra = effects(new) if effects is not None else ()
-            write = CartWrite(new, self.cart.version, change, patch, key, body, extra)
+            write = self.prepare(op, origin=origin, key=key, respond=respond, effects=effects)
             try:
                 await self.ctx.store.commit(write)
             except StaleVersion:
@@ -235,11 +222,33 @@ class Room:
                 assert key is not None  # only a write with a key can have been applied
                 self.keys[key] = done.version
                 continue
-            self._accept(new, patch, key)
-            if body is not None:
-                self._doc = (new.version, self.ctx.catalog.revision, body)
-            return Outcome(new.version, body)
+            return self.accept(write)
         raise errors.Unavailable("the cart kept changing while this change was stored; try again")
+
+    def prepare(
+        self,
+        op: Op,
+        *,
+        origin: str | None = None,
+        key: str | None = None,
+        respond: bool = False,
+        effects: Callable[[Cart], tuple[Effect, ...]] | None = None,
+    ) -> CartWrite:
+        """The write that applying `op` now would commit (CartError if refused)."""
+        settings = self.ctx.settings
+        products = self.ctx.catalog.products
+        new, change = domain.apply(self.cart, op, products, utcnow(), settings.abandon_after)
+        patch = encode(domain.patch_msg(new, change, products, origin)).decode()
+        body = encode(domain.cart_doc(new, products, settings.currency)) if respond else None
+        extra = effects(new) if effects is not None else ()
+        return CartWrite(new, self.cart.version, change, patch, key, body, extra)
+
+    def accept(self, write: CartWrite) -> Outcome:
+        """Take a committed write into memory and tell the tabs and other processes."""
+        self._accept(write.cart, write.patch, write.key)
+        if write.response is not None:
+            self._doc = (write.cart.version, self.ctx.catalog.revision, write.response)
+        return Outcome(write.cart.version, write.response)
 
     async def _replay(self, key: str, respond: bool) -> Outcome:
         version = self.keys[key]

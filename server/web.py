@@ -38,6 +38,7 @@ class Services(Struct, frozen=True):
     store: Store
     metrics: Metrics
     checkouts: Checkouts
+    auth_secret: str  # verifies user tokens; empty: login is off
 
 
 def services(conn: HTTPConnection) -> Services:

@@ -1,0 +1,59 @@
+"""Login: the shopper's anonymous cart is merged into the user's cart, both rooms locked
+(in cart id order, so two merges that cross never deadlock) and both carts committed in
+one transaction. The anonymous cart's tabs get `moved` and follow."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from . import errors
+from .cart import FINISHED, MUTABLE, Absorb, SetStatus, Status
+from .hub import Hub
+from .identity import CartIds, CartRef
+from .store import StaleVersion
+
+log = logging.getLogger("server.merge")
+ATTEMPTS = 5
+
+
+async def login(hub: Hub, ids: CartIds, ref: CartRef, user_id: str) -> CartRef:
+    """The user's cart after taking in the lines of the cart `ref` holds."""
+    for _ in range(ATTEMPTS):
+        async with hub.use(ref.cart_id) as source:
+            if source.cart.user_id == user_id:
+                return ref  # already the user's cart: logging in again changes nothing
+            target_id = await hub.store.user_cart(user_id) or str(uuid.uuid4())
+            async with hub.use(target_id) as target:
+                first, second = sorted((source, target), key=lambda room: room.cart.id)
+                async with first.lock, second.lock:
+                    if target.cart.user_id not in (None, user_id) or target.cart.status in FINISHED:
+                        continue  # the user's cart moved on while we looked: look again
+                    # Another user's cart, or one checking out or finished, is left as it is:
+                    # on a shared computer one user's cart is never poured into another's.
+                    mergeable = source.cart.user_id is None and source.cart.status in MUTABLE
+                    lines = source.cart.lines if mergeable else ()
+                    if not lines and target.cart.user_id == user_id and not source.tabs:
+                        return _ref(ids, target.cart.id)  # nothing to move
+                    writes = [target.prepare(Absorb(lines, user_id))]
+                    if mergeable and (source.cart.version > 0 or source.tabs):
+                        writes.append(
+                            source.prepare(SetStatus(Status.MERGED, successor=target.cart.id))
+                        )
+                    try:
+                        await hub.store.commit(*writes)
+                    except StaleVersion:
+                        # Another process changed one of them, or another device made the
+                        # user's cart first: read again and start over.
+                        await source.catch_up_locked()
+                        await target.catch_up_locked()
+                        continue
+                    target.accept(writes[0])
+                    if len(writes) > 1:
+                        source.accept(writes[1])  # its tabs get `moved`
+                    return _ref(ids, target.cart.id)
+    raise errors.Unavailable("the carts kept changing while logging in; try again")
+
+
+def _ref(ids: CartIds, cart_id: str) -> CartRef:
+    return CartRef(cart_id, ids.sign(cart_id), issued=True)
