@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
-from pathlib import Path
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess, rest
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Locator, Page
@@ -32,29 +34,30 @@ WAIT_MS = 15_000
 
 # A small catalog with the demo's pictures: a shop that looks like one in screenshots, with a
 # scarce product (p-low) and a sold-out one (p-none).
-SHOP_CATALOG: list[dict[str, Any]] = [
-    {"id": "p-tee", "name": "Black tee (M)", "price_cents": 1999, "image": "black-tee"},
-    {"id": "p-hoodie", "name": "Navy hoodie (L)", "price_cents": 4999, "image": "hoodie"},
-    {"id": "p-sneakers", "name": "Blue sneakers (42)", "price_cents": 8999, "image": "sneakers"},
-    {"id": "p-mug", "name": "Orange mug (350 ml)", "price_cents": 1299, "image": "mug"},
-    {"id": "p-low", "name": "Red cap", "price_cents": 2499, "image": "cap", "stock": 3},
-    {"id": "p-backpack", "name": "Green backpack", "price_cents": 6999, "image": "backpack"},
-    {"id": "p-phones", "name": "Purple headphones", "price_cents": 7999, "image": "headphones"},
-    {"id": "p-none", "name": "Yellow umbrella", "price_cents": 2999, "image": "umbrella", "stock": 0},
+SHOP_CATALOG = [
+    # id, name, price in cents, picture in static/img, stock
+    ("p-tee", "Black tee (M)", 1999, "black-tee", 1000),
+    ("p-hoodie", "Navy hoodie (L)", 4999, "hoodie", 1000),
+    ("p-sneakers", "Blue sneakers (42)", 8999, "sneakers", 1000),
+    ("p-mug", "Orange mug (350 ml)", 1299, "mug", 1000),
+    ("p-low", "Red cap", 2499, "cap", 3),
+    ("p-backpack", "Green backpack", 6999, "backpack", 1000),
+    ("p-phones", "Purple headphones", 7999, "headphones", 1000),
+    ("p-none", "Yellow umbrella", 2999, "umbrella", 0),
 ]
 
 
 def shop_catalog() -> list[dict[str, Any]]:
     return [
         {
-            "id": p["id"],
-            "sku": p["id"].upper(),
-            "name": p["name"],
-            "price_cents": p["price_cents"],
-            "stock": p.get("stock", 1000),
-            "image_url": f"/static/img/{p['image']}.svg",
+            "id": product_id,
+            "sku": product_id.upper(),
+            "name": name,
+            "price_cents": price,
+            "stock": stock,
+            "image_url": f"/static/img/{picture}.svg",
         }
-        for p in SHOP_CATALOG
+        for product_id, name, price, picture, stock in SHOP_CATALOG
     ]
 
 
@@ -67,6 +70,24 @@ def shop_server(workdir: Path, env: dict[str, str] | None = None) -> ServerProce
     done = server.cli("import", str(path))
     assert done.returncode == 0, done.stderr
     return server
+
+
+async def change_product(server: ServerProcess, product_id: str, **fields: Any) -> None:
+    """Import a changed product into the running server's store; return once the server
+    serves it (it re-reads the catalog every CATALOG_REFRESH)."""
+    product = next(p for p in shop_catalog() if p["id"] == product_id) | fields
+    path = server.workdir / f"change-{product_id}.json"
+    path.write_text(json.dumps([product]))
+    done = server.cli("import", str(path))
+    assert done.returncode == 0, done.stderr
+    async with rest(server) as client:
+        deadline = time.monotonic() + 10
+        while True:
+            served = (await client.get("/api/products")).json()["products"]
+            if next(p for p in served if p["id"] == product_id) == product:
+                return
+            assert time.monotonic() < deadline, f"{product_id} never changed on the server"
+            await asyncio.sleep(0.05)
 
 
 def require_chromium() -> None:
