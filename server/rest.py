@@ -210,7 +210,9 @@ async def changes(request: Request) -> Response:
         return error_response(exc, request, ref)
     since = None if since_param is None else int(since_param)
     wait = DEFAULT_WAIT if wait_param is None else min(wait_param, MAX_WAIT)
-    ref = await settle(svc, ref)
+    asked, ref = ref, await settle(svc, ref)
+    if ref.cart_id != asked.cart_id:
+        since = None  # moved on to another cart: a snapshot of it, never its patches
     async with svc.hub.use(ref.cart_id) as room:
         if since is not None:
             await room.wait_past(since, wait)
