@@ -101,9 +101,13 @@ function renderCart(reset = false) {
   $("#count").textContent = String(cart ? cart.item_count : 0);
   $("#subtotal").textContent = money(cart ? cart.subtotal_cents : 0);
   $("#clear").disabled = !editable || items.length === 0;
+  $("#checkout").disabled = !editable || items.length === 0;
+  $("#cancel-checkout").hidden = !cart || cart.status !== "checking_out";
   const note = $("#cart-state");
   note.hidden = !cart || MUTABLE.has(cart.status);
-  note.textContent = cart ? `This cart is ${cart.status.replace("_", " ")}.` : "";
+  note.textContent = !cart ? ""
+    : cart.status === "checking_out" ? "Checkout in progress: the cart is locked until it is paid or cancelled."
+    : `This cart is ${cart.status.replace("_", " ")}.`;
 }
 
 // --- protocol -----------------------------------------------------------------------
@@ -144,7 +148,7 @@ function onFrame(msg) {
       renderCart(true); // puts back any quantity the server refused
       break;
     case "moved":
-      cart = null; // the cookie now names the cart we were merged into
+      cart = null; // merged, or paid: the server moves the cookie on to the cart named
       resync();
       break;
     // "ack" and "pong" need nothing: the patch has already updated the page.
@@ -232,6 +236,64 @@ $("#lines").addEventListener("change", (ev) => {
 });
 
 $("#clear").addEventListener("click", () => send("clear"));
+
+// --- checkout -----------------------------------------------------------------------
+
+async function post(path, body) {
+  const res = await fetch(path, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const doc = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    const err = (doc && doc.error) || {};
+    const short = (err.lines || []).map((l) => `${l.product_id}: ${l.available} left`).join(", ");
+    throw new Error(short ? `${err.message} (${short})` : err.message || `HTTP ${res.status}`);
+  }
+  return doc;
+}
+
+$("#checkout").addEventListener("click", async () => {
+  $("#checkout").disabled = true;
+  try {
+    // Every tab sees the cart lock through its socket; this one goes on to pay.
+    location.assign((await post("/api/cart/checkout", {})).checkout_url);
+  } catch (err) {
+    showStatus(`Could not check out: ${err.message}`);
+    renderCart();
+  }
+});
+
+$("#cancel-checkout").addEventListener("click", async () => {
+  try {
+    await post("/api/cart/checkout/cancel");
+  } catch (err) {
+    showStatus(`Could not cancel: ${err.message}`);
+  }
+});
+
+// Back from the payment page: settle now rather than wait for the webhook, or unlock.
+async function returnedFromPayment() {
+  const params = new URLSearchParams(location.search);
+  const outcome = params.get("checkout");
+  if (!outcome) return;
+  history.replaceState(null, "", location.pathname);
+  try {
+    if (outcome === "success") {
+      const fresh = await post("/api/cart/checkout/confirm");
+      showStatus(fresh.status === "checking_out"
+        ? "Payment received; the order is being confirmed."
+        : "Thank you: your order is placed.");
+    } else if (outcome === "cancelled") {
+      await post("/api/cart/checkout/cancel");
+      showStatus("Checkout cancelled; your cart can be edited again.");
+    }
+  } catch (err) {
+    showStatus(err.message);
+  }
+}
 $("#status-close").addEventListener("click", () => { $("#status").hidden = true; });
 
 // --- start --------------------------------------------------------------------------
@@ -241,6 +303,7 @@ async function start() {
   try {
     // GET /api/cart first, so the cart_id cookie is set before the socket opens.
     await fetch("/api/cart", { credentials: "same-origin" });
+    await returnedFromPayment();
     const res = await fetch("/api/products");
     if (!res.ok) throw new Error(`products: HTTP ${res.status}`);
     renderProducts((await res.json()).products);

@@ -39,6 +39,7 @@ class StandIn:
     create_failures: list[str] = field(default_factory=list)
     create_delay: float = 0.0
     clock_skew: float = 0.0  # seconds this "Stripe" runs ahead of the server's clock
+    outage: bool = False  # every request answered 503, telling the library not to retry
     lock: threading.Lock = field(default_factory=threading.Lock)
     _keys: dict[str, tuple[dict[str, str], dict[str, Any]]] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
@@ -108,6 +109,9 @@ class StandIn:
         headers = {k.lower(): v for k, v in h.headers.items()}
         with self.lock:
             self.requests.append(Recorded(h.command, path, headers, form))
+        if self.outage:
+            unavailable = _error("api_error", "down for maintenance")
+            return self._answer(h, 503, unavailable, {"stripe-should-retry": "false"})
         if h.headers.get("authorization", "") != "Bearer sk_test_standin":
             return self._answer(h, 401, _error("authentication_error", "bad key"))
         parts = path.strip("/").split("/")

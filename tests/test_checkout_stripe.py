@@ -75,6 +75,7 @@ def clean_standin(standin: StandIn) -> None:
     standin.create_failures.clear()
     standin.create_delay = 0.0
     standin.clock_skew = 0.0
+    standin.outage = False
 
 
 async def checkout(client: httpx.AsyncClient) -> httpx.Response:
@@ -458,6 +459,26 @@ async def test_cancel_after_the_payment_went_through_keeps_the_order(
             await signed(client, event("checkout.session.completed", session))
         ).status_code == 200
         assert len(orders_of(server, doc["id"])) == 1
+
+
+async def test_stripe_unreachable_keeps_the_hold_and_says_so(
+    server: ServerProcess, standin: StandIn
+) -> None:
+    client, _, doc = await cart_with(server, [("s-11", 2)])
+    async with client:
+        assert (await checkout(client)).status_code == 200
+        standin.outage = True
+        cancel = await client.post("/api/cart/checkout/cancel")
+        assert cancel.status_code == 502, cancel.text
+        assert cancel.json()["error"]["code"] == "payment_provider_error"
+        # Not knowing whether it can still be paid, the stock stays held.
+        assert cart_row(server, doc["id"])[0] == "checking_out"
+        assert stock(server, "s-11") == 3
+        confirm = await client.post("/api/cart/checkout/confirm")
+        assert confirm.status_code == 200 and confirm.json()["status"] == "checking_out"
+        standin.outage = False
+        assert (await client.post("/api/cart/checkout/cancel")).status_code == 200
+        assert stock(server, "s-11") == 5
 
 
 # --- the sweeper asks Stripe ----------------------------------------------------------
