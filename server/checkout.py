@@ -87,9 +87,10 @@ class Checkouts:
 
     # --- the shopper -----------------------------------------------------------------
 
-    async def start(self, room: Room, base_url: str) -> Started:
+    async def start(self, room: Room, base_url: str, base_version: int | None = None) -> Started:
         """Lock the cart, reserve every line's stock, open a payment session. A retry
-        while the cart is checking out returns the session already opened."""
+        while the cart is checking out returns the session already opened. With
+        `base_version` (If-Match), only the cart the shopper saw is checked out."""
         async with room.lock:
             if room.cart.status is Status.CHECKING_OUT:
                 existing = await self.store.open_checkout(room.cart.id)
@@ -103,7 +104,7 @@ class Checkouts:
                 return (Reserve(reserved[0]),)
 
             try:
-                await room.apply_locked(StartCheckout(), effects=reserve)
+                await room.apply_locked(StartCheckout(), base_version=base_version, effects=reserve)
             except ShortStock as short:
                 self.metrics.inc("cart_checkouts_total", result="insufficient_stock")
                 raise errors.InsufficientStock(

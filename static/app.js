@@ -239,18 +239,20 @@ $("#clear").addEventListener("click", () => send("clear"));
 
 // --- checkout -----------------------------------------------------------------------
 
-async function post(path, body) {
+async function post(path, body, headers = {}) {
   const res = await fetch(path, {
     method: "POST",
     credentials: "same-origin",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", ...headers },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const doc = await res.json().catch(() => ({}));
   if (!res.ok) {
     const err = (doc && doc.error) || {};
     const short = (err.lines || []).map((l) => `${l.product_id}: ${l.available} left`).join(", ");
-    throw new Error(short ? `${err.message} (${short})` : err.message || `HTTP ${res.status}`);
+    const failure = new Error(short ? `${err.message} (${short})` : err.message || `HTTP ${res.status}`);
+    failure.code = err.code;
+    throw failure;
   }
   return doc;
 }
@@ -258,10 +260,14 @@ async function post(path, body) {
 $("#checkout").addEventListener("click", async () => {
   $("#checkout").disabled = true;
   try {
+    // If-Match: pay for the cart this tab shows, not one changed a moment ago elsewhere.
     // Every tab sees the cart lock through its socket; this one goes on to pay.
-    location.assign((await post("/api/cart/checkout", {})).checkout_url);
+    const started = await post("/api/cart/checkout", {}, { "If-Match": `"${cart.version}"` });
+    location.assign(started.checkout_url);
   } catch (err) {
-    showStatus(`Could not check out: ${err.message}`);
+    showStatus(err.code === "version_conflict"
+      ? "The cart changed in another tab: check it, then check out again."
+      : `Could not check out: ${err.message}`);
     renderCart();
   }
 });

@@ -235,6 +235,28 @@ async def test_a_short_line_reserves_nothing(server: ServerProcess) -> None:
         assert (stock(server, "d-4"), stock(server, "d-5")) == (0, 4)
 
 
+async def test_if_match_checks_out_only_the_cart_the_shopper_saw(server: ServerProcess) -> None:
+    client, _, seen = await cart_with(server, [("d-9", 1)])
+    async with client:
+        # Another tab adds a line after this one rendered the cart.
+        edit = await client.post("/api/cart/items", json={"product_id": "d-10", "quantity": 2})
+        assert edit.status_code == 200
+        stale = await client.post(
+            "/api/cart/checkout", json={}, headers={"If-Match": f'"{seen["version"]}"'}
+        )
+        assert stale.status_code == 412, stale.text
+        error = stale.json()["error"]
+        assert error["code"] == "version_conflict" and error["version"] == seen["version"] + 1
+        assert len(error["cart"]["items"]) == 2
+        assert (stock(server, "d-9"), stock(server, "d-10")) == (6, 6)
+        assert checkouts_of(server, seen["id"]) == []
+        current = await client.post(
+            "/api/cart/checkout", json={}, headers={"If-Match": f'"{seen["version"] + 1}"'}
+        )
+        assert current.status_code == 200, current.text
+        assert (stock(server, "d-9"), stock(server, "d-10")) == (5, 4)
+
+
 async def test_rest_cancel_releases_and_unlocks(server: ServerProcess) -> None:
     client, _, doc = await cart_with(server, [("d-6", 3)])
     async with client:
