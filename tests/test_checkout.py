@@ -334,6 +334,26 @@ async def test_every_tab_follows_the_checkout_and_moves_to_the_fresh_cart(
         assert [i["quantity"] for i in after.json()["items"]] == [2]
 
 
+async def test_a_reservation_survives_a_restart(tmp_path: Path) -> None:
+    server = server_with(tmp_path, extra=[product("kept", 4, 800)]).start()
+    try:
+        client, signed, doc = await cart_with(server, [("kept", 3)])
+        async with client:
+            started = await start(client)
+        server.stop()
+        server.start()
+        async with rest(server, signed) as client:
+            cart = (await client.get("/api/cart")).json()
+            assert cart["status"] == "checking_out" and cart["version"] == doc["version"] + 1
+            assert await product_stock(client, "kept") == 1
+            assert await start(client) == started  # the same session, nothing reserved twice
+            assert stock(server, "kept") == 1
+            assert (await client.post(f"{started['checkout_url']}/pay")).status_code == 303
+            assert len(orders_of(server, doc["id"])) == 1
+    finally:
+        server.stop()
+
+
 # --- price policy -------------------------------------------------------------------------
 
 
