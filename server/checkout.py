@@ -87,9 +87,10 @@ class Checkouts:
 
     # --- the shopper -----------------------------------------------------------------
 
-    async def start(self, room: Room, base_url: str) -> Started:
+    async def start(self, room: Room, base_url: str, base_version: int | None = None) -> Started:
         """Lock the cart, reserve every line's stock, open a payment session. A retry
-        while the cart is checking out returns the session already opened."""
+        while the cart is checking out returns the session already opened. With
+        `base_version` (If-Match), only the cart the shopper saw is checked out."""
         async with room.lock:
             if room.cart.status is Status.CHECKING_OUT:
                 existing = await self.store.open_checkout(room.cart.id)
@@ -103,7 +104,7 @@ class Checkouts:
                 return (Reserve(reserved[0]),)
 
             try:
-                await room.apply_locked(StartCheckout(), effects=reserve)
+                await room.apply_locked(StartCheckout(), base_version=base_version, effects=reserve)
             except ShortStock as short:
                 self.metrics.inc("cart_checkouts_total", result="insufficient_stock")
                 raise errors.InsufficientStock(
@@ -178,7 +179,11 @@ class Checkouts:
         checkout = await self.store.open_checkout(room.cart.id)
         if checkout is None or checkout.session_id is None:
             return
-        state = await self.provider.state(checkout.session_id)
+        try:
+            state = await self.provider.state(checkout.session_id)
+        except Exception as exc:  # the webhook (or the sweeper) settles it later
+            log.warning("could not ask the provider about checkout %s: %s", checkout.id, exc)
+            return
         if state.status == "complete":
             outcome = Outcome(
                 f"confirm:{checkout.id}",
@@ -188,8 +193,10 @@ class Checkouts:
             )
             await self.settle(checkout.id, outcome, "confirm")
 
-    async def cancel(self, room: Room) -> None:
-        """Give the stock back and unlock the cart, unless the payment went through."""
+    async def cancel(self, room: Room, checkout_id: str | None = None) -> None:
+        """Give the stock back and unlock the cart, unless the payment went through.
+        With `checkout_id`, only if that checkout is still the cart's open one (a page
+        left open on an older checkout must not cancel a newer one)."""
         async with room.lock:
             if room.cart.status is not Status.CHECKING_OUT:
                 return  # nothing to cancel: asking twice is not an error
@@ -197,38 +204,54 @@ class Checkouts:
             if checkout is None:  # cannot happen (one transaction), but never stay locked
                 await room.apply_locked(SetStatus(Status.ACTIVE))
                 return
-            if checkout.session_id is not None and not await self.provider.expire(
-                checkout.session_id
-            ):
+            if checkout_id is not None and checkout.id != checkout_id:
+                return
+            if checkout.session_id is not None and not await self._expire(checkout):
                 raise errors.CheckoutCompleted("the payment went through; the order stands")
             await self._release(room, checkout, None)
             self.metrics.inc("cart_checkouts_total", result="cancelled")
 
+    async def _expire(self, checkout: Checkout) -> bool:
+        assert checkout.session_id is not None
+        try:
+            return await self.provider.expire(checkout.session_id)
+        except Exception as exc:  # unknown whether it can still be paid: keep the hold
+            log.warning("payment provider could not expire checkout %s: %s", checkout.id, exc)
+            raise errors.PaymentProviderError(
+                "the payment provider could not be reached to cancel; try again"
+            ) from None
+
     # --- the provider ----------------------------------------------------------------
 
-    async def settle(self, checkout_id: str, outcome: Outcome, kind: str) -> None:
+    async def settle(
+        self, checkout_id: str, outcome: Outcome, kind: str, *, reserved_only: bool = False
+    ) -> str | None:
         """Apply a provider's outcome once: a redelivery, or an `expired` after a
-        `completed`, changes nothing; a payment after a release still makes an order."""
+        `completed`, changes nothing; a payment after a release still makes an order
+        (money was taken), unless `reserved_only`: the demo page, which is the provider,
+        refuses to take money for a released checkout. The checkout's status after."""
         checkout = await self.store.load_checkout(checkout_id)
         event = RecordEvent(outcome.event_id, kind)
         if checkout is None:
             log.warning("payment event %s names unknown checkout %s", kind, checkout_id)
             await self._record(event)
-            return
+            return None
         async with self.hub.use(checkout.cart_id) as room, room.lock:
             checkout = await self.store.load_checkout(checkout_id)  # as of now, locked
             assert checkout is not None
             try:
                 if checkout.status == "paid" or (
-                    checkout.status == "released" and not outcome.paid
+                    checkout.status == "released" and (reserved_only or not outcome.paid)
                 ):
                     await self._record(event)  # nothing left to do
-                elif outcome.paid:
+                    return checkout.status
+                if outcome.paid:
                     await self._fulfil(room, checkout, outcome, event)
-                else:
-                    await self._release(room, checkout, event)
+                    return "paid"
+                await self._release(room, checkout, event)
+                return "released"
             except DuplicateEvent:
-                return
+                return checkout.status
 
     async def _fulfil(
         self, room: Room, checkout: Checkout, outcome: Outcome, event: RecordEvent
@@ -313,23 +336,31 @@ class Checkouts:
 
     async def sweep(self) -> int:
         """Settle reservations past their expiry that no webhook settled: ask the
-        provider how each ended (a lost `completed` still becomes an order)."""
+        provider how each ended (a lost `completed` still becomes an order), and close a
+        session it still holds open (Stripe keeps one open for 30 minutes at least)."""
         due = await self.store.due_checkouts(utcnow(), SWEEP_BATCH)
         for checkout in due:
-            if checkout.session_id is None:
-                outcome = Outcome(f"sweep:{checkout.id}", paid=False)
-            else:
-                state = await self.provider.state(checkout.session_id)
-                if state.status == "open":
-                    continue  # the provider has not closed it yet; look again next round
-                outcome = Outcome(
-                    f"sweep:{checkout.id}",
-                    paid=state.status == "complete",
-                    amount_total=state.amount_total,
-                    payment_intent=state.payment_intent,
-                )
-            await self.settle(checkout.id, outcome, "sweep")
+            try:
+                await self.settle(checkout.id, await self._ended(checkout), "sweep")
+            except Exception:  # one session the provider cannot answer for blocks no other
+                log.exception("could not settle expired checkout %s", checkout.id)
         return len(due)
+
+    async def _ended(self, checkout: Checkout) -> Outcome:
+        event_id = f"sweep:{checkout.id}"
+        if checkout.session_id is None:
+            return Outcome(event_id, paid=False)
+        state = await self.provider.state(checkout.session_id)
+        if state.status == "open":
+            if await self.provider.expire(checkout.session_id):
+                return Outcome(event_id, paid=False)
+            state = await self.provider.state(checkout.session_id)  # paid just now
+        return Outcome(
+            event_id,
+            paid=state.status == "complete",
+            amount_total=state.amount_total,
+            payment_intent=state.payment_intent,
+        )
 
     def start_sweeper(self) -> None:
         period = min(30.0, max(0.25, self.settings.checkout_expires / 4))

@@ -168,12 +168,13 @@ async def demo_pay(request: Request) -> Response:
     public = svc.checkouts.public_url(str(request.base_url))
     try:
         checkout = await _demo_checkout(request, post=True)
-        if checkout.status != "reserved":
-            return RedirectResponse(cancel_url(public), 303)  # cancelled or expired meanwhile
         outcome = Outcome(f"demo:{checkout.id}", paid=True)
-        await svc.checkouts.settle(checkout.id, outcome, "demo.paid")
+        # Decided under the cart's lock: a cancel or expiry that got there first wins.
+        status = await svc.checkouts.settle(checkout.id, outcome, "demo.paid", reserved_only=True)
     except errors.CartError as exc:
         return error_response(exc, request, None)
+    if status != "paid":  # cancelled or expired meanwhile: nothing was taken
+        return RedirectResponse(cancel_url(public), 303)
     return RedirectResponse(success_url(public, checkout.id), 303)
 
 
@@ -183,7 +184,7 @@ async def demo_cancel(request: Request) -> Response:
         checkout = await _demo_checkout(request, post=True)
         if checkout.status == "reserved":
             async with svc.hub.use(checkout.cart_id) as room:
-                await svc.checkouts.cancel(room)
+                await svc.checkouts.cancel(room, checkout.id)
     except errors.CartError as exc:
         return error_response(exc, request, None)
     return RedirectResponse(cancel_url(svc.checkouts.public_url(str(request.base_url))), 303)

@@ -123,10 +123,11 @@ async def checkout(request: Request) -> Response:
     ref = _ref(request, svc)
     try:
         _check_origin(request, svc)
+        base = if_match(request.headers)
         await read_body(request, svc.settings.max_body_bytes, empty_body_decoder, optional=True)
         ref = await settle(svc, ref)
         async with svc.hub.use(ref.cart_id) as room:
-            started = await svc.checkouts.start(room, str(request.base_url))
+            started = await svc.checkouts.start(room, str(request.base_url), base)
     except errors.CartError as exc:
         return error_response(exc, request, ref)
     return cart_response(request, encode(started), ref, None)

@@ -16,8 +16,8 @@ class DemoProvider:
         )
 
     async def expire(self, session_id: str) -> bool:
-        # Paying goes through the same room lock as cancelling, so whichever comes
-        # second sees the checkout already settled: nothing to stop here.
+        # The page pays only a checkout still reserved, decided under the same room
+        # lock as this cancel: whichever comes second finds it settled. Nothing to stop.
         return True
 
     async def state(self, session_id: str) -> SessionState:

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import stripe
 
 from ..config import Settings
 from . import PaymentRequest, PaymentSession, SessionState
+
+# Stripe takes an expires_at 30 minutes to 24 hours after it creates the session, by its
+# own clock. The reservation still ends at the checkout's expires_at whatever Stripe is
+# told (the sweeper expires a session left open then), so a hold outside that window asks
+# Stripe for the nearest bound, with a margin for clock skew and request latency.
+STRIPE_MIN_EXPIRY = timedelta(minutes=30)
+STRIPE_MAX_EXPIRY = timedelta(hours=24)
+CLOCK_MARGIN = timedelta(minutes=2)
+
+
+def stripe_expires_at(expires_at: datetime, hold: float) -> int:
+    """The expires_at to send for a reservation ending at `expires_at` that began `hold`
+    seconds before it. Derived from the reservation alone, so a retried create sends the
+    same parameters and Stripe replays the first session for the idempotency key."""
+    started = expires_at - timedelta(seconds=hold)
+    low = started + STRIPE_MIN_EXPIRY + CLOCK_MARGIN
+    high = started + STRIPE_MAX_EXPIRY - CLOCK_MARGIN
+    return int(min(max(expires_at, low), high).timestamp())
 
 
 class StripeProvider:
@@ -13,6 +33,7 @@ class StripeProvider:
 
     def __init__(self, settings: Settings) -> None:
         self.currency = settings.currency
+        self.hold = settings.checkout_expires
         self.http = stripe.HTTPXClient(timeout=15)
         self.client = stripe.StripeClient(
             settings.stripe_secret_key,
@@ -49,7 +70,7 @@ class StripeProvider:
                 "metadata": metadata,
                 "success_url": request.success_url,
                 "cancel_url": request.cancel_url,
-                "expires_at": int(checkout.expires_at.timestamp()),
+                "expires_at": stripe_expires_at(checkout.expires_at, self.hold),
             },
             {"idempotency_key": request.idempotency_key},
         )
