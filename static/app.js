@@ -304,6 +304,8 @@ async function start() {
   }
   renderUser();
   renderCart();
+  // Stripe's webhook may lag the shopper's return: ask the server to settle now.
+  if (outcome === "success") client.confirmCheckout().catch(() => {});
   const cartReady = client.start();
   try {
     const res = await fetch("/api/products");

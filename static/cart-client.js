@@ -469,11 +469,12 @@ export class CartClient {
   }
 
   /** fetch() against the cart server: {data, cartId (X-Cart-Id)}, or throws a CartError. */
-  async request(method, path, body, { signal, key } = {}) {
+  async request(method, path, body, { signal, key, ifMatch } = {}) {
     const headers = {};
     if (body !== undefined) headers["content-type"] = "application/json";
     if (this.signed) headers["x-cart-id"] = this.signed;
     if (key) headers["idempotency-key"] = key;
+    if (ifMatch !== undefined) headers["if-match"] = `"${ifMatch}"`;
     const res = await fetch(new URL(path, this.base), {
       method,
       headers,
@@ -544,9 +545,16 @@ export class CartClient {
 
   // --- checkout and sign-in ----------------------------------------------------------------
 
-  /** Lock the cart for payment: {checkout_url, session_id}; every tab sees `checking_out`. */
+  /** Lock the cart for payment: {checkout_url, session_id}; every tab sees `checking_out`.
+   *  If-Match: the shopper pays for the cart they saw, or gets `version_conflict`. */
   async checkout() {
-    return (await this.request("POST", "/api/cart/checkout", {})).data;
+    const ifMatch = this.confirmed && !this.pending.length ? this.confirmed.version : undefined;
+    return (await this.request("POST", "/api/cart/checkout", {}, { ifMatch })).data;
+  }
+
+  /** Back from the payment page: settle now if the provider says it is paid. */
+  async confirmCheckout() {
+    return (await this.request("POST", "/api/cart/checkout/confirm", {})).data;
   }
 
   /** Give up a checkout in progress: the cart is editable again. */
