@@ -267,9 +267,13 @@ class Room:
         self._wake()
         self.ctx.published(new.id, new.version)
         self._arm()
-        if new.status in FINISHED and new.merged_into:
-            # Every tab moves on to the same cart (a request for this one does too).
-            self.broadcast(encode(MovedMsg(cart_id=self.ctx.sign(new.merged_into))).decode())
+        self._moved()
+
+    def _moved(self) -> None:
+        """A finished cart's tabs all move on to the same cart (a request for it does too)."""
+        successor = self.cart.merged_into
+        if self.cart.status in FINISHED and successor:
+            self.broadcast(encode(MovedMsg(cart_id=self.ctx.sign(successor))).decode())
 
     # --- timers ----------------------------------------------------------------------
 
@@ -343,7 +347,7 @@ class Room:
         stored = await self.ctx.store.load_cart(self.cart.id, utcnow() - timedelta(seconds=since))
         if stored is None or stored.cart.version <= self.cart.version:
             return
-        behind = self.cart.version
+        behind, was_finished = self.cart.version, self.cart.status in FINISHED
         self._load(stored)
         frames = self.patches_after(behind)
         if frames is None:  # too far behind for patches: every tab starts over
@@ -351,3 +355,5 @@ class Room:
         for frame in frames:
             self.broadcast(frame)
         self._wake()
+        if not was_finished:
+            self._moved()  # finished in another process: these tabs follow too
