@@ -217,6 +217,31 @@ async def test_bad_tokens_are_401_and_change_nothing(server: ServerProcess) -> N
     assert status(server, anonymous["id"]) == ("active", None)
 
 
+async def test_login_while_the_users_cart_is_checking_out_is_refused_and_changes_nothing(
+    server: ServerProcess,
+) -> None:
+    user = new_user()
+    async with device(server) as phone, device(server) as laptop:
+        await login(phone, user)
+        await add(phone, "p-012")
+        started = await phone.post("/api/cart/checkout", json={})
+        assert started.status_code == 200, started.text
+        locked = (await phone.get("/api/cart")).json()
+        assert locked["status"] == "checking_out"
+        anonymous = await add(laptop, "p-013")
+        response = await login(laptop, user)
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "cart_locked"
+        assert unsign(cookie(laptop)) == anonymous["id"]  # still the anonymous cart
+        after = (await phone.get("/api/cart")).json()
+        assert (after["version"], after["status"]) == (locked["version"], "checking_out")
+        cancelled = await phone.post("/api/cart/checkout/cancel")
+        assert cancelled.status_code == 200
+        # Once the checkout is over, the same login goes through.
+        merged = (await login(laptop, user)).json()
+    assert [line[0] for line in lines(merged)] == ["p-012", "p-013"]
+
+
 async def test_demo_login_is_off_unless_enabled(server: ServerProcess) -> None:
     async with rest(server) as client:
         response = await client.post("/api/demo/login", json={"user": "alice"})

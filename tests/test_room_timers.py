@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from server.bus.local import LocalBroker
-from server.cart import AddItem, Product, Status
+from server.cart import Absorb, AddItem, Product, Status
 from server.catalog import Catalog
 from server.config import Settings
 from server.hub import Hub
@@ -99,3 +100,16 @@ async def test_the_sweep_period_follows_the_shorter_deadline(
 ) -> None:
     hub = await make_hub(abandon_after=abandon_after, cart_ttl=cart_ttl)
     assert hub.sweep_period() == period
+
+
+async def test_the_event_of_a_users_cart_names_the_user(make_hub: Any) -> None:
+    hub = await make_hub(abandon_after=0.05)
+    async with hub.use("c") as room:
+        await room.submit(Absorb((), "user-7"))
+        await room.submit(AddItem("p-1", 3))
+        await wait_status(hub, "c", Status.ABANDONED, 2.0)
+    [event] = await hub.store.list_events(undelivered=True, limit=10)
+    payload = json.loads(event.payload)
+    assert (event.cart_id, event.type) == ("c", "abandoned")
+    assert (payload["user_id"], payload["version"], payload["item_count"]) == ("user-7", 3, 3)
+    assert payload["items"] == [{"product_id": "p-1", "quantity": 3, "unit_price_cents": 100}]
