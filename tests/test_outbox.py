@@ -141,6 +141,13 @@ def test_a_webhook_url_needs_a_secret() -> None:
     assert "sEcReT" not in repr(settings)  # never logged with the settings
 
 
+@pytest.mark.parametrize("url", ["shop.example/hooks", "ftp://shop.example/h", "https://"])
+def test_a_webhook_url_must_be_http(url: str) -> None:
+    env = {"CART_EVENTS_WEBHOOK_URL": url, "CART_EVENTS_SECRET": "s"}
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        Settings.from_env(env)
+
+
 def test_the_server_refuses_to_start_with_a_url_and_no_secret(
     make_server: Callable[..., ServerProcess],
 ) -> None:
