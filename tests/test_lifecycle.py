@@ -43,12 +43,13 @@ async def test_abandonment_fires_once_per_idle_period_and_an_edit_rearms_it(
     cart_id = unsign(signed)
     tab = await Tab.open(server, signed)
     assert (await tab.next("snapshot"))["cart"]["abandon_at"] is None
-    # Carts that are empty when they go idle: never abandoned.
-    async with rest(server) as other:
-        emptied = (await other.post("/api/cart/items", json={"product_id": "p-002"})).json()
-        other.headers["x-cart-id"] = (await other.get("/api/cart")).headers["x-cart-id"]
-        assert (await other.delete("/api/cart/items")).json()["items"] == []
-        untouched = (await other.get("/api/cart", headers={"x-cart-id": ""})).json()
+    # Carts that are empty when they go idle are never abandoned: one emptied, one only seen.
+    async with rest(server) as other:  # keeps its cookie: one cart
+        await other.post("/api/cart/items", json={"product_id": "p-002"})
+        emptied = (await other.delete("/api/cart/items")).json()
+        assert (emptied["version"], emptied["items"]) == (2, [])
+    async with rest(server) as viewer:
+        untouched = (await viewer.get("/api/cart")).json()
 
     await add(tab, "a1", "p-001", 2)
     added = time.monotonic()
@@ -76,7 +77,7 @@ async def test_abandonment_fires_once_per_idle_period_and_an_edit_rearms_it(
     # Idle for two more periods (and eight sweeps): still one event, no other frame.
     await asyncio.sleep(1.0)
     assert len(events(server.db, cart_id)) == 1
-    assert [f["type"] for f in tab.log if f["type"] == "patch"] == ["patch", "patch"]
+    assert sum(frame["type"] == "patch" for frame in tab.log) == 2
 
     # An edit re-activates the cart in its own patch and arms the timer again.
     patch = await add(tab, "a2", "p-002")
@@ -88,7 +89,7 @@ async def test_abandonment_fires_once_per_idle_period_and_an_edit_rearms_it(
     assert second["payload"]["version"] == 4 and second["payload"]["item_count"] == 3
     assert epoch(second["created_at"]) - epoch(first["created_at"]) >= 0.5
 
-    assert events(server.db, emitted := emptied["id"]) == [], emitted
+    assert events(server.db, emptied["id"]) == []
     assert events(server.db, untouched["id"]) == []
     assert len(events(server.db)) == 2
     await tab.close()
@@ -135,7 +136,7 @@ async def test_a_deadline_passed_while_the_server_was_down_fires_once_after_star
     assert (snapshot["status"], snapshot["version"]) == ("abandoned", 2)
     await asyncio.sleep(1.0)  # a few sweeps later: still exactly once
     assert len(events(server.db, doc["id"])) == 1
-    assert [f["type"] for f in tab.log if f["type"] == "patch"] == []
+    assert not any(frame["type"] == "patch" for frame in tab.log)
     await tab.close()
 
 
