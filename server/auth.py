@@ -23,10 +23,11 @@ from . import errors
 
 DEFAULT_TTL = 3600.0
 MAX_TOKEN = 2048
+MAX_USER_ID = 128
 
 
 class Claims(Struct, frozen=True):
-    sub: Annotated[str, Meta(min_length=1, max_length=128)]
+    sub: Annotated[str, Meta(min_length=1, max_length=MAX_USER_ID)]
     exp: int
 
 
@@ -53,6 +54,9 @@ def make_user_token(
     key = secret if secret is not None else os.environ.get("CART_AUTH_SECRET", "")
     if not key:
         raise ValueError("no secret: pass one or set CART_AUTH_SECRET")
+    if not 1 <= len(user_id) <= MAX_USER_ID:
+        # verify_user_token would refuse it: fail where the mistake is made.
+        raise ValueError(f"a user id is 1 to {MAX_USER_ID} characters, got {len(user_id)}")
     issued = time.time() if now is None else now
     payload = _b64(msgspec.json.encode(Claims(sub=user_id, exp=int(issued + ttl))))
     return f"{payload}.{_sign(key, payload)}"
@@ -65,7 +69,8 @@ def verify_user_token(token: str, secret: str, now: float | None = None) -> str:
     payload, _, signature = token.partition(".")
     if len(token) > MAX_TOKEN or not payload or not signature:
         raise errors.InvalidToken("the token is not of the form payload.signature")
-    if not hmac.compare_digest(signature, _sign(secret, payload)):
+    # Bytes, not str: compare_digest refuses non-ASCII strings with a TypeError.
+    if not hmac.compare_digest(signature.encode(), _sign(secret, payload).encode()):
         raise errors.InvalidToken("the token's signature does not verify")
     try:
         claims = _claims.decode(_unb64(payload))

@@ -110,6 +110,11 @@ class Settings:
             raise ConfigError(f"CHECKOUT_PRICE must be snapshot or current, got {price!r}")
         events_url = get("CART_EVENTS_WEBHOOK_URL", "")
         events_secret = env.get("CART_EVENTS_SECRET", "").strip()
+        if events_url and not re.match(r"https?://[^/?#\s]+", events_url):
+            # Caught here, not as a delivery failure retried forever.
+            raise ConfigError(
+                f"CART_EVENTS_WEBHOOK_URL must be an http:// or https:// URL, got {events_url!r}"
+            )
         if events_url and not events_secret:
             raise ConfigError("CART_EVENTS_WEBHOOK_URL is set: CART_EVENTS_SECRET must be too")
         origins = tuple(

@@ -160,7 +160,9 @@ class Hub:
             return False
 
     def sweep_period(self) -> float:
-        return min(60.0, max(0.25, self.settings.abandon_after / 4))
+        """A quarter of the shorter deadline, 0.25 s to 60 s: late by at most that much."""
+        shortest = min(self.settings.abandon_after, self.settings.cart_ttl)
+        return min(60.0, max(0.25, shortest / 4))
 
     # --- background work -------------------------------------------------------------
 

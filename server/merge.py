@@ -24,6 +24,10 @@ async def login(hub: Hub, ids: CartIds, ref: CartRef, user_id: str) -> CartRef:
             if source.cart.user_id == user_id:
                 return ref  # already the user's cart: logging in again changes nothing
             target_id = await hub.store.user_cart(user_id) or str(uuid.uuid4())
+            if target_id == source.cart.id:
+                # Only another process can have made it the user's meanwhile: read again.
+                await source.catch_up()
+                continue
             async with hub.use(target_id) as target:
                 first, second = sorted((source, target), key=lambda room: room.cart.id)
                 async with first.lock, second.lock:
@@ -33,13 +37,16 @@ async def login(hub: Hub, ids: CartIds, ref: CartRef, user_id: str) -> CartRef:
                     # on a shared computer one user's cart is never poured into another's.
                     mergeable = source.cart.user_id is None and source.cart.status in MUTABLE
                     lines = source.cart.lines if mergeable else ()
-                    if not lines and target.cart.user_id == user_id and not source.tabs:
-                        return _ref(ids, target.cart.id)  # nothing to move
-                    writes = [target.prepare(Absorb(lines, user_id))]
+                    absorb = None
+                    if lines or target.cart.user_id != user_id:  # else nothing to change
+                        absorb = target.prepare(Absorb(lines, user_id))
+                    retire = None
                     if mergeable and (source.cart.version > 0 or source.tabs):
-                        writes.append(
-                            source.prepare(SetStatus(Status.MERGED, successor=target.cart.id))
-                        )
+                        # Its tabs (and later requests for it) move on to the user's cart.
+                        retire = source.prepare(SetStatus(Status.MERGED, target.cart.id))
+                    writes = [w for w in (absorb, retire) if w is not None]
+                    if not writes:
+                        return _ref(ids, target.cart.id)
                     try:
                         await hub.store.commit(*writes)
                     except StaleVersion:
@@ -48,9 +55,10 @@ async def login(hub: Hub, ids: CartIds, ref: CartRef, user_id: str) -> CartRef:
                         await source.catch_up_locked()
                         await target.catch_up_locked()
                         continue
-                    target.accept(writes[0])
-                    if len(writes) > 1:
-                        source.accept(writes[1])  # its tabs get `moved`
+                    if absorb is not None:
+                        target.accept(absorb)
+                    if retire is not None:
+                        source.accept(retire)  # its tabs get `moved`
                     return _ref(ids, target.cart.id)
     raise errors.Unavailable("the carts kept changing while logging in; try again")
 

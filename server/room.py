@@ -8,6 +8,7 @@ Every mutation takes the same path: lock -> apply (pure) -> commit (durable) -> 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import deque
@@ -27,10 +28,15 @@ from .metrics import Metrics
 from .protocol import CartEventDoc, EventItem, MovedMsg, PresenceMsg, SnapshotMsg, encode
 from .store import AlreadyApplied, CartWrite, Effect, Emit, StaleVersion, Store, StoredCart
 
+log = logging.getLogger("server.room")
+
 # Mutation ids kept in memory per room for the fast path; older ones are still refused
 # by the store's primary key, so the cap costs a round trip, never a double apply.
 MEMORY_KEYS = 1000
 COMMIT_ATTEMPTS = 10
+# Event loops may run a timer slightly before the wall clock reaches its deadline (uvloop
+# rounds to milliseconds); a timer a few milliseconds late finds the cart due.
+TIMER_SLACK = 0.005
 
 
 class Tab:
@@ -87,7 +93,8 @@ class Room:
         self._changed: asyncio.Future[None] | None = None
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
         self._timer: asyncio.TimerHandle | None = None
-        self._due: asyncio.Task[bool] | None = None
+        self._due: asyncio.Task[None] | None = None
+        self._closed = False  # left memory: arms no timer any more
         self.cart = Cart(id=cart_id, updated_at=utcnow())
         if stored is not None:
             self._load(stored)
@@ -284,15 +291,23 @@ class Room:
             self._timer.cancel()
             self._timer = None
         at = self.cart.abandon_at
-        if at is None or self.cart.status is not Status.ACTIVE or not self.cart.lines:
+        if self._closed or at is None or self.cart.status is not Status.ACTIVE:
             return
-        delay = max(0.0, (at - utcnow()).total_seconds())
+        if not self.cart.lines:
+            return
+        delay = max(0.0, (at - utcnow()).total_seconds()) + TIMER_SLACK
         self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
         if self._due is None or self._due.done():
-            self._due = asyncio.create_task(self.run_due())
+            self._due = asyncio.create_task(self._on_timer())
+
+    async def _on_timer(self) -> None:
+        try:
+            await self.run_due()
+        except Exception:  # not re-armed: the sweeper tries again on its next round
+            log.exception("abandonment timer of cart %s failed", self.cart.id)
 
     async def run_due(self) -> bool:
         """Expire or abandon the cart if it is due (in this cart's order, like any other
@@ -306,6 +321,9 @@ class Room:
                 except errors.NotDue:
                     continue
                 return True
+            # Not due (yet): if the wall clock was set back, wait for the deadline again
+            # rather than leave the cart to the next sweep.
+            self._arm()
         return False
 
     def _event(self, new: Cart) -> tuple[Effect, ...]:
@@ -327,6 +345,7 @@ class Room:
 
     def close(self) -> None:
         """Stop the timer: the room is leaving memory (the sweeper takes over)."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
