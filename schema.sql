@@ -145,3 +145,7 @@ CREATE INDEX IF NOT EXISTS idx_cart_events_pending ON cart_events(next_attempt_a
 -- One open cart per user: two devices logging in at once end up in the same cart.
 CREATE UNIQUE INDEX IF NOT EXISTS idx_cart_sessions_user_open ON cart_sessions(user_id)
     WHERE user_id IS NOT NULL AND status IN ('active', 'checking_out', 'abandoned');
+
+-- The purge finds finished carts past their time without scanning every cart.
+CREATE INDEX IF NOT EXISTS idx_cart_sessions_finished ON cart_sessions(updated_at)
+    WHERE status IN ('expired', 'merged', 'checked_out');

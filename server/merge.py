@@ -33,7 +33,14 @@ async def login(hub: Hub, ids: CartIds, ref: CartRef, user_id: str) -> CartRef:
                 async with first.lock, second.lock:
                     if target.cart.user_id not in (None, user_id) or target.cart.status in FINISHED:
                         continue  # the user's cart moved on while we looked: look again
-                    # Another user's cart, or one checking out or finished, is left as it is:
+                    for room, whose in ((source, "this"), (target, "the user's")):
+                        if room.cart.status is Status.CHECKING_OUT:
+                            # A payment in flight belongs to the cart it was started from.
+                            raise errors.CartLocked(
+                                f"{whose} cart is checking out: pay or cancel before signing in",
+                                status=room.cart.status.value,
+                            )
+                    # Another user's cart, or a finished one, is left as it is:
                     # on a shared computer one user's cart is never poured into another's.
                     mergeable = source.cart.user_id is None and source.cart.status in MUTABLE
                     lines = source.cart.lines if mergeable else ()

@@ -359,3 +359,19 @@ async def test_many_anonymous_carts_logging_in_to_one_user_at_once(server: Serve
         user,
     )
     assert open_carts == [(1,)]
+
+
+async def test_login_during_a_checkout_of_the_anonymous_cart_is_refused(
+    server: ServerProcess,
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False) as client:
+        added = await add(client, "p-001")
+        started = await client.post("/api/cart/checkout", json={})
+        assert started.status_code == 200
+        refused = await login(client, new_user())
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "cart_locked"
+        after = (await client.get("/api/cart")).json()
+    assert after["id"] == added["id"]  # still the cart being paid for
+    assert after["status"] == "checking_out"
+    assert status(server, added["id"]) == ("checking_out", None)
