@@ -64,3 +64,88 @@ CREATE TABLE IF NOT EXISTS applied_mutations (
     PRIMARY KEY (cart_id, key)
 );
 CREATE INDEX IF NOT EXISTS idx_applied_mutations_created ON applied_mutations(created_at);
+
+-- A checkout holds the stock of its lines from the moment the cart is locked until it is
+-- paid (an order is written) or released (cancel, expiry): stock is taken by a
+-- conditional decrement, so it never goes below zero and is never sold twice.
+CREATE TABLE IF NOT EXISTS checkouts (
+    id           TEXT PRIMARY KEY,           -- UUID4; the demo provider's session id too
+    cart_id      TEXT NOT NULL,
+    cart_version INTEGER NOT NULL,           -- the version that moved the cart to checking_out
+    provider     TEXT NOT NULL,              -- 'stripe' | 'demo'
+    status       TEXT NOT NULL CHECK (status IN ('reserved', 'paid', 'released')),
+    amount_cents INTEGER NOT NULL,
+    currency     TEXT NOT NULL,
+    session_id   TEXT UNIQUE,                -- the provider's session, once created
+    url          TEXT,                       -- where the shopper pays
+    expires_at   TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL
+);
+-- At most one reservation per cart at a time.
+CREATE UNIQUE INDEX IF NOT EXISTS idx_checkouts_open ON checkouts(cart_id) WHERE status = 'reserved';
+CREATE INDEX IF NOT EXISTS idx_checkouts_expires ON checkouts(expires_at) WHERE status = 'reserved';
+
+CREATE TABLE IF NOT EXISTS checkout_items (
+    checkout_id      TEXT NOT NULL REFERENCES checkouts(id) ON DELETE CASCADE,
+    product_id       TEXT NOT NULL REFERENCES products(id),
+    quantity         INTEGER NOT NULL CHECK (quantity > 0),
+    unit_price_cents INTEGER NOT NULL,       -- the price charged
+    PRIMARY KEY (checkout_id, product_id)
+);
+
+CREATE TABLE IF NOT EXISTS orders (
+    id                 TEXT PRIMARY KEY,     -- UUID4
+    checkout_id        TEXT NOT NULL UNIQUE REFERENCES checkouts(id),  -- one order per checkout
+    cart_id            TEXT NOT NULL,
+    user_id            TEXT,
+    session_id         TEXT,
+    payment_intent     TEXT,
+    amount_total_cents INTEGER NOT NULL,     -- what the provider says was paid
+    currency           TEXT NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('paid', 'needs_review')),
+    created_at         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_orders_cart ON orders(cart_id);
+
+CREATE TABLE IF NOT EXISTS order_items (
+    order_id         TEXT NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
+    product_id       TEXT NOT NULL,
+    sku              TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    quantity         INTEGER NOT NULL,
+    unit_price_cents INTEGER NOT NULL,
+    line_total_cents INTEGER NOT NULL,
+    PRIMARY KEY (order_id, product_id)
+);
+
+-- Payment provider events already handled, written in the same transaction as their
+-- effect: a redelivered webhook changes nothing.
+CREATE TABLE IF NOT EXISTS payment_events (
+    event_id    TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+
+-- Outbox of cart lifecycle events (abandoned, expired), written in the same transaction
+-- as the status change; delivered to CART_EVENTS_WEBHOOK_URL when set, else listed by
+-- `python -m server events`.
+CREATE TABLE IF NOT EXISTS cart_events (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    cart_id         TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    payload         TEXT NOT NULL,           -- JSON, the body POSTed to the webhook
+    created_at      TEXT NOT NULL,
+    delivered_at    TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL            -- also a lease: a sender claims a row by moving it
+);
+CREATE INDEX IF NOT EXISTS idx_cart_events_pending ON cart_events(next_attempt_at) WHERE delivered_at IS NULL;
+
+-- One open cart per user: two devices logging in at once end up in the same cart.
+CREATE UNIQUE INDEX IF NOT EXISTS idx_cart_sessions_user_open ON cart_sessions(user_id)
+    WHERE user_id IS NOT NULL AND status IN ('active', 'checking_out', 'abandoned');
+
+-- The purge finds finished carts past their time without scanning every cart.
+CREATE INDEX IF NOT EXISTS idx_cart_sessions_finished ON cart_sessions(updated_at)
+    WHERE status IN ('expired', 'merged', 'checked_out');

@@ -1,4 +1,4 @@
-"""Command line: serve (the default), migrate, import a catalog."""
+"""Command line: serve (the default), migrate, import a catalog, list outbox events."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="create or update the database schema, then exit")
     load = commands.add_parser("import", help="load or update products from a .csv or .json file")
     load.add_argument("file", type=Path)
+    events = commands.add_parser("events", help="list cart lifecycle events, one JSON per line")
+    events.add_argument("--undelivered", action="store_true", help="only those not delivered")
+    events.add_argument("--limit", type=int, default=100, help="at most this many (oldest first)")
     args = parser.parse_args(argv)
 
     try:
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_migrate(settings))
         if args.command == "import":
             return asyncio.run(_import(settings, args.file))
+        if args.command == "events":
+            return asyncio.run(_events(settings, args.undelivered, args.limit))
         return _serve(settings, args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -113,6 +118,23 @@ async def _import(settings: Settings, path: Path) -> int:
     finally:
         await store.close()
     print(f"imported {len(products)} products: {inserted} new, {updated} updated")
+    return 0
+
+
+async def _events(settings: Settings, undelivered: bool, limit: int) -> int:
+    import msgspec
+
+    from .store import open_store
+
+    store = await open_store(settings)
+    try:
+        events = await store.list_events(undelivered, limit)
+    finally:
+        await store.close()
+    for event in events:
+        record = msgspec.structs.asdict(event)
+        record["payload"] = msgspec.json.decode(event.payload)
+        sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
     return 0
 
 

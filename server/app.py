@@ -13,15 +13,18 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from . import errors, openapi, rest, ws
+from . import errors, openapi, payment_pages, rest, ws
 from .bus import open_bus
 from .catalog import Catalog
+from .checkout import Checkouts
 from .config import STATIC_DIR, Settings
 from .hub import Hub
 from .identity import CartIds, load_secret
 from .importer import DEMO_CATALOG, read_products
 from .limits import ConnectionCounter
 from .metrics import Metrics
+from .outbox import Outbox
+from .payments import open_provider
 from .store import open_store
 from .web import Services, error_response
 
@@ -38,7 +41,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         store = await open_store(settings, metrics)
         bus = open_bus(None)
         catalog = Catalog()
-        hub = Hub(store, bus, catalog, settings, metrics)
+        hub = Hub(store, bus, catalog, settings, metrics, ids.sign)
+        checkouts = Checkouts(hub, store, open_provider(settings), ids, settings, metrics)
+        outbox = Outbox(store, settings, metrics)
         try:
             await catalog.refresh(store)
             if not catalog.products and settings.demo_catalog:
@@ -46,12 +51,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await catalog.refresh(store)
                 log.info("seeded the demo catalog: %d products", len(catalog.products))
             await hub.start()
-            log.info("cart server ready: %d products", len(catalog.products))
+            checkouts.start_sweeper()
+            outbox.start()
+            log.info(
+                "cart server ready: %d products, %s payments",
+                len(catalog.products),
+                checkouts.provider.name,
+            )
+            auth = auth_secret(settings, ids)
             connections = ConnectionCounter(settings.max_connections_per_ip)
             metrics.gauge("cart_long_lived_connections", connections.total)
             app.state.drain = hub.drain  # called by serving.CartServer on shutdown
-            yield {"services": Services(settings, hub, ids, store, metrics, connections)}
+            services = Services(settings, hub, ids, store, metrics, checkouts, auth, connections)
+            yield {"services": services}
         finally:
+            await outbox.close()
+            await checkouts.close()
             await hub.close()
             await bus.close()
             await store.close()
@@ -71,6 +86,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/cart/items/{product_id}", rest.set_quantity, methods=["PATCH"]),
         Route("/api/cart/items/{product_id}", rest.remove_item, methods=["DELETE"]),
         Route("/api/cart/changes", rest.changes),
+        Route("/api/cart/checkout", rest.checkout, methods=["POST"]),
+        Route("/api/cart/checkout/cancel", rest.checkout_cancel, methods=["POST"]),
+        Route("/api/cart/checkout/confirm", rest.checkout_confirm, methods=["POST"]),
+        Route("/api/cart/login", rest.login, methods=["POST"]),
+        Route("/api/demo/login", rest.demo_login, methods=["POST"]),
+        Route("/api/webhooks/stripe", payment_pages.stripe_webhook, methods=["POST"]),
+        Route("/checkout/demo/{checkout_id}", payment_pages.demo_page),
+        Route("/checkout/demo/{checkout_id}/pay", payment_pages.demo_pay, methods=["POST"]),
+        Route("/checkout/demo/{checkout_id}/cancel", payment_pages.demo_cancel, methods=["POST"]),
         WebSocketRoute("/api/cart/ws", ws.cart_socket),
         Route("/healthz", rest.healthz),
         Route("/readyz", rest.readyz),
@@ -82,6 +106,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+
+
+def auth_secret(settings: Settings, ids: CartIds) -> str:
+    """CART_AUTH_SECRET; for the demo login alone, one derived from the cart secret."""
+    if settings.cart_auth_secret or not settings.demo_login:
+        return settings.cart_auth_secret
+    return ids.derive("demo-login")
 
 
 # The page passes this policy: no inline script or style, everything from this origin

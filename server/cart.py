@@ -53,6 +53,7 @@ class Line(Struct, frozen=True):
     quantity: int
     unit_price_cents: int  # price snapshot taken when the line was first added
     position: int  # the cart version that added it: lines are shown in this order
+    added_at: datetime | None = None  # when the price snapshot was taken
 
 
 class Cart(Struct, frozen=True):
@@ -101,13 +102,47 @@ class ClearCart(Struct, frozen=True):
     pass
 
 
+class StartCheckout(Struct, frozen=True):
+    """Lock an editable, non-empty cart while its stock is reserved and paid for."""
+
+
 class SetStatus(Struct, frozen=True):
-    """A system transition (checkout, abandonment timer, merge): not a shopper edit."""
+    """A system transition (checkout end, abandonment timer, merge): not a shopper edit.
+    `successor` is the cart a finished cart's shoppers move on to."""
 
     status: Status
+    successor: str | None = None
 
 
-Op = AddItem | SetQuantity | RemoveItem | ClearCart | SetStatus
+class Abandon(Struct, frozen=True):
+    """The abandonment timer: only an active, non-empty cart past its abandon_at."""
+
+
+class Expire(Struct, frozen=True):
+    """The expiry sweep: only an editable cart idle for `ttl` seconds."""
+
+    ttl: float
+    successor: str
+
+
+class Absorb(Struct, frozen=True):
+    """Login merge: take another cart's lines into this one and make it the user's."""
+
+    lines: tuple[Line, ...]
+    user_id: str
+
+
+Op = (
+    AddItem
+    | SetQuantity
+    | RemoveItem
+    | ClearCart
+    | StartCheckout
+    | SetStatus
+    | Abandon
+    | Expire
+    | Absorb
+)
 
 
 class Change(Struct, frozen=True):
@@ -123,15 +158,38 @@ def apply(
 ) -> tuple[Cart, Change]:
     """Apply `op` to `cart`: the next version and what changed, or a CartError."""
     status: Status | None = None
+    successor = cart.merged_into
     if isinstance(op, SetStatus):
         lines, change = cart.lines, Change(status=op.status)
         status = op.status
+        successor = op.successor or successor
+    elif isinstance(op, Abandon):
+        due = cart.abandon_at is not None and cart.abandon_at <= now
+        if cart.status is not Status.ACTIVE or not cart.lines or not due:
+            raise errors.NotDue("the cart is not due to be abandoned")
+        lines, change = cart.lines, Change(status=Status.ABANDONED)
+        status = Status.ABANDONED
+    elif isinstance(op, Expire):
+        if cart.status not in MUTABLE or cart.updated_at + timedelta(seconds=op.ttl) > now:
+            raise errors.NotDue("the cart is not due to expire")
+        lines, change = cart.lines, Change(status=Status.EXPIRED)
+        status, successor = Status.EXPIRED, op.successor
+    elif isinstance(op, StartCheckout):
+        if cart.status not in MUTABLE:
+            raise errors.CartLocked(
+                f"the cart is {cart.status.value} and cannot be checked out",
+                status=cart.status.value,
+            )
+        if not cart.lines:
+            raise errors.EmptyCart("the cart is empty; add something before checking out")
+        lines, change = cart.lines, Change(status=Status.CHECKING_OUT)
+        status = Status.CHECKING_OUT
     else:
         if cart.status not in MUTABLE:
             raise errors.CartLocked(
                 f"the cart is {cart.status.value} and cannot be edited", status=cart.status.value
             )
-        lines, change = _edit(cart, op, catalog)
+        lines, change = _edit(cart, op, catalog, now)
         if cart.status is Status.ABANDONED:
             status = Status.ACTIVE
             change = structs.replace(change, status=status)
@@ -140,11 +198,13 @@ def apply(
     return (
         structs.replace(
             cart,
+            user_id=op.user_id if isinstance(op, Absorb) else cart.user_id,
             version=cart.version + 1,
             status=new_status,
             lines=lines,
             updated_at=now,
             abandon_at=now + timedelta(seconds=abandon_after) if idle else None,
+            merged_into=successor,
         ),
         change,
     )
@@ -157,7 +217,9 @@ def _check_quantity(quantity: int, low: int) -> None:
         raise errors.InvalidRequest(f"quantity must be {low} to {MAX_QUANTITY}, got {quantity}")
 
 
-def _edit(cart: Cart, op: Op, catalog: Mapping[str, Product]) -> tuple[tuple[Line, ...], Change]:
+def _edit(
+    cart: Cart, op: Op, catalog: Mapping[str, Product], now: datetime
+) -> tuple[tuple[Line, ...], Change]:
     match op:
         case AddItem(product_id, quantity):
             _check_quantity(quantity, 1)
@@ -187,7 +249,7 @@ def _edit(cart: Cart, op: Op, catalog: Mapping[str, Product]) -> tuple[tuple[Lin
                     raise errors.TooManyLines(
                         f"a cart holds at most {MAX_LINES} lines", max_lines=MAX_LINES
                     )
-                line = Line(product_id, quantity, product.price_cents, cart.version + 1)
+                line = Line(product_id, quantity, product.price_cents, cart.version + 1, now)
                 return (*cart.lines, line), Change(upserted=(line,))
             line = structs.replace(existing, quantity=held + quantity)
             return _replace(cart.lines, line), Change(upserted=(line,))
@@ -218,7 +280,51 @@ def _edit(cart: Cart, op: Op, catalog: Mapping[str, Product]) -> tuple[tuple[Lin
         case ClearCart():
             return (), Change(removed=tuple(line.product_id for line in cart.lines))
 
+        case Absorb(incoming):
+            return _absorb(cart, incoming, catalog)
+
     raise AssertionError(f"unhandled operation {op!r}")  # pragma: no cover
+
+
+def _absorb(
+    cart: Cart, incoming: tuple[Line, ...], catalog: Mapping[str, Product]
+) -> tuple[tuple[Line, ...], Change]:
+    """Quantities summed per product, capped by stock and the per-line limit (never below
+    what this cart already held); the earlier price snapshot kept; lines past the cart's
+    limit, or out of stock, left out."""
+    lines = list(cart.lines)
+    upserted: dict[str, Line] = {}
+    for line in incoming:
+        product = catalog.get(line.product_id)
+        stock = product.stock if product else 0
+        index = next((i for i, x in enumerate(lines) if x.product_id == line.product_id), None)
+        if index is None:
+            quantity = min(line.quantity, stock, MAX_QUANTITY)
+            if quantity < 1 or len(lines) >= MAX_LINES:
+                continue
+            new = structs.replace(line, quantity=quantity, position=cart.version + 1)
+            lines.append(new)
+        else:
+            held = lines[index]
+            quantity = max(held.quantity, min(held.quantity + line.quantity, stock, MAX_QUANTITY))
+            older = _earlier(line, held)
+            new = structs.replace(
+                held,
+                quantity=quantity,
+                unit_price_cents=older.unit_price_cents,
+                added_at=older.added_at,
+            )
+            if new == held:
+                continue
+            lines[index] = new
+        upserted[new.product_id] = new
+    return tuple(lines), Change(upserted=tuple(upserted.values()))
+
+
+def _earlier(a: Line, b: Line) -> Line:
+    if a.added_at is not None and (b.added_at is None or a.added_at < b.added_at):
+        return a
+    return b
 
 
 def _replace(lines: tuple[Line, ...], new: Line) -> tuple[Line, ...]:

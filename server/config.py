@@ -76,6 +76,18 @@ class Settings:
     demo_catalog: bool = True
     access_log: bool = False
     log_level: str = "info"
+    # Checkout. Without a Stripe key the built-in demo payment provider is used.
+    stripe_secret_key: str = field(default="", repr=False)
+    stripe_webhook_secret: str = field(default="", repr=False)
+    stripe_api_base: str = ""  # a stand-in for api.stripe.com (tests, stripe-mock)
+    public_url: str = ""  # where shoppers come back to; default: the request's own base URL
+    checkout_expires: float = 30 * 60.0
+    checkout_price: str = "snapshot"  # charge the price shown in the cart, or today's
+    # Lifecycle and login.
+    cart_auth_secret: str = field(default="", repr=False)  # verifies user tokens
+    demo_login: bool = False  # mint user tokens for the demo page: never in production
+    events_webhook_url: str = ""
+    events_secret: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +134,18 @@ class Settings:
         if log_level not in {"critical", "error", "warning", "info", "debug", "trace"}:
             levels = "critical, error, warning, info, debug or trace"
             raise ConfigError(f"LOG_LEVEL must be {levels}, got {log_level!r}")
+        price = get("CHECKOUT_PRICE", cls.checkout_price).lower()
+        if price not in {"snapshot", "current"}:
+            raise ConfigError(f"CHECKOUT_PRICE must be snapshot or current, got {price!r}")
+        events_url = get("CART_EVENTS_WEBHOOK_URL", "")
+        events_secret = env.get("CART_EVENTS_SECRET", "").strip()
+        if events_url and not re.match(r"https?://[^/?#\s]+", events_url):
+            # Caught here, not as a delivery failure retried forever.
+            raise ConfigError(
+                f"CART_EVENTS_WEBHOOK_URL must be an http:// or https:// URL, got {events_url!r}"
+            )
+        if events_url and not events_secret:
+            raise ConfigError("CART_EVENTS_WEBHOOK_URL is set: CART_EVENTS_SECRET must be too")
         origins = tuple(
             o.strip().rstrip("/") for o in get("ALLOWED_ORIGINS", "").split(",") if o.strip()
         )
@@ -153,4 +177,14 @@ class Settings:
             demo_catalog=flag("DEMO_CATALOG", cls.demo_catalog),
             access_log=flag("ACCESS_LOG", cls.access_log),
             log_level=log_level,
+            stripe_secret_key=env.get("STRIPE_SECRET_KEY", "").strip(),
+            stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET", "").strip(),
+            stripe_api_base=get("STRIPE_API_BASE", "").rstrip("/"),
+            public_url=get("PUBLIC_URL", "").rstrip("/"),
+            checkout_expires=duration("CHECKOUT_EXPIRES", cls.checkout_expires),
+            checkout_price=price,
+            cart_auth_secret=env.get("CART_AUTH_SECRET", "").strip(),
+            demo_login=flag("DEMO_LOGIN", cls.demo_login),
+            events_webhook_url=events_url,
+            events_secret=events_secret,
         )

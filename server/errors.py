@@ -80,6 +80,32 @@ class CartLocked(CartError):
     status = 409
 
 
+class EmptyCart(CartError):
+    code = "empty_cart"
+    status = 409
+
+
+class CheckoutCompleted(CartError):
+    """Cancel came after the payment went through: the order stands."""
+
+    code = "checkout_completed"
+    status = 409
+
+
+class BadSignature(CartError):
+    """A webhook whose signature does not verify (or no webhook secret is configured)."""
+
+    code = "bad_signature"
+    status = 400
+
+
+class PaymentProviderError(CartError):
+    """The payment provider refused or did not answer; the reservation was released."""
+
+    code = "payment_provider_error"
+    status = 502
+
+
 class TooManyLines(CartError):
     code = "too_many_lines"
     status = 409
@@ -115,6 +141,18 @@ class TooManyConnections(CartError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": "5"}
+
+
+class NotDue(CartError):
+    """A timer found nothing to do: the cart changed since it was armed. Never sent."""
+
+    code = "not_due"
+    status = 409
+
+
+class InvalidToken(CartError):
+    code = "invalid_token"
+    status = 401
 
 
 class Unavailable(CartError):

@@ -23,6 +23,8 @@ from .room import Room, RoomContext
 from .store import Store
 
 log = logging.getLogger("server.hub")
+SWEEP_BATCH = 500
+SWEEP_CONCURRENCY = 50
 
 
 class BusMessage(msgspec.Struct, frozen=True, array_like=True):
@@ -41,7 +43,13 @@ def channel(cart_id: str) -> str:
 
 class Hub:
     def __init__(
-        self, store: Store, bus: Bus, catalog: Catalog, settings: Settings, metrics: Metrics
+        self,
+        store: Store,
+        bus: Bus,
+        catalog: Catalog,
+        settings: Settings,
+        metrics: Metrics,
+        sign: Callable[[str], str] = str,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.store = store
@@ -53,7 +61,7 @@ class Hub:
         self._loading: dict[str, asyncio.Future[Room]] = {}
         self.draining = asyncio.Event()
         self._context = RoomContext(
-            store, catalog, settings, metrics, self._published, self.draining
+            store, catalog, settings, metrics, self._published, sign, self.draining
         )
         self._tasks: set[asyncio.Task[None]] = set()
         metrics.gauge("cart_rooms_loaded", lambda: len(self.rooms))
@@ -108,7 +116,7 @@ class Hub:
             and room.last_used < cutoff
         ]
         for cart_id in idle:
-            del self.rooms[cart_id]
+            self.rooms.pop(cart_id).close()
         for cart_id in idle:
             if cart_id not in self.rooms and cart_id not in self._loading:  # not back already
                 await self.bus.unsubscribe(channel(cart_id))
@@ -130,11 +138,42 @@ class Hub:
             if message.origin != self.id and room is not None and message.version > room.version:
                 self._spawn(room.catch_up())
 
+    # --- timers of carts not in memory ------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Expire and abandon the carts that are due, through their rooms like any
+        mutation: rooms evicted from memory, and deadlines that passed while the server
+        was down, fire here (once: the room re-checks under its lock)."""
+        fired = 0
+        while True:
+            due = await self.store.due_carts(utcnow(), SWEEP_BATCH)
+            results: list[bool] = []
+            for start in range(0, len(due), SWEEP_CONCURRENCY):
+                chunk = due[start : start + SWEEP_CONCURRENCY]
+                results += await asyncio.gather(*(self._run_due(c) for c in chunk))
+            fired += sum(results)
+            if len(due) < SWEEP_BATCH or not any(results):
+                return fired
+
+    async def _run_due(self, cart_id: str) -> bool:
+        try:
+            async with self.use(cart_id) as room:
+                return await room.run_due()
+        except Exception:  # one cart's failure must not stop the others
+            log.exception("timer of cart %s failed", cart_id)
+            return False
+
+    def sweep_period(self) -> float:
+        """A quarter of the shorter deadline, 0.25 s to 60 s: late by at most that much."""
+        shortest = min(self.settings.abandon_after, self.settings.cart_ttl)
+        return min(60.0, max(0.25, shortest / 4))
+
     # --- background work -------------------------------------------------------------
 
     async def start(self) -> None:
         await self.catalog.refresh(self.store)
         self._spawn(self._listen())
+        self._spawn(self._sweep_now_and_every(self.sweep_period()))
         self._spawn(self._every(max(1.0, self.settings.room_idle_seconds / 4), self.evict_idle))
         self._spawn(self._every(self.settings.catalog_refresh_seconds, self._refresh_catalog))
         self._spawn(self._every(3600.0, self._prune))
@@ -145,6 +184,15 @@ class Hub:
     async def _prune(self) -> None:
         before = utcnow() - timedelta(seconds=self.settings.idempotency_ttl)
         await self.store.prune(before)
+        await self.store.purge_expired(utcnow() - timedelta(seconds=self.settings.cart_ttl), 500)
+
+    async def _sweep_now_and_every(self, seconds: float) -> None:
+        # At once on start: deadlines that passed while the server was down fire soon.
+        try:
+            await self.sweep()
+        except Exception:
+            log.exception("the first timer sweep failed")
+        await self._every(seconds, self.sweep)
 
     async def _every(self, seconds: float, work: Callable[[], Awaitable[object]]) -> None:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -31,7 +32,12 @@ class CartIds:
     """Signs cart ids and reads them back; anything tampered reads as absent."""
 
     def __init__(self, secret: str) -> None:
+        self._secret = secret
         self._signer = Signer(secret, salt="cart-id", digest_method=hashlib.sha256)
+
+    def derive(self, purpose: str) -> str:
+        """A key for another purpose, from the same secret (HMAC keeps them apart)."""
+        return hmac.new(self._secret.encode(), purpose.encode(), hashlib.sha256).hexdigest()
 
     def sign(self, cart_id: str) -> str:
         return self._signer.sign(cart_id).decode()

@@ -12,10 +12,14 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from .checkout import Started
 from .protocol import (
     MAX_QUANTITY,
     AddItemBody,
     CartDoc,
+    DemoLoginBody,
+    EmptyBody,
+    LoginBody,
     PatchMsg,
     ProductDoc,
     SetQuantityBody,
@@ -37,13 +41,9 @@ class Snapshot(Struct):
     snapshot: CartDoc
 
 
-class CheckoutSession(Struct):
-    checkout_url: str
-    session_id: str
-
-
-class LoginBody(Struct):
+class DemoToken(Struct):
     token: str
+    user_id: str
 
 
 class Health(Struct):
@@ -52,7 +52,7 @@ class Health(Struct):
 
 
 _STRUCTS = [Products, CartDoc, AddItemBody, SetQuantityBody, Changes, Snapshot]
-_STRUCTS += [CheckoutSession, LoginBody, Health]
+_STRUCTS += [Started, EmptyBody, LoginBody, DemoLoginBody, DemoToken, Health]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -223,6 +223,25 @@ def _added(operation: dict[str, Any]) -> dict[str, Any]:
     return operation
 
 
+def _checkout_step(name: str, summary: str, conflict: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "operationId": name,
+            "summary": summary,
+            "tags": ["checkout"],
+            "parameters": [CART_ID_IN, CART_COOKIE, ORIGIN],
+            "responses": {
+                "200": CART_OK,
+                "403": MUTATION_ERRORS["403"],
+                "409": _error(conflict),
+                "429": MUTATION_ERRORS["429"],
+                "502": _error("`payment_provider_error`: the provider did not answer."),
+                "503": MUTATION_ERRORS["503"],
+            },
+        }
+    }
+
+
 def _paths() -> dict[str, Any]:
     not_in_cart = _error("`not_in_cart`: the cart has no line for this product.")
     return {
@@ -311,48 +330,74 @@ def _paths() -> dict[str, Any]:
         "/api/cart/checkout": {
             "post": {
                 "operationId": "startCheckout",
-                "summary": "Start a checkout: reserve stock, cart → checking_out.",
+                "summary": "Start a checkout: reserve the stock, cart → checking_out.",
                 "tags": ["checkout"],
-                "parameters": [CART_ID_IN, CART_COOKIE, IDEMPOTENCY_KEY, ORIGIN],
+                "parameters": [CART_ID_IN, CART_COOKIE, IF_MATCH, ORIGIN],
                 "requestBody": {
                     "required": False,
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+                    "content": {"application/json": {"schema": _ref("EmptyBody")}},
                 },
                 "responses": {
-                    "200": _json(_ref("CheckoutSession"), "Where to send the shopper."),
+                    "200": _json(
+                        _ref("Started"),
+                        "Where to send the shopper.",
+                        {k: v for k, v in _CART_HEADERS.items() if k != "ETag"},
+                    ),
+                    **BODY_ERRORS,
                     "403": MUTATION_ERRORS["403"],
                     "409": _error(
                         "`empty_cart`, `insufficient_stock` (lists the lines), `cart_locked`."
-                    ),  # fmt: skip
+                    ),
+                    "412": MUTATION_ERRORS["412"],
+                    "422": _error("`invalid_request`: a body of the wrong shape."),
+                    "429": MUTATION_ERRORS["429"],
+                    "502": _error("`payment_provider_error`: the provider did not answer."),
+                    "503": MUTATION_ERRORS["503"],
+                },
+            }
+        },
+        "/api/cart/checkout/cancel": _checkout_step(
+            "cancelCheckout",
+            "Cancel a checkout: the reservation is released, cart → active.",
+            "`checkout_completed`: the payment went through; `cart_locked`.",
+        ),
+        "/api/cart/checkout/confirm": _checkout_step(
+            "confirmCheckout",
+            "Back from the payment page: settle now if the provider says paid.",
+            "`cart_locked`: not checking out.",
+        ),
+        "/api/cart/login": {
+            "post": {
+                "operationId": "login",
+                "summary": "Attach the cart to a user (signed token); merge with theirs.",
+                "tags": ["users"],
+                "parameters": [CART_ID_IN, CART_COOKIE, ORIGIN],
+                "requestBody": _body("LoginBody"),
+                "responses": {
+                    "200": CART_OK,
+                    **BODY_ERRORS,
+                    "401": _error("`invalid_token`: missing, malformed, forged or expired."),
+                    "403": MUTATION_ERRORS["403"],
+                    "409": _error("`cart_locked`: one of the carts is checking out."),
+                    "422": _error("`invalid_request`: a body of the wrong shape."),
                     "429": MUTATION_ERRORS["429"],
                     "503": MUTATION_ERRORS["503"],
                 },
             }
         },
-        "/api/cart/checkout/cancel": {
+        "/api/demo/login": {
             "post": {
-                "operationId": "cancelCheckout",
-                "summary": "Cancel a checkout: reservations released, cart → active.",
-                "tags": ["checkout"],
-                "parameters": [CART_ID_IN, CART_COOKIE, ORIGIN],
+                "operationId": "demoLogin",
+                "summary": "DEMO_LOGIN=1 only: a user token for any name (the demo page).",
+                "tags": ["users"],
+                "parameters": [ORIGIN],
+                "requestBody": _body("DemoLoginBody"),
                 "responses": {
-                    "200": CART_OK,
+                    "200": _json(_ref("DemoToken"), "A token for `demo:<user>`."),
+                    **BODY_ERRORS,
                     "403": MUTATION_ERRORS["403"],
-                    "409": _error("`cart_locked`: not checking out."),
-                },
-            }
-        },
-        "/api/cart/login": {
-            "post": {
-                "operationId": "login",
-                "summary": "Attach the cart to a user (signed token); merge with theirs.",
-                "tags": ["checkout"],
-                "parameters": [CART_ID_IN, CART_COOKIE, ORIGIN],
-                "requestBody": _body("LoginBody"),
-                "responses": {
-                    "200": CART_OK,
-                    "401": _error("The token is missing, malformed, forged or expired."),
-                    "403": MUTATION_ERRORS["403"],
+                    "404": _error("`not_found`: the demo login is off."),
+                    "422": _error("`invalid_request`: a body of the wrong shape."),
                 },
             }
         },
@@ -374,8 +419,14 @@ def _paths() -> dict[str, Any]:
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
                 "responses": {
-                    "200": {"description": "Received (also for events it ignores)."},
-                    "400": _error("Bad or old signature, or not an event."),
+                    "200": _json(
+                        {"type": "object", "properties": {"received": {"const": True}}},
+                        "Received (also for events it ignores).",
+                    ),
+                    "400": _error("`bad_signature`: missing, forged or older than 5 minutes."),
+                    "409": _error("The event cannot settle its checkout."),
+                    "413": _error("`payload_too_large`."),
+                    "503": MUTATION_ERRORS["503"],
                 },
             }
         },

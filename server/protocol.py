@@ -69,7 +69,22 @@ class SetQuantityBody(Struct, frozen=True):
     quantity: QuantityOrZero
 
 
+class EmptyBody(Struct, frozen=True):
+    """POST /api/cart/checkout takes `{}`; unknown fields are ignored for forward use."""
+
+
+class LoginBody(Struct, frozen=True):
+    token: Annotated[str, Meta(min_length=1, max_length=2048)]
+
+
+class DemoLoginBody(Struct, frozen=True):
+    user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
 add_item_decoder = msgspec.json.Decoder(AddItemBody)
+login_decoder = msgspec.json.Decoder(LoginBody)
+demo_login_decoder = msgspec.json.Decoder(DemoLoginBody)
+empty_body_decoder = msgspec.json.Decoder(EmptyBody)
 set_quantity_decoder = msgspec.json.Decoder(SetQuantityBody)
 
 
@@ -159,6 +174,29 @@ class MovedMsg(_ServerMessage, tag="moved"):
 
 class PongMsg(_ServerMessage, tag="pong"):
     pass
+
+
+# --- outbox events (CART_EVENTS_WEBHOOK_URL) -----------------------------------------
+
+
+class EventItem(Struct, frozen=True):
+    product_id: str
+    quantity: int
+    unit_price_cents: int
+
+
+class CartEventDoc(Struct, frozen=True):
+    """The JSON body of a lifecycle event: what a shop needs for a reminder email."""
+
+    type: str  # abandoned | expired
+    cart_id: str
+    user_id: str | None
+    version: int
+    item_count: int
+    subtotal_cents: int
+    currency: str
+    items: list[EventItem]
+    at: str
 
 
 ServerMessage = PatchMsg | SnapshotMsg | AckMsg | PresenceMsg | MovedMsg | PongMsg

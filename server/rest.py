@@ -10,11 +10,19 @@ from msgspec import Raw
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from . import errors
+from . import errors, merge
+from .auth import make_user_token, verify_user_token
 from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity
 from .identity import COOKIE, HEADER, CartRef
 from .limits import admit
-from .protocol import add_item_decoder, encode, set_quantity_decoder
+from .protocol import (
+    add_item_decoder,
+    demo_login_decoder,
+    empty_body_decoder,
+    encode,
+    login_decoder,
+    set_quantity_decoder,
+)
 from .web import (
     Services,
     cart_response,
@@ -57,8 +65,7 @@ async def _mutate(request: Request, parse: Callable[[Request], Awaitable[Op]]) -
     svc = services(request)
     ref = _ref(request, svc)
     try:
-        if not origin_allowed(request.headers, svc.settings):
-            raise errors.ForbiddenOrigin("requests from this origin may not change carts")
+        _check_origin(request, svc)
         key = idempotency_key(request.headers)
         base = if_match(request.headers)
         op = await parse(request)
@@ -114,6 +121,93 @@ async def clear_cart(request: Request) -> Response:
     return await _mutate(request, _clear)
 
 
+async def checkout(request: Request) -> Response:
+    """Reserve the stock and open a payment session: {"checkout_url", "session_id"}."""
+    svc = services(request)
+    ref = _ref(request, svc)
+    try:
+        _check_origin(request, svc)
+        base = if_match(request.headers)
+        await read_body(request, svc.settings.max_body_bytes, empty_body_decoder, optional=True)
+        ref = await settle(svc, ref)
+        async with svc.hub.use(ref.cart_id) as room:
+            admit(room.rate)  # a checkout reserves stock and calls the provider
+            started = await svc.checkouts.start(room, str(request.base_url), base)
+    except errors.CartError as exc:
+        return error_response(exc, request, ref)
+    return cart_response(request, encode(started), ref, None)
+
+
+async def checkout_cancel(request: Request) -> Response:
+    """Release the reservation and unlock the cart; the cart document."""
+    return await _checkout_step(request, cancel=True)
+
+
+async def checkout_confirm(request: Request) -> Response:
+    """The shopper is back from the payment page: settle now if the provider says paid."""
+    return await _checkout_step(request, cancel=False)
+
+
+async def _checkout_step(request: Request, *, cancel: bool) -> Response:
+    svc = services(request)
+    ref = _ref(request, svc)
+    try:
+        _check_origin(request, svc)
+        ref = await settle(svc, ref)
+        async with svc.hub.use(ref.cart_id) as room:
+            admit(room.rate)  # each may ask the payment provider
+            if cancel:
+                await svc.checkouts.cancel(room)
+            else:
+                await svc.checkouts.confirm(room)
+        ref = await settle(svc, ref)  # a completed checkout moves the shopper on
+        async with svc.hub.use(ref.cart_id) as room:
+            version, body = room.version, room.document()
+    except errors.CartError as exc:
+        return error_response(exc, request, ref)
+    return cart_response(request, body, ref, version)
+
+
+async def login(request: Request) -> Response:
+    """Merge the shopper's cart into the user's (made if none); the user's cart."""
+    svc = services(request)
+    ref = _ref(request, svc)
+    try:
+        _check_origin(request, svc)
+        body = await read_body(request, svc.settings.max_body_bytes, login_decoder)
+        user_id = verify_user_token(body.token, svc.auth_secret)
+        ref = await settle(svc, ref)
+        async with svc.hub.use(ref.cart_id) as room:
+            admit(room.rate)  # a login merges carts: a mutation of this one
+        ref = await merge.login(svc.hub, svc.ids, ref, user_id)
+        async with svc.hub.use(ref.cart_id) as room:
+            version, doc = room.version, room.document()
+    except errors.CartError as exc:
+        return error_response(exc, request, ref)
+    return cart_response(request, doc, ref, version)
+
+
+async def demo_login(request: Request) -> Response:
+    """DEMO_LOGIN=1 only: a user token for any name, so the demo page can show merging."""
+    svc = services(request)
+    try:
+        if not svc.settings.demo_login:
+            raise errors.NotFound("the demo login is off (DEMO_LOGIN=1 turns it on)")
+        _check_origin(request, svc)
+        body = await read_body(request, svc.settings.max_body_bytes, demo_login_decoder)
+    except errors.CartError as exc:
+        return error_response(exc, request, None)
+    token = make_user_token(f"demo:{body.user}", svc.auth_secret)
+    return Response(
+        encode({"token": token, "user_id": f"demo:{body.user}"}), media_type="application/json"
+    )
+
+
+def _check_origin(request: Request, svc: Services) -> None:
+    if not origin_allowed(request.headers, svc.settings):
+        raise errors.ForbiddenOrigin("requests from this origin may not change carts")
+
+
 async def changes(request: Request) -> Response:
     """Long-poll: the patches after ?since=V, waiting up to ?wait= seconds for one."""
     svc = services(request)
@@ -136,7 +230,9 @@ async def _changes(
 ) -> Response:
     cap = svc.settings.long_poll_max
     wait = min(DEFAULT_WAIT if wait is None else wait, cap)
-    ref = await settle(svc, ref)
+    asked, ref = ref, await settle(svc, ref)
+    if ref.cart_id != asked.cart_id:
+        since = None  # moved on to another cart: a snapshot of it, never its patches
     async with svc.hub.use(ref.cart_id) as room:
         if since is not None:
             await room.wait_past(int(since), wait)

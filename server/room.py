@@ -8,7 +8,9 @@ Every mutation takes the same path: lock -> apply (pure) -> commit (durable) -> 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,20 +19,25 @@ from msgspec import Raw, Struct
 
 from . import cart as domain
 from . import errors
-from .cart import Cart, Op
+from .cart import FINISHED, Abandon, Cart, Expire, Op, Status
 from .catalog import Catalog
-from .clock import utcnow
+from .clock import iso, utcnow
 from .config import Settings
 from .errors import CLOSE_TRY_AGAIN_LATER
 from .limits import TokenBucket
 from .metrics import Metrics
-from .protocol import PresenceMsg, SnapshotMsg, encode
-from .store import AlreadyApplied, CartWrite, StaleVersion, Store, StoredCart
+from .protocol import CartEventDoc, EventItem, MovedMsg, PresenceMsg, SnapshotMsg, encode
+from .store import AlreadyApplied, CartWrite, Effect, Emit, StaleVersion, Store, StoredCart
+
+log = logging.getLogger("server.room")
 
 # Mutation ids kept in memory per room for the fast path; older ones are still refused
 # by the store's primary key, so the cap costs a round trip, never a double apply.
 MEMORY_KEYS = 1000
 COMMIT_ATTEMPTS = 10
+# Event loops may run a timer slightly before the wall clock reaches its deadline (uvloop
+# rounds to milliseconds); a timer a few milliseconds late finds the cart due.
+TIMER_SLACK = 0.005
 
 
 class Tab:
@@ -74,6 +81,7 @@ class RoomContext(Struct, frozen=True):
     settings: Settings
     metrics: Metrics
     published: Callable[[str, int], None]  # after each commit: (cart id, version)
+    sign: Callable[[str], str]  # a cart id as the signed value clients hold
     draining: asyncio.Event  # the server is shutting down: long-polls answer at once
 
 
@@ -90,6 +98,9 @@ class Room:
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
         # Shared by every tab and REST caller of the cart: more tabs, no more allowance.
         self.rate = TokenBucket(ctx.settings.cart_rate, ctx.settings.cart_burst)
+        self._timer: asyncio.TimerHandle | None = None
+        self._due: asyncio.Task[None] | None = None
+        self._closed = False  # left memory: arms no timer any more
         self.cart = Cart(id=cart_id, updated_at=utcnow())
         if stored is not None:
             self._load(stored)
@@ -99,6 +110,7 @@ class Room:
         self.history.clear()
         self.history.extend(stored.patches)
         self.keys = dict(list(stored.keys.items())[-MEMORY_KEYS:])
+        self._arm()
 
     @property
     def version(self) -> int:
@@ -184,44 +196,72 @@ class Room:
         """Apply one mutation in this cart's order; returns once it is durably committed
         and broadcast. Raises CartError (nothing changed) or Unavailable (nothing stored)."""
         async with self.lock:
-            for _ in range(COMMIT_ATTEMPTS):
-                if key is not None and key in self.keys:
-                    return await self._replay(key, respond)
-                if base_version is not None and base_version != self.cart.version:
-                    raise errors.VersionConflict(
-                        f"the cart is at version {self.cart.version}, not {base_version}",
-                        version=self.cart.version,
-                        cart=Raw(self.document()),
-                    )
-                settings = self.ctx.settings
-                new, change = domain.apply(
-                    self.cart, op, self.ctx.catalog.products, utcnow(), settings.abandon_after
+            return await self.apply_locked(
+                op, origin=origin, key=key, base_version=base_version, respond=respond
+            )
+
+    async def apply_locked(
+        self,
+        op: Op,
+        *,
+        origin: str | None = None,
+        key: str | None = None,
+        base_version: int | None = None,
+        respond: bool = False,
+        effects: Callable[[Cart], tuple[Effect, ...]] | None = None,
+    ) -> Outcome:
+        """submit() for a caller already holding the lock. `effects` gives the rows to
+        write in the same transaction, from the cart as it will be (asked again after a
+        catch-up)."""
+        assert self.lock.locked()
+        for _ in range(COMMIT_ATTEMPTS):
+            if key is not None and key in self.keys:
+                return await self._replay(key, respond)
+            if base_version is not None and base_version != self.cart.version:
+                raise errors.VersionConflict(
+                    f"the cart is at version {self.cart.version}, not {base_version}",
+                    version=self.cart.version,
+                    cart=Raw(self.document()),
                 )
-                patch = encode(
-                    domain.patch_msg(new, change, self.ctx.catalog.products, origin)
-                ).decode()
-                body = (
-                    encode(domain.cart_doc(new, self.ctx.catalog.products, settings.currency))
-                    if respond
-                    else None
-                )
-                write = CartWrite(new, self.cart.version, change, patch, key, body)
-                try:
-                    await self.ctx.store.commit(write)
-                except StaleVersion:
-                    # Another process (or a write whose caller was cancelled) got there
-                    # first: read what the store holds and apply again on top of it.
-                    await self._catch_up()
-                    continue
-                except AlreadyApplied as done:  # an id older than the ones kept in memory
-                    assert key is not None  # only a write with a key can have been applied
-                    self.keys[key] = done.version
-                    continue
-                self._accept(new, patch, key)
-                if body is not None:
-                    self._doc = (new.version, self.ctx.catalog.revision, body)
-                return Outcome(new.version, body)
+            write = self.prepare(op, origin=origin, key=key, respond=respond, effects=effects)
+            try:
+                await self.ctx.store.commit(write)
+            except StaleVersion:
+                # Another process (or a write whose caller was cancelled) got there
+                # first: read what the store holds and apply again on top of it.
+                await self.catch_up_locked()
+                continue
+            except AlreadyApplied as done:  # an id older than the ones kept in memory
+                assert key is not None  # only a write with a key can have been applied
+                self.keys[key] = done.version
+                continue
+            return self.accept(write)
         raise errors.Unavailable("the cart kept changing while this change was stored; try again")
+
+    def prepare(
+        self,
+        op: Op,
+        *,
+        origin: str | None = None,
+        key: str | None = None,
+        respond: bool = False,
+        effects: Callable[[Cart], tuple[Effect, ...]] | None = None,
+    ) -> CartWrite:
+        """The write that applying `op` now would commit (CartError if refused)."""
+        settings = self.ctx.settings
+        products = self.ctx.catalog.products
+        new, change = domain.apply(self.cart, op, products, utcnow(), settings.abandon_after)
+        patch = encode(domain.patch_msg(new, change, products, origin)).decode()
+        body = encode(domain.cart_doc(new, products, settings.currency)) if respond else None
+        extra = effects(new) if effects is not None else ()
+        return CartWrite(new, self.cart.version, change, patch, key, body, extra)
+
+    def accept(self, write: CartWrite) -> Outcome:
+        """Take a committed write into memory and tell the tabs and other processes."""
+        self._accept(write.cart, write.patch, write.key)
+        if write.response is not None:
+            self._doc = (write.cart.version, self.ctx.catalog.revision, write.response)
+        return Outcome(write.cart.version, write.response)
 
     async def _replay(self, key: str, respond: bool) -> Outcome:
         version = self.keys[key]
@@ -239,6 +279,82 @@ class Room:
         self.broadcast(patch)
         self.wake()
         self.ctx.published(new.id, new.version)
+        self._arm()
+        self._moved()
+
+    def _moved(self) -> None:
+        """A finished cart's tabs all move on to the same cart (a request for it does too)."""
+        successor = self.cart.merged_into
+        if self.cart.status in FINISHED and successor:
+            self.broadcast(encode(MovedMsg(cart_id=self.ctx.sign(successor))).decode())
+
+    # --- timers ----------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """(Re)start the abandonment timer for the cart's stored abandon_at. The sweeper
+        covers carts whose room is not in memory, so this is only the prompt path."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        at = self.cart.abandon_at
+        if self._closed or at is None or self.cart.status is not Status.ACTIVE:
+            return
+        if not self.cart.lines:
+            return
+        delay = max(0.0, (at - utcnow()).total_seconds()) + TIMER_SLACK
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self._due is None or self._due.done():
+            self._due = asyncio.create_task(self._on_timer())
+
+    async def _on_timer(self) -> None:
+        try:
+            await self.run_due()
+        except Exception:  # not re-armed: the sweeper tries again on its next round
+            log.exception("abandonment timer of cart %s failed", self.cart.id)
+
+    async def run_due(self) -> bool:
+        """Expire or abandon the cart if it is due (in this cart's order, like any other
+        mutation; checked again after a catch-up, so it fires once per idle period even
+        with several processes); True if it did."""
+        settings = self.ctx.settings
+        async with self.lock:
+            for op in (Expire(settings.cart_ttl, str(uuid.uuid4())), Abandon()):
+                try:
+                    await self.apply_locked(op, effects=self._event)
+                except errors.NotDue:
+                    continue
+                return True
+            # Not due (yet): if the wall clock was set back, wait for the deadline again
+            # rather than leave the cart to the next sweep.
+            self._arm()
+        return False
+
+    def _event(self, new: Cart) -> tuple[Effect, ...]:
+        """The outbox event a timer's status change emits."""
+        payload = encode(
+            CartEventDoc(
+                type=new.status.value,
+                cart_id=new.id,
+                user_id=new.user_id,
+                version=new.version,
+                item_count=new.item_count,
+                subtotal_cents=new.subtotal_cents,
+                currency=self.ctx.settings.currency,
+                items=[EventItem(x.product_id, x.quantity, x.unit_price_cents) for x in new.lines],
+                at=iso(new.updated_at),
+            )
+        )
+        return (Emit(new.id, new.status.value, payload),)
+
+    def close(self) -> None:
+        """Stop the timer: the room is leaving memory (the sweeper takes over)."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def wake(self) -> None:
         """Return every wait_past() now: the cart changed, or the server is shutting down."""
@@ -249,14 +365,15 @@ class Room:
     async def catch_up(self) -> None:
         """Bring the room up to what the store holds (another process committed)."""
         async with self.lock:
-            await self._catch_up()
+            await self.catch_up_locked()
 
-    async def _catch_up(self) -> None:
+    async def catch_up_locked(self) -> None:
+        """catch_up() for a caller holding the lock."""
         since = self.ctx.settings.idempotency_ttl
         stored = await self.ctx.store.load_cart(self.cart.id, utcnow() - timedelta(seconds=since))
         if stored is None or stored.cart.version <= self.cart.version:
             return
-        behind = self.cart.version
+        behind, was_finished = self.cart.version, self.cart.status in FINISHED
         self._load(stored)
         frames = self.patches_after(behind)
         if frames is None:  # too far behind for patches: every tab starts over
@@ -264,3 +381,5 @@ class Room:
         for frame in frames:
             self.broadcast(frame)
         self.wake()
+        if not was_finished:
+            self._moved()  # finished in another process: these tabs follow too

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from . import errors
 from .cart import FINISHED
+from .checkout import Checkouts
 from .config import Settings
 from .hub import Hub
 from .identity import CartIds, CartRef, set_cookie_header
@@ -37,7 +38,13 @@ class Services(Struct, frozen=True):
     ids: CartIds
     store: Store
     metrics: Metrics
+    checkouts: Checkouts
+    auth_secret: str  # verifies user tokens; empty: login is off
     connections: ConnectionCounter
+
+    def __repr__(self) -> str:
+        # Request state is logged whole at trace level: never the secret.
+        return f"Services(settings={self.settings!r}, auth_secret=[redacted])"
 
 
 def client_address(conn: HTTPConnection) -> str:
@@ -84,8 +91,11 @@ async def settle(svc: Services, ref: CartRef) -> CartRef:
     return svc.ids.new()
 
 
-async def read_body(request: Request, limit: int, decoder: msgspec.json.Decoder[T]) -> T:
-    """Decode a JSON body of at most `limit` bytes: 413, 400 (not JSON) or 422 (wrong shape)."""
+async def read_body(
+    request: Request, limit: int, decoder: msgspec.json.Decoder[T], *, optional: bool = False
+) -> T:
+    """Decode a JSON body of at most `limit` bytes: 413, 400 (not JSON) or 422 (wrong shape).
+    An `optional` body may be left out entirely; it then reads as `{}`."""
     length = request.headers.get("content-length", "")
     if length.isascii() and length.isdigit() and int(length) > limit:
         raise errors.PayloadTooLarge(f"the body is over {limit} bytes", limit=limit)
@@ -94,6 +104,8 @@ async def read_body(request: Request, limit: int, decoder: msgspec.json.Decoder[
         body += chunk
         if len(body) > limit:
             raise errors.PayloadTooLarge(f"the body is over {limit} bytes", limit=limit)
+    if optional and not body.strip():
+        body = bytearray(b"{}")
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:

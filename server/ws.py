@@ -81,8 +81,10 @@ async def _serve(websocket: WebSocket, svc: Services) -> None:
     since_raw = params.get("since", "")
     since = int(since_raw) if since_raw.isascii() and since_raw.isdigit() else None
 
-    ref = svc.ids.resolve(params.get("cart"), websocket.cookies.get(COOKIE))
-    ref = await settle(svc, ref)
+    asked = svc.ids.resolve(params.get("cart"), websocket.cookies.get(COOKIE))
+    ref = await settle(svc, asked)
+    if ref.cart_id != asked.cart_id:
+        since = None  # moved on to another cart: its history is not this tab's; a snapshot
     headers = None
     if ref.issued:
         cookie = set_cookie_header(ref.signed, is_secure(websocket))

@@ -1,92 +1,145 @@
-// Minimal cart sync demo client (PROTOCOL.md v1). No dependencies, no build step.
-"use strict";
+// The demo shop: a product grid and a cart kept in sync by cart-client.js. No build step.
+import { CartClient, CartError, Status, formatMoney } from "./cart-client.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
-const MUTABLE = new Set(["active", "abandoned"]);
+const USER_KEY = "cartsync.demo_user";
+const BADGE = {
+  [Status.CONNECTING]: "Connecting…",
+  [Status.LIVE]: "Live",
+  [Status.RECONNECTING]: "Reconnecting…",
+  [Status.OFFLINE]: "Offline",
+  [Status.POLLING]: "REST fallback",
+};
 
-// --- identities ---------------------------------------------------------------------
+// ?transport=poll (or ws) picks the transport, e.g. to try the long-poll fallback by hand.
+const params = new URLSearchParams(location.search);
+const transport = ["ws", "poll"].includes(params.get("transport")) ? params.get("transport") : "auto";
+const client = new CartClient({ transport });
+let products = new Map();
+let productList = [];
+let currency = "usd";
+let leaving = false; // this tab started the checkout and is on its way to the payment page
 
-function randomId(bytes) {
-  const a = crypto.getRandomValues(new Uint8Array(bytes));
-  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+const money = (cents) => formatMoney(cents, currency);
+
+// --- messages ---------------------------------------------------------------------------
+
+function notify(text) {
+  $("#notice-text").textContent = text;
+  $("#notice").hidden = false;
 }
 
-// One client_id per tab (kept across reloads) so the server scopes our message ids.
-let clientId = sessionStorage.getItem("cartsync.client_id");
-if (!/^[A-Za-z0-9_-]{1,64}$/.test(clientId || "")) {
-  clientId = randomId(12);
-  sessionStorage.setItem("cartsync.client_id", clientId);
-}
-// Message ids: a random prefix per page load, so a reload never reuses an id the server
-// already applied for this client_id (it would be acknowledged, not re-applied).
-const loadId = randomId(6);
-let seq = 0;
-const nextId = () => `${loadId}-${++seq}`;
-
-// --- state --------------------------------------------------------------------------
-
-let cart = null; // the cart document from the last snapshot, patched in place
-let ws = null;
-let delay = 500; // reconnect backoff: 0.5 s doubling to 8 s
-let retryTimer = null;
-
-function money(cents, currency = (cart && cart.currency) || "usd") {
-  const fmt = new Intl.NumberFormat("en-US", { style: "currency", currency: currency.toUpperCase() });
-  return fmt.format(cents / 10 ** fmt.resolvedOptions().maximumFractionDigits);
+function banner(text) {
+  $("#banner-text").textContent = text;
+  $("#banner").hidden = false;
 }
 
-// --- status line and badge ----------------------------------------------------------
-
-function showStatus(text) {
-  $("#status-text").textContent = text;
-  $("#status").hidden = false;
+function errorText(err) {
+  const d = err.details || {};
+  const name = (id) => (products.get(id) || {}).name || id;
+  const pid = err.op && err.op.product_id;
+  switch (err.code) {
+    case "insufficient_stock":
+      if (Array.isArray(d.lines) && d.lines.length) {
+        return "Not enough stock to check out: " + d.lines.map((l) =>
+          `${name(l.product_id)} (${l.available} left, ${l.requested} in cart)`).join(", ") + ".";
+      }
+      if (pid && d.available !== undefined) {
+        return d.available > 0
+          ? `Sorry, only ${d.available} more of ${name(pid)} available.`
+          : `Sorry, no more of ${name(pid)} available.`;
+      }
+      break;
+    case "quantity_limit":
+      return `${pid ? name(pid) : "A line"} can hold at most ${d.max_quantity || 999}.`;
+    case "cart_locked":
+      return "This cart is locked while a checkout is in progress.";
+    case "empty_cart":
+      return "Your cart is empty: add something first.";
+    default:
+  }
+  return err.message || "Something went wrong; please try again.";
 }
 
-function setBadge(state) {
-  $("#badge").textContent = $("#badge").dataset.state = state;
-}
+// --- rendering ----------------------------------------------------------------------------
 
-// --- rendering ----------------------------------------------------------------------
-
-function renderProducts(products) {
-  const list = $("#products");
+function renderProducts(list) {
   const tpl = $("#product-tpl");
-  list.replaceChildren(...products.map((p) => {
+  $("#products").replaceChildren(...list.map((p) => {
     const li = tpl.content.firstElementChild.cloneNode(true);
     li.dataset.id = p.id;
-    if (p.image_url) $(".thumb", li).src = p.image_url; else $(".thumb", li).remove();
+    const img = $(".thumb", li);
+    if (p.image_url) {
+      img.src = p.image_url;
+      img.addEventListener("error", () => img.classList.add("broken"), { once: true });
+    } else {
+      img.classList.add("broken");
+    }
     $(".name", li).textContent = p.name;
     $(".price", li).textContent = money(p.price_cents);
-    $(".stock", li).textContent = p.stock > 0 ? `${p.stock} in stock` : "Out of stock";
+    const stock = $(".stock", li);
+    stock.textContent = p.stock <= 0 ? "Out of stock" : p.stock <= 5 ? `Only ${p.stock} left` : `${p.stock} in stock`;
+    stock.dataset.level = p.stock <= 0 ? "none" : p.stock <= 5 ? "low" : "ok";
     const add = $(".add", li);
-    add.disabled = p.stock <= 0;
-    add.setAttribute("aria-label", `Add ${p.name}`);
+    add.dataset.soldOut = p.stock <= 0 ? "1" : "";
+    add.setAttribute("aria-label", `Add ${p.name} to cart`);
     return li;
   }));
+  $("#products-state").hidden = list.length > 0;
+  $("#products-state").textContent = list.length ? "" : "No products yet.";
 }
 
 function lineRow(item) {
   const li = $("#line-tpl").content.firstElementChild.cloneNode(true);
   li.dataset.id = item.product_id;
-  if (item.image_url) $(".thumb", li).src = item.image_url; else $(".thumb", li).remove();
-  $("label .visually-hidden", li).textContent = `Quantity of ${item.name}`;
+  const img = $(".thumb", li);
+  if (item.image_url) {
+    img.src = item.image_url;
+    img.addEventListener("error", () => img.classList.add("broken"), { once: true });
+  } else {
+    img.classList.add("broken");
+  }
+  $(".qty", li).setAttribute("aria-label", `Quantity of ${item.name}`);
   $(".dec", li).setAttribute("aria-label", `One less ${item.name}`);
   $(".inc", li).setAttribute("aria-label", `One more ${item.name}`);
   $(".remove", li).setAttribute("aria-label", `Remove ${item.name}`);
   return li;
 }
 
-// Rows are kept and updated in place (keyed by product id), so an input keeps what is being
-// typed into it (not yet committed); `reset` puts every input back to the cart's quantity.
+function lockText(status) {
+  if (status === "checking_out") {
+    return leaving ? "Taking you to payment…" : "Checkout in progress in another tab.";
+  }
+  if (status === "checked_out") return "Order placed. Starting a new cart…";
+  if (status === "merged") return "This cart was merged into your account's cart. Switching…";
+  if (status === "expired") return "This cart expired. Starting a new one…";
+  return "";
+}
+
+// Rows are kept and updated in place (keyed by product id), so that a quantity being typed
+// survives a patch from another tab; `reset` puts every input back to the cart's quantity.
 function renderCart(reset = false) {
+  const cart = client.cart;
+  if (cart && cart.currency && cart.currency !== currency) {
+    currency = cart.currency;
+    // Product prices may have been shown before the cart named its currency.
+    if (productList.length) renderProducts(productList);
+  }
+  const items = cart ? cart.items : [];
   const list = $("#lines");
   const rows = new Map([...list.children].map((li) => [li.dataset.id, li]));
-  const items = cart ? cart.items : [];
+  const hadFocus = list.contains(document.activeElement);
   items.forEach((item, i) => {
     const li = rows.get(item.product_id) || lineRow(item);
     rows.delete(item.product_id);
+    li.dataset.pending = item.pending ? "1" : "";
     $(".name", li).textContent = item.name;
     $(".unit", li).textContent = `${money(item.unit_price_cents)} each`;
+    const changed = $(".price-changed", li);
+    changed.hidden = item.current_price_cents === item.unit_price_cents;
+    changed.textContent = item.current_price_cents > item.unit_price_cents
+      ? `Price went up: now ${money(item.current_price_cents)}`
+      : `Price dropped: now ${money(item.current_price_cents)}`;
     $(".total", li).textContent = money(item.line_total_cents);
     const qty = $(".qty", li);
     if (reset || !qty.dataset.dirty) qty.value = String(item.quantity);
@@ -94,124 +147,75 @@ function renderCart(reset = false) {
     if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
   });
   rows.forEach((li) => li.remove());
+  // A removed line took the focus with it: keep the keyboard user in the cart.
+  if (hadFocus && !list.contains(document.activeElement)) $("#cart").focus();
 
-  const editable = !!cart && MUTABLE.has(cart.status) && ws && ws.readyState === WebSocket.OPEN;
+  const status = cart ? cart.status : "active";
+  const editable = !!cart && client.editable;
   list.querySelectorAll("button, input").forEach((el) => { el.disabled = !editable; });
+  for (const btn of document.querySelectorAll("#products .add")) {
+    btn.disabled = !editable || btn.dataset.soldOut === "1";
+  }
   $("#empty").hidden = items.length > 0;
   $("#count").textContent = String(cart ? cart.item_count : 0);
+  $("#count-pill").textContent = String(cart ? cart.item_count : 0);
   $("#subtotal").textContent = money(cart ? cart.subtotal_cents : 0);
   $("#clear").disabled = !editable || items.length === 0;
-  const note = $("#cart-state");
-  note.hidden = !cart || MUTABLE.has(cart.status);
-  note.textContent = cart ? `This cart is ${cart.status.replace("_", " ")}.` : "";
+  $("#checkout").disabled = !editable || items.length === 0;
+  $("#cart").dataset.status = status;
+  $("#cart").dataset.version = cart ? String(cart.version) : "";
+  const text = lockText(status);
+  $("#lock").hidden = !text;
+  $("#lock-text").textContent = text;
+  $("#cancel-checkout").hidden = status !== "checking_out" || leaving;
 }
 
-// --- protocol -----------------------------------------------------------------------
-
-function applyPatch(p) {
-  for (const op of p.ops) {
-    if (op.op === "upsert") {
-      const i = cart.items.findIndex((it) => it.product_id === op.item.product_id);
-      if (i >= 0) cart.items[i] = op.item; else cart.items.push(op.item);
-    } else if (op.op === "remove") {
-      cart.items = cart.items.filter((it) => it.product_id !== op.product_id);
-    } else if (op.op === "status") {
-      cart.status = op.status;
-    }
-  }
-  cart.version = p.version;
-  cart.item_count = p.item_count;
-  cart.subtotal_cents = p.subtotal_cents;
+function renderStatus(status) {
+  $("#badge").dataset.state = status;
+  $("#badge-text").textContent = BADGE[status] || status;
+  if (status === Status.POLLING) $("#presence").hidden = true;
+  renderCart();
 }
 
-function onFrame(msg) {
-  switch (msg.type) {
-    case "snapshot":
-      cart = msg.cart;
-      renderCart();
-      break;
-    case "patch":
-      if (!cart || msg.version <= cart.version) return; // already applied
-      if (msg.version !== cart.version + 1) { resync(); return; } // gap: ask again with since
-      applyPatch(msg);
-      renderCart();
-      break;
-    case "presence":
-      $("#presence").textContent = `${msg.tabs} ${msg.tabs === 1 ? "tab" : "tabs"} open`;
-      break;
-    case "error":
-      showStatus(msg.message || msg.code);
-      renderCart(true); // puts back any quantity the server refused
-      break;
-    case "moved":
-      cart = null; // the cookie now names the cart we were merged into
-      resync();
-      break;
-    // "ack" and "pong" need nothing: the patch has already updated the page.
-  }
+function renderPresence(tabs) {
+  const el = $("#presence");
+  el.hidden = tabs === null;
+  el.textContent = tabs === 1 ? "1 tab open" : `${tabs} tabs open`;
+  el.dataset.tabs = String(tabs);
 }
 
-function send(type, fields = {}) {
-  if (!ws || ws.readyState !== WebSocket.OPEN) {
-    showStatus("Not connected; try again in a moment.");
-    renderCart(true);
-    return;
-  }
-  ws.send(JSON.stringify({ type, id: nextId(), ...fields }));
+function renderUser() {
+  const user = localStorage.getItem(USER_KEY);
+  $("#who").hidden = !user;
+  $("#who-name").textContent = user || "";
+  $("#login").hidden = !!user;
 }
 
-function connect() {
-  retryTimer = null;
-  const url = new URL("/api/cart/ws", location.href);
-  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  url.searchParams.set("client_id", clientId);
-  if (cart) url.searchParams.set("since", String(cart.version));
-  const sock = new WebSocket(url);
-  ws = sock;
-  sock.onopen = () => { setBadge("live"); renderCart(); };
-  sock.onmessage = (ev) => {
-    if (ws !== sock) return;
-    delay = 500; // the server is talking to us: the next outage starts the backoff afresh
-    let msg;
-    try { msg = JSON.parse(ev.data); } catch { return; }
-    onFrame(msg);
-  };
-  sock.onclose = () => {
-    if (ws !== sock) return; // replaced by resync()
-    ws = null;
-    setBadge("reconnecting");
-    renderCart();
-    retryTimer = setTimeout(connect, delay);
-    delay = Math.min(delay * 2, 8000);
-  };
-}
+// --- events -----------------------------------------------------------------------------
 
-// Close this socket and reconnect at once with ?since=cart.version.
-function resync() {
-  const old = ws;
-  ws = null;
-  if (old) old.close(1000, "resync");
-  if (retryTimer) clearTimeout(retryTimer);
-  setBadge("connecting");
-  connect();
-}
-
-// --- events -------------------------------------------------------------------------
+client.onChange(() => renderCart());
+client.onStatus(renderStatus);
+client.onPresence(renderPresence);
+client.onMoved(() => renderPresence(null));
+client.onError((err) => {
+  notify(errorText(err));
+  renderCart(true); // puts back a quantity the server refused
+});
 
 $("#products").addEventListener("click", (ev) => {
   const btn = ev.target.closest("button.add");
-  if (btn) send("add", { product_id: btn.closest(".product").dataset.id, quantity: 1 });
+  if (btn) client.add(btn.closest(".product").dataset.id, 1);
 });
 
 $("#lines").addEventListener("click", (ev) => {
   const btn = ev.target.closest("button");
   if (!btn) return;
   const id = btn.closest(".line").dataset.id;
-  const item = cart && cart.items.find((it) => it.product_id === id);
+  const item = client.cart && client.cart.items.find((it) => it.product_id === id);
   if (!item) return;
-  if (btn.classList.contains("remove")) send("remove", { product_id: id });
-  else if (btn.classList.contains("dec")) send("set", { product_id: id, quantity: item.quantity - 1 });
-  else if (btn.classList.contains("inc")) send("set", { product_id: id, quantity: item.quantity + 1 });
+  if (btn.classList.contains("remove")) client.remove(id);
+  else if (btn.classList.contains("dec")) client.set(id, item.quantity - 1);
+  else if (btn.classList.contains("inc")) client.add(id, 1);
 });
 
 $("#lines").addEventListener("input", (ev) => {
@@ -220,34 +224,102 @@ $("#lines").addEventListener("input", (ev) => {
 
 $("#lines").addEventListener("change", (ev) => {
   if (!ev.target.matches("input.qty")) return;
-  delete ev.target.dataset.dirty;
-  const id = ev.target.closest(".line").dataset.id;
-  const q = Number(ev.target.value);
-  if (ev.target.value === "" || !Number.isInteger(q) || q < 0 || q > 999) {
-    showStatus("Quantity must be a whole number from 0 to 999.");
+  const input = ev.target;
+  delete input.dataset.dirty;
+  const q = Number(input.value);
+  if (input.value === "" || !Number.isInteger(q) || q < 0 || q > 999) {
+    notify("Quantity must be a whole number from 0 to 999.");
     renderCart(true);
     return;
   }
-  send("set", { product_id: id, quantity: q });
+  client.set(input.closest(".line").dataset.id, q);
 });
 
-$("#clear").addEventListener("click", () => send("clear"));
-$("#status-close").addEventListener("click", () => { $("#status").hidden = true; });
+$("#clear").addEventListener("click", () => client.clear());
 
-// --- start --------------------------------------------------------------------------
+$("#checkout").addEventListener("click", async () => {
+  $("#checkout").disabled = true;
+  leaving = true;
+  try {
+    const { checkout_url: url } = await client.checkout();
+    location.assign(url);
+  } catch (err) {
+    leaving = false;
+    notify(err instanceof CartError ? errorText(err) : "Could not reach the server; try again.");
+    renderCart();
+  }
+});
+
+$("#cancel-checkout").addEventListener("click", async () => {
+  try {
+    await client.cancelCheckout();
+  } catch (err) {
+    notify(err instanceof CartError ? errorText(err) : "Could not reach the server; try again.");
+  }
+});
+
+$("#login").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const user = $("#login-user").value.trim();
+  if (!user) return;
+  $("#login-submit").disabled = true;
+  try {
+    const res = await fetch("/api/demo/login", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user }),
+    });
+    if (res.status === 404) throw new Error("Demo sign-in is off on this server (DEMO_LOGIN=1).");
+    const data = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error((data.error && data.error.message) || `HTTP ${res.status}`);
+    await client.login(data.token);
+    localStorage.setItem(USER_KEY, user);
+    renderUser();
+  } catch (err) {
+    notify(`Sign-in failed: ${err.message}`);
+  } finally {
+    $("#login-submit").disabled = false;
+  }
+});
+
+// Another tab signed in: this one shows it too (its cart follows by a `moved` frame).
+addEventListener("storage", (ev) => { if (ev.key === USER_KEY) renderUser(); });
+
+$("#notice-close").addEventListener("click", () => { $("#notice").hidden = true; });
+$("#banner-close").addEventListener("click", () => { $("#banner").hidden = true; });
+
+// Back from the payment page (or the back button): the page is fresh, nothing is leaving.
+addEventListener("pageshow", () => { leaving = false; renderCart(); });
+
+// --- start ------------------------------------------------------------------------------
 
 async function start() {
-  renderCart();
-  try {
-    // GET /api/cart first, so the cart_id cookie is set before the socket opens.
-    await fetch("/api/cart", { credentials: "same-origin" });
-    const res = await fetch("/api/products");
-    if (!res.ok) throw new Error(`products: HTTP ${res.status}`);
-    renderProducts((await res.json()).products);
-  } catch (err) {
-    showStatus(`Could not load the shop: ${err.message}`);
+  const outcome = params.get("checkout");
+  if (outcome === "success") banner("Thank you! Your order is placed.");
+  else if (outcome === "cancelled") banner("Checkout cancelled: your cart is as you left it.");
+  if (outcome) {
+    params.delete("checkout");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
   }
-  connect();
+  renderUser();
+  renderCart();
+  // Stripe's webhook may lag the shopper's return: ask the server to settle now.
+  if (outcome === "success") client.confirmCheckout().catch(() => {});
+  const cartReady = client.start();
+  try {
+    const res = await fetch("/api/products");
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const list = (await res.json()).products;
+    productList = list;
+    products = new Map(list.map((p) => [p.id, p]));
+    client.setCatalog(list);
+    renderProducts(list);
+    renderCart();
+  } catch (err) {
+    $("#products-state").textContent = `Could not load the products (${err.message}).`;
+  }
+  await cartReady;
 }
 
 start();

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, require_chromium, shop_server
 from tests.support import ServerProcess
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 
 @pytest.fixture(scope="module")
@@ -29,3 +34,32 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield make
     for proc in made:
         proc.stop()
+
+
+@pytest.fixture
+def make_shop(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Started servers with the browser tests' shop catalog; all stopped at the end."""
+    made: list[ServerProcess] = []
+
+    def make(env: dict[str, str] | None = None) -> ServerProcess:
+        proc = shop_server(tmp_path / f"shop{len(made)}", env)
+        made.append(proc)
+        return proc.start()
+
+    yield make
+    for proc in made:
+        proc.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's headless Chromium (never a downloaded one); skipped without it, except in CI."""
+    require_chromium()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        await chromium.close()

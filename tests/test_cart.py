@@ -68,8 +68,8 @@ def run(cart: Cart, *ops: Op, catalog: Mapping[str, Product] = CATALOG) -> Cart:
 
 def test_add_creates_a_line_with_the_price_snapshot_and_position() -> None:
     cart, change = step(new_cart(), AddItem("p-001", 2))
-    assert cart.lines == (Line("p-001", 2, 1999, 1),)
-    assert change == Change(upserted=(Line("p-001", 2, 1999, 1),))
+    assert cart.lines == (Line("p-001", 2, 1999, 1, NOW),)
+    assert change == Change(upserted=(Line("p-001", 2, 1999, 1, NOW),))
     assert cart.version == 1
     assert cart.updated_at == NOW
     assert cart.item_count == 2
@@ -79,8 +79,8 @@ def test_add_creates_a_line_with_the_price_snapshot_and_position() -> None:
 def test_add_to_an_existing_line_sums_and_keeps_snapshot_and_position() -> None:
     cart = run(new_cart(), AddItem("p-003", 1), AddItem("p-001", 2))
     cart, change = step(cart, AddItem("p-001", 3))
-    assert cart.lines == (Line("p-003", 1, 150, 1), Line("p-001", 5, 1999, 2))
-    assert change.upserted == (Line("p-001", 5, 1999, 2),)
+    assert cart.lines == (Line("p-003", 1, 150, 1, NOW), Line("p-001", 5, 1999, 2, NOW))
+    assert change.upserted == (Line("p-001", 5, 1999, 2, NOW),)
     assert change.removed == ()
     assert change.status is None
 
@@ -139,7 +139,7 @@ def test_edits_refused_with_cart_locked_when_not_mutable(status: Status, op: Op)
         updated_at=NOW,
         version=4,
         status=status,
-        lines=(Line("p-001", 1, 1999, 1),),
+        lines=(Line("p-001", 1, 1999, 1, NOW),),
     )
     with pytest.raises(errors.CartLocked) as info:
         step(cart, op)
@@ -153,7 +153,7 @@ def test_edit_reactivates_an_abandoned_cart_with_status_in_the_change() -> None:
     cart, change = step(cart, AddItem("p-003", 1))
     assert cart.status is Status.ACTIVE
     assert change.status is Status.ACTIVE
-    assert change.upserted == (Line("p-003", 1, 150, 3),)
+    assert change.upserted == (Line("p-003", 1, 150, 3, NOW),)
     assert cart.abandon_at == NOW + timedelta(seconds=ABANDON_AFTER)
 
 
@@ -168,7 +168,7 @@ def test_set_status_is_a_system_transition_allowed_in_any_status() -> None:
     cart, change = step(cart, SetStatus(Status.ACTIVE))
     assert cart.status is Status.ACTIVE
     assert change == Change(status=Status.ACTIVE)
-    assert cart.lines == (Line("p-001", 2, 1999, 1),)
+    assert cart.lines == (Line("p-001", 2, 1999, 1, NOW),)
     assert cart.abandon_at == NOW + timedelta(seconds=ABANDON_AFTER)
 
 
@@ -208,8 +208,8 @@ def test_lowering_a_quantity_is_allowed_even_above_stock() -> None:
     cart = run(new_cart(), AddItem("p-001", 9))
     fallen = {**CATALOG, "p-001": Product("p-001", "TEE-BLK-M", "Black tee (M)", 1999, 2)}
     cart, change = step(cart, SetQuantity("p-001", 7), catalog=fallen)
-    assert cart.lines == (Line("p-001", 7, 1999, 1),)
-    assert change.upserted == (Line("p-001", 7, 1999, 1),)
+    assert cart.lines == (Line("p-001", 7, 1999, 1, NOW),)
+    assert change.upserted == (Line("p-001", 7, 1999, 1, NOW),)
     with pytest.raises(errors.InsufficientStock):
         step(cart, SetQuantity("p-001", 8), catalog=fallen)
 
@@ -264,21 +264,21 @@ def test_not_in_cart_for_set_and_remove(op: Op) -> None:
 def test_set_changes_the_quantity_in_place() -> None:
     cart = run(new_cart(), AddItem("p-001", 1), AddItem("p-003", 1))
     cart, change = step(cart, SetQuantity("p-001", 4))
-    assert cart.lines == (Line("p-001", 4, 1999, 1), Line("p-003", 1, 150, 2))
-    assert change == Change(upserted=(Line("p-001", 4, 1999, 1),))
+    assert cart.lines == (Line("p-001", 4, 1999, 1, NOW), Line("p-003", 1, 150, 2, NOW))
+    assert change == Change(upserted=(Line("p-001", 4, 1999, 1, NOW),))
 
 
 def test_set_zero_removes_the_line() -> None:
     cart = run(new_cart(), AddItem("p-001", 1), AddItem("p-003", 1))
     cart, change = step(cart, SetQuantity("p-001", 0))
-    assert cart.lines == (Line("p-003", 1, 150, 2),)
+    assert cart.lines == (Line("p-003", 1, 150, 2, NOW),)
     assert change == Change(removed=("p-001",))
 
 
 def test_remove_drops_the_line() -> None:
     cart = run(new_cart(), AddItem("p-001", 1), AddItem("p-003", 1))
     cart, change = step(cart, RemoveItem("p-003"))
-    assert cart.lines == (Line("p-001", 1, 1999, 1),)
+    assert cart.lines == (Line("p-001", 1, 1999, 1, NOW),)
     assert change == Change(removed=("p-003",))
 
 
@@ -305,7 +305,7 @@ def test_price_snapshot_kept_when_catalog_price_changes() -> None:
     cart = run(new_cart(), AddItem("p-001", 1))
     repriced = {**CATALOG, "p-001": Product("p-001", "TEE-BLK-M", "Black tee (M)", 2499, 10)}
     cart, _ = step(cart, AddItem("p-001", 1), catalog=repriced)
-    assert cart.lines == (Line("p-001", 2, 1999, 1),)
+    assert cart.lines == (Line("p-001", 2, 1999, 1, NOW),)
     doc = item_doc(cart.lines[0], repriced)
     assert doc.unit_price_cents == 1999
     assert doc.current_price_cents == 2499
@@ -333,8 +333,8 @@ def test_remove_and_re_add_goes_to_the_end_with_a_new_price_snapshot() -> None:
     repriced = {**CATALOG, "p-001": Product("p-001", "TEE-BLK-M", "Black tee (M)", 2499, 10)}
     cart, change = step(cart, AddItem("p-001", 2), catalog=repriced)
     assert [line.product_id for line in cart.lines] == ["p-003", "p-001"]
-    assert cart.lines[1] == Line("p-001", 2, 2499, 4)
-    assert change.upserted == (Line("p-001", 2, 2499, 4),)
+    assert cart.lines[1] == Line("p-001", 2, 2499, 4, NOW)
+    assert change.upserted == (Line("p-001", 2, 2499, 4, NOW),)
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -375,7 +375,7 @@ def test_cart_doc_of_an_empty_cart() -> None:
 
 
 def test_item_doc_for_a_product_gone_from_the_catalog() -> None:
-    doc = item_doc(Line("gone", 2, 300, 1), {})
+    doc = item_doc(Line("gone", 2, 300, 1, NOW), {})
     assert doc.name == "gone"
     assert doc.sku == ""
     assert doc.current_price_cents == 300
@@ -390,7 +390,7 @@ def test_patch_msg_upsert_op_and_totals() -> None:
     assert msg.origin == "tab-1"
     assert msg.item_count == 3
     assert msg.subtotal_cents == 1999 + 1000
-    assert msg.ops == [UpsertOp(item_doc(Line("p-002", 2, 500, 2), CATALOG))]
+    assert msg.ops == [UpsertOp(item_doc(Line("p-002", 2, 500, 2, NOW), CATALOG))]
 
 
 def test_patch_msg_remove_ops() -> None:
@@ -409,7 +409,7 @@ def test_patch_msg_status_op_comes_after_the_item_ops() -> None:
     msg = patch_msg(cart, change, CATALOG, None)
     assert msg.version == 3
     assert msg.ops == [
-        UpsertOp(item_doc(Line("p-001", 3, 1999, 1), CATALOG)),
+        UpsertOp(item_doc(Line("p-001", 3, 1999, 1, NOW), CATALOG)),
         StatusOp("active"),
     ]
     cart, change = step(cart, SetStatus(Status.CHECKING_OUT))

@@ -799,9 +799,14 @@ async def test_the_page_and_its_assets_are_served_with_a_strict_policy(
     async with rest(server) as client:
         page = await client.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-        assert '<script src="/static/app.js" defer></script>' in page.text
+        assert '<script type="module" src="/static/app.js"></script>' in page.text
         policy = page.headers["content-security-policy"]
         assert "default-src 'self'" in policy and "unsafe-inline" not in policy
         assert page.headers["x-content-type-options"] == "nosniff"
         for asset in ("/static/app.js", "/static/style.css", "/static/img/black-tee.svg"):
             assert (await client.get(asset)).status_code == 200, asset
+        # Browsers run a module script only when it is served as JavaScript.
+        for module in ("/static/app.js", "/static/cart-client.js"):
+            answer = await client.get(module)
+            assert answer.status_code == 200, module
+            assert "javascript" in answer.headers["content-type"], module

@@ -16,9 +16,9 @@ from server.config import Settings
 from tests.support import ServerProcess
 
 EXAMPLES = 25
-# In the document (PROTOCOL.md has them) but not served by this branch yet: left out of the
-# run until the checkout work lands.
-NOT_SERVED_YET = "checkout|login|webhooks"
+# The demo payment provider's own pages (HTML forms standing in for Stripe's hosted page)
+# are not part of the shop's API.
+NOT_API = "/checkout/demo/"
 SCHEMATHESIS = "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())"
 
 
@@ -30,7 +30,9 @@ def test_every_rest_route_is_in_the_document() -> None:
     served = {
         (route.path, method.lower())
         for route in create_app(Settings()).routes
-        if isinstance(route, Route) and route.path not in ("/", "/openapi.json")
+        if isinstance(route, Route)
+        and route.path not in ("/", "/openapi.json")
+        and not route.path.startswith(NOT_API)
         for method in (route.methods or set()) - {"HEAD"}
     }
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
@@ -63,29 +65,20 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(
 ) -> None:
     # Long-polls answer within 0.2 s, or generated `wait`s would stall the run.
     server = make_server({"LONG_POLL_MAX": "0.2"}).start()
+    options = {
+        "--checks": "not_a_server_error,response_schema_conformance",
+        "--max-examples": str(EXAMPLES),
+        "--seed": "1",
+        "--max-redirects": "0",
+        "--workers": "1",
+        "--request-timeout": "10",
+    }
     run = subprocess.run(
         [
-            sys.executable,
-            "-c",
-            SCHEMATHESIS,
-            "run",
-            f"{server.url}/openapi.json",
-            "--checks",
-            "not_a_server_error,response_schema_conformance",
-            "--max-examples",
-            str(EXAMPLES),
-            "--seed",
-            "1",
-            "--exclude-path-regex",
-            NOT_SERVED_YET,
-            "--max-redirects",
-            "0",
-            "--workers",
-            "1",
-            "--request-timeout",
-            "10",
+            *(sys.executable, "-c", SCHEMATHESIS, "run", f"{server.url}/openapi.json"),
+            *(part for option in options.items() for part in option),
             "--no-color",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=150,

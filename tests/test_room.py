@@ -190,3 +190,23 @@ async def test_replayed_key_returns_first_answer(make_hub: Any) -> None:
         once_more = await room.submit(AddItem("p-1", 5), key="rest:k", respond=True)
         assert once_more.replayed and once_more.body == first.body
         assert room.cart.item_count == 2
+
+
+async def test_tabs_in_another_process_follow_a_finished_cart_to_its_successor(
+    make_hub: Any,
+) -> None:
+    a, b = await make_hub(), await make_hub()
+    tab_a, tab_b = Tab("a", 1000), Tab("b", 1000)
+    async with a.use("paid") as room_a, b.use("paid") as room_b:
+        await room_a.submit(AddItem("p-1", 1))
+        await room_b.catch_up()
+        room_a.join(tab_a, None)
+        room_b.join(tab_b, None)
+        await room_a.submit(SetStatus(Status.CHECKED_OUT, successor="next-cart"))
+        await room_b.catch_up()  # what the bus message makes it do
+    for tab in (tab_a, tab_b):
+        got = [f for f in frames(tab) if f["type"] in ("patch", "moved")]
+        assert got[-2]["type"] == "patch" and got[-2]["ops"] == [
+            {"op": "status", "status": "checked_out"}
+        ]
+        assert got[-1] == {"type": "moved", "cart_id": "next-cart"}  # hubs here sign with str

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from itsdangerous import Signer
 
+from server.auth import make_user_token
 from tests.support import SECRET, ServerProcess, Tab, rest, sign
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "server"
@@ -147,7 +148,7 @@ async def test_a_forged_id_on_rest_changes_only_a_fresh_cart(
 # --- SQL only from literals -----------------------------------------------------------
 
 SQL_CALLS = {
-    "execute", "executemany", "executescript", "execute_fetchall", "_read",
+    "execute", "executemany", "executescript", "execute_fetchall",
     "fetch", "fetchrow", "fetchval", "copy_records_to_table",
 }  # fmt: skip
 SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA|CREATE|DROP|ALTER|WHERE)\b")
@@ -158,52 +159,139 @@ ALLOWED = {
     'f"PRAGMA synchronous = {self._synchronous}"',
     # The schema file shipped with the package, wrapped in one transaction.
     '"BEGIN IMMEDIATE;\\n" + SCHEMA_PATH.read_text() + "\\nCOMMIT;"',
-    # The store's read helper: its own callers are checked like any other call.
-    "sql",
 }
+Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
-def _literal(node: ast.expr) -> bool:
-    """A string literal, or literals joined with +."""
-    if isinstance(node, ast.Constant):
-        return isinstance(node.value, str)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        return _literal(node.left) and _literal(node.right)
-    return False
+class SqlScan:
+    """Follows where the text of each query comes from, within one module: a string
+    literal, literals joined, an f-string or a conditional of such, a name only ever bound
+    to such (a module constant, a local), or a parameter every caller passes such to.
+    Anything else (a value, an attribute, a call) is unsafe."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.tree = ast.parse(source)
+        self.parent = {
+            child: node for node in ast.walk(self.tree) for child in ast.iter_child_nodes(node)
+        }
+        self.busy: set[tuple[str, int]] = set()
+
+    def scope(self, node: ast.AST) -> ast.AST:
+        while node in self.parent:
+            node = self.parent[node]
+            if isinstance(node, Function):
+                return node
+        return self.tree
+
+    def static(self, expr: ast.expr, scope: ast.AST) -> bool:
+        if isinstance(expr, ast.Constant):
+            return isinstance(expr.value, str)
+        if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
+            return self.static(expr.left, scope) and self.static(expr.right, scope)
+        if isinstance(expr, ast.JoinedStr):
+            return all(
+                self.static(part.value, scope)
+                for part in expr.values
+                if isinstance(part, ast.FormattedValue)
+            )
+        if isinstance(expr, ast.IfExp):
+            return self.static(expr.body, scope) and self.static(expr.orelse, scope)
+        if isinstance(expr, ast.Tuple | ast.List):  # what a `for` takes its queries from
+            return all(self.static(element, scope) for element in expr.elts)
+        if isinstance(expr, ast.Name):
+            return self.static_name(expr.id, scope)
+        return False
+
+    def static_name(self, name: str, scope: ast.AST) -> bool:
+        key = (name, id(scope))
+        if key in self.busy:
+            return True  # a cycle brings in no new source
+        self.busy.add(key)
+        try:
+            if isinstance(scope, Function):
+                args = scope.args
+                if name in [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]:
+                    return self.static_parameter(scope, name)
+            bound = [value for target, value in self.bindings(scope) if target == name]
+            if not bound:
+                return scope is not self.tree and self.static_name(name, self.tree)
+            return all(self.static(value, scope) for value in bound)
+        finally:
+            self.busy.discard(key)
+
+    def bindings(self, scope: ast.AST) -> list[tuple[str, ast.expr]]:
+        """(name, value) for each assignment in `scope`; a `for` binds its iterable."""
+        found = []
+        for node in ast.walk(scope):
+            if self.scope(node) is not scope:
+                continue
+            if isinstance(node, ast.Assign):
+                found += [(t.id, node.value) for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign | ast.For) and isinstance(node.target, ast.Name):
+                value = node.iter if isinstance(node, ast.For) else node.value
+                if value is not None:
+                    found.append((node.target.id, value))
+        return found
+
+    def static_parameter(self, func: Function, name: str) -> bool:
+        positional = [a.arg for a in func.args.posonlyargs + func.args.args]
+        index = positional.index(name) if name in positional else None
+        if index is not None and positional[0] in ("self", "cls"):
+            index -= 1
+        passed: list[tuple[ast.expr, ast.AST]] = []
+        for call in ast.walk(self.tree):
+            if not isinstance(call, ast.Call):
+                continue
+            args = call.args
+            target = call.func
+            if isinstance(target, ast.Name) and target.id == "partial" and args:
+                target, args = args[0], args[1:]  # partial(f, a, b): a call of f
+            callee = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+            if callee != func.name:
+                continue
+            if index is not None and index < len(args):
+                passed.append((args[index], self.scope(call)))
+            passed += [(k.value, self.scope(call)) for k in call.keywords if k.arg == name]
+        return bool(passed) and all(self.static(arg, scope) for arg, scope in passed)
+
+    def unsafe(self) -> list[str]:
+        found = []
+        for node in ast.walk(self.tree):
+            suspect: ast.expr | None = None
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else ""  # methods only
+                if name in SQL_CALLS and node.args:
+                    suspect = node.args[0]
+                elif (
+                    name == "format"
+                    and isinstance(func, ast.Attribute)
+                    and isinstance(func.value, ast.Constant)
+                    and SQL_WORDS.search(str(func.value.value))
+                ):
+                    suspect = node  # never static
+            elif isinstance(node, ast.JoinedStr):
+                text = "".join(str(v.value) for v in node.values if isinstance(v, ast.Constant))
+                if SQL_WORDS.search(text):
+                    suspect = node
+            elif (
+                isinstance(node, ast.BinOp)
+                and isinstance(node.op, ast.Mod)
+                and isinstance(node.left, ast.Constant)
+                and SQL_WORDS.search(str(node.left.value))
+            ):
+                suspect = node  # never static
+            if suspect is not None and not self.static(suspect, self.scope(node)):
+                found.append(ast.get_source_segment(self.source, suspect) or "?")
+        return [segment for segment in found if segment not in ALLOWED]
 
 
 def unsafe_sql(source: str) -> list[str]:
-    """Queries built from anything but literals: a query argument that is not a literal,
-    and any f-string, %-format or .format() whose text looks like SQL."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call):
-            func = node.func
-            name = func.attr if isinstance(func, ast.Attribute) else ""  # methods only
-            if name in SQL_CALLS and node.args and not _literal(node.args[0]):
-                found.append(ast.get_source_segment(source, node.args[0]) or "?")
-            if (
-                isinstance(func, ast.Attribute)
-                and func.attr == "format"
-                and isinstance(func.value, ast.Constant)
-                and SQL_WORDS.search(str(func.value.value))
-            ):
-                found.append(ast.get_source_segment(source, node) or "?")
-        elif isinstance(node, ast.JoinedStr):
-            text = "".join(str(v.value) for v in node.values if isinstance(v, ast.Constant))
-            if SQL_WORDS.search(text):
-                found.append(ast.get_source_segment(source, node) or "?")
-        elif (
-            isinstance(node, ast.BinOp)
-            and isinstance(node.op, ast.Mod)
-            and isinstance(node.left, ast.Constant)
-            and SQL_WORDS.search(str(node.left.value))
-        ):
-            found.append(ast.get_source_segment(source, node) or "?")
-    return [segment for segment in found if segment not in ALLOWED]
+    return SqlScan(source).unsafe()
 
 
-def test_every_query_in_server_is_a_literal_with_parameters() -> None:
+def test_every_query_in_server_is_built_from_literals_with_parameters() -> None:
     files = sorted(SERVER_DIR.rglob("*.py"))
     assert any(path.name == "sqlite.py" for path in files)  # the scan sees the store
     problems = {
@@ -221,28 +309,52 @@ def test_every_query_in_server_is_a_literal_with_parameters() -> None:
         "db.execute(\"SELECT * FROM carts WHERE id = '%s'\" % cart_id)",
         'db.execute("SELECT * FROM carts WHERE id = {}".format(cart_id))',
         'db.execute("SELECT * FROM carts WHERE id = " + cart_id)',
-        "db.execute(query)",
+        "def run(db, query):\n    db.execute(query)\nrun(db, request.query)",
         'await conn.fetch(f"DELETE FROM cart_items WHERE cart_id = {cid}")',
         'sql = f"UPDATE carts SET version = {v}"',
+        # A helper is only as safe as its callers.
+        "def q(db, where):\n    db.execute(f'SELECT 1 FROM t WHERE {where}')\n"
+        "q(db, 'a = ?')\nq(db, user_input)",
+        'COLS = "a, b"\nCOLS = name\ndb.execute(f"SELECT {COLS} FROM t")',
+        "for q in queries_from_somewhere():\n    db.execute(q)",
     ],
 )
 def test_the_scan_catches_queries_built_from_values(snippet: str) -> None:
     assert unsafe_sql(snippet)
 
 
-def test_the_scan_passes_parameterized_queries() -> None:
-    assert unsafe_sql('db.execute("SELECT 1 FROM carts WHERE id = ?" " AND v = ?", (a, b))') == []
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'db.execute("SELECT 1 FROM carts WHERE id = ?" " AND v = ?", (a, b))',
+        'COLS = ("a, b," " c")\ndb.execute(f"SELECT {COLS} FROM t WHERE id = ?", (i,))',
+        "def q(db, where):\n    db.execute(f'SELECT 1 FROM t WHERE {where}', ())\n"
+        "q(db, 'a = ?')\nq(db, 'b = ? ORDER BY c')",
+        'w = "WHERE x IS NULL " if flag else ""\ndb.execute(f"SELECT 1 FROM t {w}LIMIT ?", (n,))',
+        'QS = ("DELETE FROM a WHERE t < ?", "DELETE FROM b WHERE t < ?")\n'
+        "for q in QS:\n    db.execute(q, (t,))",
+    ],
+)
+def test_the_scan_passes_queries_from_literals(snippet: str) -> None:
+    assert unsafe_sql(snippet) == []
 
 
 # --- secrets stay out of the log ------------------------------------------------------
 
 
-async def test_a_whole_session_logs_no_secret_and_no_cart_credential(
+async def test_a_whole_session_logs_no_secret_and_no_credential(
     make_server: Callable[..., ServerProcess],
 ) -> None:
-    secret = f"s3cret-{uuid.uuid4().hex}"
-    server = make_server({"CART_SECRET": secret, "LOG_LEVEL": "trace", "ACCESS_LOG": "1"}).start()
-    credentials: set[str] = set()
+    tag = uuid.uuid4().hex
+    secrets = {
+        "CART_SECRET": f"cart-secret-{tag}",
+        "CART_AUTH_SECRET": f"auth-secret-{tag}",
+        "STRIPE_WEBHOOK_SECRET": f"whsec_{tag}",
+        "CART_EVENTS_SECRET": f"events-secret-{tag}",
+    }
+    server = make_server({**secrets, "LOG_LEVEL": "trace", "ACCESS_LOG": "1"}).start()
+    token = make_user_token("shopper-1", secrets["CART_AUTH_SECRET"])
+    credentials: set[str] = {token}
     async with rest(server) as client:
         first = await client.get("/api/cart")
         signed = first.headers["x-cart-id"]
@@ -257,6 +369,15 @@ async def test_a_whole_session_logs_no_secret_and_no_cart_credential(
         forged = await client.get("/api/cart", headers={"Cookie": f"cart_id={signed[:-3]}abc"})
         credentials.add(forged.headers["x-cart-id"])
         assert cookie.status_code == 200
+        login = await client.post("/api/cart/login", json={"token": token}, headers=headers)
+        assert login.status_code == 200, login.text
+        credentials.add(login.headers["x-cart-id"])
+        refused = await client.post("/api/cart/login", json={"token": token[:-2] + "xx"})
+        assert refused.status_code == 401
+        webhook = await client.post(
+            "/api/webhooks/stripe", content=b"{}", headers={"Stripe-Signature": "t=1,v1=00"}
+        )
+        assert webhook.status_code == 400
         await client.get("/metrics")
         await client.get("/nowhere")
     tab = await Tab.open(server, signed, client_id="logged")
@@ -269,15 +390,16 @@ async def test_a_whole_session_logs_no_secret_and_no_cart_credential(
     by_cookie = await Tab.open(server, cookie=signed)
     await by_cookie.next("snapshot")
     await by_cookie.close()
-    refused = await Tab.open(server, signed, origin="http://evil.example")
-    await refused.closed()
+    foreign = await Tab.open(server, signed, origin="http://evil.example")
+    await foreign.closed()
     server.stop()
 
     log = server.log()
     assert "WebSocket /api/cart/ws" in log  # the log did record the sockets, and the requests
-    assert "/api/cart/items" in log
+    assert "/api/cart/items" in log and "/api/cart/login" in log
     assert "ASGI [" in log and "< cookie: [redacted]" in log  # trace: scopes and headers too
-    assert secret not in log
+    for name, secret in secrets.items():
+        assert secret not in log, name
     for value in credentials:
         assert value not in log
         assert value.rsplit(".", 1)[1] not in log  # not even the signature alone

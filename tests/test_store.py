@@ -132,9 +132,9 @@ async def test_commit_then_load_roundtrip(store: SQLiteStore) -> None:
     assert stored.cart.version == 5
     assert stored.cart.status is Status.ACTIVE
     assert stored.cart.lines == (
-        Line("p-002", 4, 500, 1),
-        Line("p-001", 3, 1999, 2),
-        Line("p-003", 3, 150, 3),
+        Line("p-002", 4, 500, 1, NOW),
+        Line("p-001", 3, 1999, 2, NOW + timedelta(seconds=1)),
+        Line("p-003", 3, 150, 3, NOW + timedelta(seconds=2)),
     )
     assert stored.cart.updated_at == NOW + timedelta(seconds=4)
     assert stored.cart.abandon_at == NOW + timedelta(seconds=4 + ABANDON_AFTER)
@@ -151,7 +151,10 @@ async def test_remove_re_add_and_clear_roundtrip(store: SQLiteStore) -> None:
     await store.commit(write)
     stored = await store.load_cart("cart-1", LONG_AGO)
     assert stored is not None
-    assert stored.cart.lines == (Line("p-002", 1, 500, 2), Line("p-001", 2, 2500, 4))
+    assert stored.cart.lines == (
+        Line("p-002", 1, 500, 2, NOW + timedelta(seconds=1)),
+        Line("p-001", 2, 2500, 4, NOW),  # re-added: a new snapshot, taken at build()'s time
+    )
     assert stored.cart == cart
 
     cart, write = build(cart, ClearCart())
@@ -171,7 +174,7 @@ async def test_status_and_user_roundtrip(store: SQLiteStore, db_path: Path) -> N
     assert stored is not None
     assert stored.cart.status is Status.CHECKING_OUT
     assert stored.cart.abandon_at is None
-    assert stored.cart.lines == (Line("p-001", 1, 1999, 1),)
+    assert stored.cart.lines == (Line("p-001", 1, 1999, 1, NOW),)
 
     with sqlite3.connect(db_path) as conn:
         (expires_at,) = conn.execute(

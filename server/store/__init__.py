@@ -24,6 +24,129 @@ class AlreadyApplied(Exception):
         self.version = version
 
 
+class ShortStock(Exception):
+    """A reservation found lines the stock cannot cover; nothing was reserved."""
+
+    def __init__(self, lines: list[dict[str, object]]) -> None:
+        super().__init__(lines)
+        self.lines = lines  # [{"product_id", "requested", "available"}]
+
+
+class CheckoutMoved(Exception):
+    """The checkout is no longer in the state the effect expects: re-read and decide."""
+
+
+class DuplicateEvent(Exception):
+    """This payment event id was handled before."""
+
+
+class CheckoutLine(Struct, frozen=True):
+    product_id: str
+    quantity: int
+    unit_price_cents: int  # what is charged
+
+
+class Checkout(Struct, frozen=True):
+    id: str
+    cart_id: str
+    cart_version: int  # the version that locked the cart for this checkout
+    provider: str
+    status: str  # reserved | paid | released
+    lines: tuple[CheckoutLine, ...]
+    amount_cents: int
+    currency: str
+    expires_at: datetime
+    session_id: str | None = None
+    url: str | None = None
+
+
+class OrderLine(Struct, frozen=True):
+    product_id: str
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
+
+class Order(Struct, frozen=True):
+    id: str
+    checkout_id: str
+    cart_id: str
+    user_id: str | None
+    session_id: str | None
+    payment_intent: str | None
+    amount_total_cents: int
+    currency: str
+    lines: tuple[OrderLine, ...]
+
+
+# Effects: rows written in the same transaction as a cart write (or alone), so a
+# reservation, an order or a handled event never exists without the cart state it implies.
+
+
+class Reserve(Struct, frozen=True):
+    """Take the stock of every line (all or nothing, never below zero): ShortStock."""
+
+    checkout: Checkout
+
+
+class Release(Struct, frozen=True):
+    """Give a reserved checkout's stock back: CheckoutMoved unless it is reserved."""
+
+    checkout_id: str
+
+
+class Fulfil(Struct, frozen=True):
+    """Turn a reservation into an order. A released one (paid after expiry or cancel)
+    takes its stock again as far as it is there; the order is then 'needs_review' if
+    some is missing. CheckoutMoved if it is already paid."""
+
+    order: Order
+
+
+class AttachSession(Struct, frozen=True):
+    checkout_id: str
+    session_id: str
+    url: str
+
+
+class RecordEvent(Struct, frozen=True):
+    """Remember a payment event id: DuplicateEvent if it was handled before."""
+
+    event_id: str
+    type: str
+
+
+class Emit(Struct, frozen=True):
+    """Queue a lifecycle event in the outbox."""
+
+    cart_id: str
+    type: str
+    payload: bytes  # JSON
+
+
+class CreateCart(Struct, frozen=True):
+    """An empty cart row for a user (the successor of a checked-out cart), so the
+    user's next login finds it. Skipped if the user has an open cart already."""
+
+    cart_id: str
+    user_id: str
+    expires_at: datetime
+
+
+Effect = Reserve | Release | Fulfil | AttachSession | RecordEvent | Emit | CreateCart
+
+
+class CartEvent(Struct, frozen=True):
+    id: int
+    cart_id: str
+    type: str
+    payload: str  # JSON
+    created_at: str
+    delivered_at: str | None
+    attempts: int
+
+
 class StoredCart(Struct, frozen=True):
     cart: Cart
     patches: list[tuple[int, str]]  # (version, patch frame), oldest first
@@ -39,15 +162,45 @@ class CartWrite(Struct, frozen=True):
     patch: str  # the patch frame as sent to tabs, kept for ?since= resume
     key: str | None = None  # the mutation id (REST Idempotency-Key or WS message id)
     response: bytes | None = None  # REST: the first answer, replayed for a repeated key
+    effects: tuple[Effect, ...] = ()  # written in the same transaction, after the cart
 
 
 class Store(Protocol):
     async def load_cart(self, cart_id: str, keys_since: datetime) -> StoredCart | None:
         """The cart with its recent patches and mutation ids, or None if never stored."""
 
-    async def commit(self, write: CartWrite) -> None:
-        """Durably commit one mutation. Raises StaleVersion, AlreadyApplied, or Unavailable
-        when it could not."""
+    async def commit(self, write: CartWrite, *more: CartWrite) -> None:
+        """Durably commit one mutation (or several carts' at once, all or none). Raises
+        StaleVersion, AlreadyApplied, or Unavailable when it could not."""
+
+    async def record(self, *effects: Effect) -> None:
+        """Durably write effects that change no cart, in one transaction."""
+
+    async def load_checkout(self, checkout_id: str) -> Checkout | None: ...
+
+    async def open_checkout(self, cart_id: str) -> Checkout | None:
+        """The cart's reserved checkout, if any."""
+
+    async def due_checkouts(self, now: datetime, limit: int) -> list[Checkout]:
+        """Reserved checkouts past their expiry, oldest first."""
+
+    async def user_cart(self, user_id: str) -> str | None:
+        """The user's open cart (active, abandoned or checking out), if any."""
+
+    async def due_carts(self, now: datetime, limit: int) -> list[str]:
+        """Carts whose abandon_at or expires_at has passed and that still need it."""
+
+    async def purge_expired(self, finished_before: datetime, limit: int) -> int:
+        """Delete the lines, patches and ids of expired carts, and finished carts last
+        changed before `finished_before`, at most `limit` rows per transaction."""
+
+    async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
+        """Undelivered events due for a try, leased to the caller for `lease` seconds."""
+
+    async def event_sent(self, event_id: int, delivered: bool, retry_at: datetime) -> None:
+        """Mark an event delivered, or count a failed try and schedule the next."""
+
+    async def list_events(self, undelivered: bool, limit: int) -> list[CartEvent]: ...
 
     async def replay(self, cart_id: str, key: str) -> bytes | None:
         """The stored first answer for a REST idempotency key."""

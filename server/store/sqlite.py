@@ -27,7 +27,27 @@ from ..cart import Cart, Line, Product, Status
 from ..clock import iso, parse_iso, utcnow
 from ..config import SCHEMA_PATH, Settings, sqlite_path
 from ..metrics import Metrics
-from . import AlreadyApplied, CartWrite, StaleVersion, StoredCart
+from . import (
+    AlreadyApplied,
+    AttachSession,
+    CartEvent,
+    CartWrite,
+    Checkout,
+    CheckoutLine,
+    CheckoutMoved,
+    CreateCart,
+    DuplicateEvent,
+    Effect,
+    Emit,
+    Fulfil,
+    Order,
+    RecordEvent,
+    Release,
+    Reserve,
+    ShortStock,
+    StaleVersion,
+    StoredCart,
+)
 
 log = logging.getLogger("server.store")
 T = TypeVar("T")
@@ -130,14 +150,18 @@ class SQLiteStore:
             raise
         return results
 
-    async def commit(self, write: CartWrite) -> None:
+    async def commit(self, write: CartWrite, *more: CartWrite) -> None:
         try:
-            await self._write(partial(self._write_cart, write))
+            await self._write(partial(self._write_carts, (write, *more)))
         except (StaleVersion, AlreadyApplied):
             raise
         except sqlite3.Error as exc:
             log.error("could not commit cart %s v%d: %s", write.cart.id, write.cart.version, exc)
             raise errors.Unavailable("the change could not be stored; nothing changed") from exc
+
+    def _write_carts(self, writes: tuple[CartWrite, ...], conn: sqlite3.Connection) -> None:
+        for write in writes:  # one job: one savepoint for all of them
+            self._write_cart(write, conn)
 
     def _write_cart(self, write: CartWrite, conn: sqlite3.Connection) -> None:
         cart = write.cart
@@ -153,12 +177,20 @@ class SQLiteStore:
             cart.id,
         )
         if write.base_version == 0:
-            cur = conn.execute(
-                "INSERT INTO cart_sessions (user_id, status, version, abandon_at, expires_at,"
-                " merged_into, updated_at, id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (id) DO NOTHING",
-                (*header, now),
-            )
+            # A cart's first write, or the first on an empty user cart made by CreateCart.
+            try:
+                cur = conn.execute(
+                    "INSERT INTO cart_sessions (user_id, status, version, abandon_at, expires_at,"
+                    " merged_into, updated_at, id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id,"
+                    " status = excluded.status, version = excluded.version,"
+                    " abandon_at = excluded.abandon_at, expires_at = excluded.expires_at,"
+                    " merged_into = excluded.merged_into, updated_at = excluded.updated_at"
+                    " WHERE cart_sessions.version = 0",
+                    (*header, now),
+                )
+            except sqlite3.IntegrityError:  # the user got an open cart meanwhile: look again
+                raise StaleVersion(cart.id) from None
         else:
             cur = conn.execute(
                 "UPDATE cart_sessions SET user_id = ?, status = ?, version = ?, abandon_at = ?,"
@@ -189,14 +221,15 @@ class SQLiteStore:
             conn.execute(
                 "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position,"
                 " added_at) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = excluded.quantity",
+                " ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = excluded.quantity,"
+                " price_cents = excluded.price_cents, added_at = excluded.added_at",
                 (
                     cart.id,
                     line.product_id,
                     line.quantity,
                     line.unit_price_cents,
                     line.position,
-                    now,
+                    iso(line.added_at) if line.added_at else now,
                 ),
             )
         if write.change.removed:
@@ -212,6 +245,14 @@ class SQLiteStore:
             "DELETE FROM cart_patches WHERE cart_id = ? AND version <= ?",
             (cart.id, cart.version - self._history),
         )
+        _apply_effects(write.effects, now, conn)
+
+    async def record(self, *effects: Effect) -> None:
+        try:
+            await self._write(partial(_apply_effects, effects, iso(utcnow())))
+        except sqlite3.Error as exc:
+            log.error("could not record %d effects: %s", len(effects), exc)
+            raise errors.Unavailable("the change could not be stored; nothing changed") from exc
 
     async def prune(self, applied_before: datetime) -> int:
         total = 0
@@ -240,8 +281,8 @@ class SQLiteStore:
                 if not head:
                     return None
                 lines = await reader.execute_fetchall(
-                    "SELECT product_id, quantity, price_cents, position FROM cart_items"
-                    " WHERE cart_id = ? ORDER BY position",
+                    "SELECT product_id, quantity, price_cents, position, added_at FROM cart_items"
+                    " WHERE cart_id = ? ORDER BY position, rowid",
                     (cart_id,),
                 )
                 patches = await reader.execute_fetchall(
@@ -260,7 +301,7 @@ class SQLiteStore:
             id=cart_id,
             version=version,
             status=Status(status),
-            lines=tuple(Line(*row) for row in lines),
+            lines=tuple(Line(p, q, price, pos, parse_iso(at)) for p, q, price, pos, at in lines),
             user_id=user_id,
             updated_at=parse_iso(updated_at),
             abandon_at=parse_iso(abandon_at) if abandon_at else None,
@@ -271,6 +312,89 @@ class SQLiteStore:
             patches=[(v, body) for v, body in patches],
             keys={key: v for key, v in keys},
         )
+
+    async def user_cart(self, user_id: str) -> str | None:
+        rows = await self._read(
+            "SELECT id FROM cart_sessions WHERE user_id = ?"
+            " AND status IN ('active', 'checking_out', 'abandoned')",
+            (user_id,),
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def due_carts(self, now: datetime, limit: int) -> list[str]:
+        at = iso(now)
+        # Two queries, each served by its own partial index.
+        abandon = await self._read(
+            "SELECT id FROM cart_sessions WHERE abandon_at <= ? AND status = 'active'"
+            " ORDER BY abandon_at LIMIT ?",
+            (at, limit),
+        )
+        expire = await self._read(
+            "SELECT id FROM cart_sessions WHERE expires_at <= ?"
+            " AND status IN ('active', 'abandoned') ORDER BY expires_at LIMIT ?",
+            (at, limit),
+        )
+        return list(dict.fromkeys(row[0] for row in [*expire, *abandon]))[:limit]
+
+    async def purge_expired(self, finished_before: datetime, limit: int) -> int:
+        total = 0
+        for sql in _PURGES:
+            while True:
+                params = (iso(finished_before), limit) if sql.count("?") == 2 else (limit,)
+                deleted = await self._write(partial(_execute, sql, params))
+                total += deleted
+                if deleted < limit:
+                    break
+        return total
+
+    async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
+        return await self._write(
+            partial(_claim_events, iso(now), iso(now + timedelta(seconds=lease)), limit)
+        )
+
+    async def event_sent(self, event_id: int, delivered: bool, retry_at: datetime) -> None:
+        now = iso(utcnow())
+        if delivered:
+            sql = "UPDATE cart_events SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?"
+            params: tuple[Any, ...] = (now, event_id)
+        else:
+            sql = "UPDATE cart_events SET next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?"
+            params = (iso(retry_at), event_id)
+        await self._write(partial(_execute, sql, params))
+
+    async def list_events(self, undelivered: bool, limit: int) -> list[CartEvent]:
+        where = "WHERE delivered_at IS NULL " if undelivered else ""
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM cart_events {where}ORDER BY id LIMIT ?", (limit,)
+        )
+        return [CartEvent(*row) for row in rows]
+
+    async def load_checkout(self, checkout_id: str) -> Checkout | None:
+        found = await self._checkouts("id = ?", (checkout_id,))
+        return found[0] if found else None
+
+    async def open_checkout(self, cart_id: str) -> Checkout | None:
+        found = await self._checkouts("cart_id = ? AND status = 'reserved'", (cart_id,))
+        return found[0] if found else None
+
+    async def due_checkouts(self, now: datetime, limit: int) -> list[Checkout]:
+        return await self._checkouts(
+            "status = 'reserved' AND expires_at < ? ORDER BY expires_at LIMIT ?",
+            (iso(now), limit),
+        )
+
+    async def _checkouts(self, where: str, params: tuple[Any, ...]) -> list[Checkout]:
+        # `where` is one of the literal clauses above; values are always parameters.
+        rows = await self._read(f"SELECT {_CHECKOUT_COLUMNS} FROM checkouts WHERE {where}", params)
+        found = []
+        for row in rows:
+            lines = await self._read(
+                "SELECT product_id, quantity, unit_price_cents FROM checkout_items"
+                " WHERE checkout_id = ? ORDER BY rowid",
+                (row[0],),
+            )
+            found.append(_checkout(row, [CheckoutLine(*line) for line in lines]))
+        return found
 
     async def replay(self, cart_id: str, key: str) -> bytes | None:
         rows = await self._read(
@@ -344,3 +468,212 @@ def _upsert_products(
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"product {p.id!r} (sku {p.sku!r}): {exc}") from None
     return inserted, updated
+
+
+_CHECKOUT_COLUMNS = (
+    "id, cart_id, cart_version, provider, status, amount_cents, currency, expires_at,"
+    " session_id, url"
+)
+
+
+def _checkout(row: Any, lines: list[CheckoutLine]) -> Checkout:
+    id_, cart_id, version, provider, status, amount, currency, expires, session, url = row
+    return Checkout(
+        id=id_,
+        cart_id=cart_id,
+        cart_version=version,
+        provider=provider,
+        status=status,
+        lines=tuple(lines),
+        amount_cents=amount,
+        currency=currency,
+        expires_at=parse_iso(expires),
+        session_id=session,
+        url=url,
+    )
+
+
+def _apply_effects(effects: tuple[Effect, ...], now: str, conn: sqlite3.Connection) -> None:
+    for effect in effects:
+        match effect:
+            case Reserve(checkout):
+                _reserve(checkout, now, conn)
+            case Release(checkout_id):
+                cur = conn.execute(
+                    "UPDATE checkouts SET status = 'released', updated_at = ?"
+                    " WHERE id = ? AND status = 'reserved'",
+                    (now, checkout_id),
+                )
+                if cur.rowcount != 1:
+                    raise CheckoutMoved(checkout_id)
+                conn.execute(
+                    "UPDATE products SET updated_at = ?, stock = stock + (SELECT quantity"
+                    " FROM checkout_items WHERE checkout_id = ? AND product_id = products.id)"
+                    " WHERE id IN (SELECT product_id FROM checkout_items WHERE checkout_id = ?)",
+                    (now, checkout_id, checkout_id),
+                )
+            case Fulfil(order):
+                _fulfil(order, now, conn)
+            case AttachSession(checkout_id, session_id, url):
+                conn.execute(
+                    "UPDATE checkouts SET session_id = ?, url = ?, updated_at = ? WHERE id = ?",
+                    (session_id, url, now, checkout_id),
+                )
+            case Emit(cart_id, kind, payload):
+                conn.execute(
+                    "INSERT INTO cart_events (cart_id, type, payload, created_at, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (cart_id, kind, payload.decode(), now, now),
+                )
+            case CreateCart(cart_id, user_id, expires_at):
+                try:
+                    conn.execute(
+                        "INSERT INTO cart_sessions (id, user_id, status, version, expires_at,"
+                        " created_at, updated_at) VALUES (?, ?, 'active', 0, ?, ?, ?)"
+                        " ON CONFLICT (id) DO NOTHING",
+                        (cart_id, user_id, iso(expires_at), now, now),
+                    )
+                except sqlite3.IntegrityError:
+                    pass  # the user has an open cart already: their next login finds that
+            case RecordEvent(event_id, kind):
+                cur = conn.execute(
+                    "INSERT INTO payment_events (event_id, type, received_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (event_id) DO NOTHING",
+                    (event_id, kind, now),
+                )
+                if cur.rowcount != 1:
+                    raise DuplicateEvent(event_id)
+
+
+def _take_stock(
+    lines: tuple[CheckoutLine, ...], now: str, conn: sqlite3.Connection
+) -> list[dict[str, object]]:
+    """Decrement stock for each line where it suffices; the lines where it did not."""
+    short: list[dict[str, object]] = []
+    for line in lines:
+        cur = conn.execute(
+            "UPDATE products SET stock = stock - ?, updated_at = ? WHERE id = ? AND stock >= ?",
+            (line.quantity, now, line.product_id, line.quantity),
+        )
+        if cur.rowcount != 1:
+            row = conn.execute(
+                "SELECT stock FROM products WHERE id = ?", (line.product_id,)
+            ).fetchone()
+            short.append(
+                {
+                    "product_id": line.product_id,
+                    "requested": line.quantity,
+                    "available": row[0] if row else 0,
+                }
+            )
+    return short
+
+
+def _reserve(checkout: Checkout, now: str, conn: sqlite3.Connection) -> None:
+    short = _take_stock(checkout.lines, now, conn)
+    if short:
+        raise ShortStock(short)  # the job's savepoint rolls the other lines back
+    conn.execute(
+        "INSERT INTO checkouts (id, cart_id, cart_version, provider, status, amount_cents,"
+        " currency, session_id, url, expires_at, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?)",
+        (
+            checkout.id,
+            checkout.cart_id,
+            checkout.cart_version,
+            checkout.provider,
+            checkout.amount_cents,
+            checkout.currency,
+            checkout.session_id,
+            checkout.url,
+            iso(checkout.expires_at),
+            now,
+            now,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO checkout_items (checkout_id, product_id, quantity, unit_price_cents)"
+        " VALUES (?, ?, ?, ?)",
+        [(checkout.id, x.product_id, x.quantity, x.unit_price_cents) for x in checkout.lines],
+    )
+
+
+def _fulfil(order: Order, now: str, conn: sqlite3.Connection) -> None:
+    row = conn.execute("SELECT status FROM checkouts WHERE id = ?", (order.checkout_id,)).fetchone()
+    if row is None or row[0] == "paid":
+        raise CheckoutMoved(order.checkout_id)
+    status = "paid"
+    if row[0] == "released":  # paid after its stock went back: take it again if it is there
+        lines = tuple(
+            CheckoutLine(x.product_id, x.quantity, x.unit_price_cents) for x in order.lines
+        )
+        if _take_stock(lines, now, conn):
+            status = "needs_review"
+    conn.execute(
+        "UPDATE checkouts SET status = 'paid', updated_at = ? WHERE id = ?",
+        (now, order.checkout_id),
+    )
+    conn.execute(
+        "INSERT INTO orders (id, checkout_id, cart_id, user_id, session_id, payment_intent,"
+        " amount_total_cents, currency, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            order.id,
+            order.checkout_id,
+            order.cart_id,
+            order.user_id,
+            order.session_id,
+            order.payment_intent,
+            order.amount_total_cents,
+            order.currency,
+            status,
+            now,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO order_items (order_id, product_id, sku, name, quantity, unit_price_cents,"
+        " line_total_cents) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                order.id,
+                x.product_id,
+                x.sku,
+                x.name,
+                x.quantity,
+                x.unit_price_cents,
+                x.quantity * x.unit_price_cents,
+            )
+            for x in order.lines
+        ],
+    )
+
+
+_EVENT_COLUMNS = "id, cart_id, type, payload, created_at, delivered_at, attempts"
+
+# Each a short transaction of at most `limit` rows, so carts never wait long for the writer.
+_PURGES = (
+    "DELETE FROM cart_items WHERE rowid IN (SELECT i.rowid FROM cart_items i"
+    " JOIN cart_sessions s ON s.id = i.cart_id WHERE s.status = 'expired' LIMIT ?)",
+    "DELETE FROM cart_patches WHERE rowid IN (SELECT p.rowid FROM cart_patches p"
+    " JOIN cart_sessions s ON s.id = p.cart_id WHERE s.status = 'expired' LIMIT ?)",
+    "DELETE FROM applied_mutations WHERE rowid IN (SELECT m.rowid FROM applied_mutations m"
+    " JOIN cart_sessions s ON s.id = m.cart_id WHERE s.status = 'expired' LIMIT ?)",
+    "DELETE FROM cart_sessions WHERE id IN (SELECT id FROM cart_sessions"
+    " WHERE status IN ('expired', 'merged', 'checked_out') AND updated_at < ? LIMIT ?)",
+)
+
+
+def _execute(sql: str, params: tuple[Any, ...], conn: sqlite3.Connection) -> int:
+    return conn.execute(sql, params).rowcount
+
+
+def _claim_events(now: str, until: str, limit: int, conn: sqlite3.Connection) -> list[CartEvent]:
+    rows = conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM cart_events WHERE delivered_at IS NULL"
+        " AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    # The lease: another sender (another process) skips these until it runs out.
+    conn.executemany(
+        "UPDATE cart_events SET next_attempt_at = ? WHERE id = ?", [(until, row[0]) for row in rows]
+    )
+    return [CartEvent(*row) for row in rows]

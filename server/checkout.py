@@ -1,0 +1,381 @@
+"""Checkout: lock the cart and reserve its stock in one transaction, open a payment
+session, and settle it (order or release) exactly once, whoever reports the outcome first:
+webhook, the demo page, a cancel, or the sweeper. Every transition runs under the cart's
+room lock and records what it did in the same transaction as its effect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import timedelta
+
+from msgspec import Struct, structs
+
+from . import errors
+from .cart import Cart, SetStatus, StartCheckout, Status
+from .catalog import Catalog
+from .clock import utcnow
+from .config import Settings
+from .hub import Hub
+from .identity import CartIds
+from .metrics import Metrics
+from .payments import PaymentProvider, PaymentRequest
+from .room import Room
+from .store import (
+    AttachSession,
+    Checkout,
+    CheckoutLine,
+    CheckoutMoved,
+    CreateCart,
+    DuplicateEvent,
+    Effect,
+    Fulfil,
+    Order,
+    OrderLine,
+    RecordEvent,
+    Release,
+    Reserve,
+    ShortStock,
+    Store,
+)
+
+log = logging.getLogger("server.checkout")
+SWEEP_BATCH = 100
+
+
+class Started(Struct, frozen=True):
+    checkout_url: str
+    session_id: str
+
+
+class Outcome(Struct, frozen=True):
+    """A provider's word on a session: paid (with what it says was charged) or expired."""
+
+    event_id: str  # de-duplicates redeliveries
+    paid: bool
+    amount_total: int | None = None
+    payment_intent: str | None = None
+
+
+def success_url(public: str, session_id: str) -> str:
+    return f"{public}/?checkout=success&session_id={session_id}"
+
+
+def cancel_url(public: str) -> str:
+    return f"{public}/?checkout=cancelled"
+
+
+class Checkouts:
+    def __init__(
+        self,
+        hub: Hub,
+        store: Store,
+        provider: PaymentProvider,
+        ids: CartIds,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self.hub = hub
+        self.store = store
+        self.catalog: Catalog = hub.catalog
+        self.provider = provider
+        self.ids = ids
+        self.settings = settings
+        self.metrics = metrics
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- the shopper -----------------------------------------------------------------
+
+    async def start(self, room: Room, base_url: str, base_version: int | None = None) -> Started:
+        """Lock the cart, reserve every line's stock, open a payment session. A retry
+        while the cart is checking out returns the session already opened. With
+        `base_version` (If-Match), only the cart the shopper saw is checked out."""
+        async with room.lock:
+            if room.cart.status is Status.CHECKING_OUT:
+                existing = await self.store.open_checkout(room.cart.id)
+                if existing is not None:
+                    return await self._open_session(room, existing, base_url)
+            checkout_id = str(uuid.uuid4())
+            reserved: list[Checkout] = []
+
+            def reserve(new: Cart) -> tuple[Effect, ...]:
+                reserved[:] = [self._checkout(checkout_id, new)]
+                return (Reserve(reserved[0]),)
+
+            try:
+                await room.apply_locked(StartCheckout(), base_version=base_version, effects=reserve)
+            except ShortStock as short:
+                self.metrics.inc("cart_checkouts_total", result="insufficient_stock")
+                raise errors.InsufficientStock(
+                    "some lines are no longer in stock", lines=short.lines
+                ) from None
+            checkout = reserved[0]
+            self._adjust(checkout.lines, -1)
+            self.metrics.inc("cart_checkouts_total", result="reserved")
+            return await self._open_session(room, checkout, base_url)
+
+    def _checkout(self, checkout_id: str, cart: Cart) -> Checkout:
+        products = self.catalog.products
+        current = self.settings.checkout_price == "current"
+        lines = tuple(
+            CheckoutLine(
+                line.product_id,
+                line.quantity,
+                products[line.product_id].price_cents
+                if current and line.product_id in products
+                else line.unit_price_cents,
+            )
+            for line in cart.lines
+        )
+        return Checkout(
+            id=checkout_id,
+            cart_id=cart.id,
+            cart_version=cart.version,
+            provider=self.provider.name,
+            status="reserved",
+            lines=lines,
+            amount_cents=sum(x.quantity * x.unit_price_cents for x in lines),
+            currency=self.settings.currency,
+            expires_at=utcnow() + timedelta(seconds=self.settings.checkout_expires),
+        )
+
+    async def _open_session(self, room: Room, checkout: Checkout, base_url: str) -> Started:
+        if checkout.session_id is not None and checkout.url is not None:
+            return Started(checkout.url, checkout.session_id)
+        public = self.public_url(base_url)
+        request = PaymentRequest(
+            checkout=checkout,
+            public_url=public,
+            names={
+                p: self.catalog.products[p].name
+                for p in (x.product_id for x in checkout.lines)
+                if p in self.catalog.products
+            },
+            success_url=success_url(public, "{CHECKOUT_SESSION_ID}"),
+            cancel_url=cancel_url(public),
+            # One key per locked cart version: a retried checkout (even from another
+            # process, or after a crash) gets the session Stripe already made.
+            idempotency_key=f"cart-{checkout.cart_id}-v{checkout.cart_version}",
+        )
+        try:
+            session = await self.provider.create(request)
+        except Exception as exc:  # nothing was charged: give the stock back, unlock
+            log.warning("payment provider refused checkout %s: %s", checkout.id, exc)
+            await self._release(room, checkout, None)
+            self.metrics.inc("cart_checkouts_total", result="provider_error")
+            raise errors.PaymentProviderError(
+                "the payment provider could not start a payment; nothing was charged"
+            ) from None
+        await self.store.record(AttachSession(checkout.id, session.id, session.url))
+        return Started(session.url, session.id)
+
+    def public_url(self, base_url: str) -> str:
+        return self.settings.public_url or base_url.rstrip("/")
+
+    async def confirm(self, room: Room) -> None:
+        """The shopper is back from paying: settle now if the provider says it is paid,
+        rather than wait for the webhook (whichever comes second changes nothing)."""
+        checkout = await self.store.open_checkout(room.cart.id)
+        if checkout is None or checkout.session_id is None:
+            return
+        try:
+            state = await self.provider.state(checkout.session_id)
+        except Exception as exc:  # the webhook (or the sweeper) settles it later
+            log.warning("could not ask the provider about checkout %s: %s", checkout.id, exc)
+            return
+        if state.status == "complete":
+            outcome = Outcome(
+                f"confirm:{checkout.id}",
+                paid=True,
+                amount_total=state.amount_total,
+                payment_intent=state.payment_intent,
+            )
+            await self.settle(checkout.id, outcome, "confirm")
+
+    async def cancel(self, room: Room, checkout_id: str | None = None) -> None:
+        """Give the stock back and unlock the cart, unless the payment went through.
+        With `checkout_id`, only if that checkout is still the cart's open one (a page
+        left open on an older checkout must not cancel a newer one)."""
+        async with room.lock:
+            if room.cart.status is not Status.CHECKING_OUT:
+                return  # nothing to cancel: asking twice is not an error
+            checkout = await self.store.open_checkout(room.cart.id)
+            if checkout is None:  # cannot happen (one transaction), but never stay locked
+                await room.apply_locked(SetStatus(Status.ACTIVE))
+                return
+            if checkout_id is not None and checkout.id != checkout_id:
+                return
+            if checkout.session_id is not None and not await self._expire(checkout):
+                raise errors.CheckoutCompleted("the payment went through; the order stands")
+            await self._release(room, checkout, None)
+            self.metrics.inc("cart_checkouts_total", result="cancelled")
+
+    async def _expire(self, checkout: Checkout) -> bool:
+        assert checkout.session_id is not None
+        try:
+            return await self.provider.expire(checkout.session_id)
+        except Exception as exc:  # unknown whether it can still be paid: keep the hold
+            log.warning("payment provider could not expire checkout %s: %s", checkout.id, exc)
+            raise errors.PaymentProviderError(
+                "the payment provider could not be reached to cancel; try again"
+            ) from None
+
+    # --- the provider ----------------------------------------------------------------
+
+    async def settle(
+        self, checkout_id: str, outcome: Outcome, kind: str, *, reserved_only: bool = False
+    ) -> str | None:
+        """Apply a provider's outcome once: a redelivery, or an `expired` after a
+        `completed`, changes nothing; a payment after a release still makes an order
+        (money was taken), unless `reserved_only`: the demo page, which is the provider,
+        refuses to take money for a released checkout. The checkout's status after."""
+        checkout = await self.store.load_checkout(checkout_id)
+        event = RecordEvent(outcome.event_id, kind)
+        if checkout is None:
+            log.warning("payment event %s names unknown checkout %s", kind, checkout_id)
+            await self._record(event)
+            return None
+        async with self.hub.use(checkout.cart_id) as room, room.lock:
+            checkout = await self.store.load_checkout(checkout_id)  # as of now, locked
+            assert checkout is not None
+            try:
+                if checkout.status == "paid" or (
+                    checkout.status == "released" and (reserved_only or not outcome.paid)
+                ):
+                    await self._record(event)  # nothing left to do
+                    return checkout.status
+                if outcome.paid:
+                    await self._fulfil(room, checkout, outcome, event)
+                    return "paid"
+                await self._release(room, checkout, event)
+                return "released"
+            except DuplicateEvent:
+                return checkout.status
+
+    async def _fulfil(
+        self, room: Room, checkout: Checkout, outcome: Outcome, event: RecordEvent
+    ) -> None:
+        products = self.catalog.products
+        order = Order(
+            id=str(uuid.uuid4()),
+            checkout_id=checkout.id,
+            cart_id=checkout.cart_id,
+            user_id=room.cart.user_id,
+            session_id=checkout.session_id,
+            payment_intent=outcome.payment_intent,
+            amount_total_cents=(
+                outcome.amount_total if outcome.amount_total is not None else checkout.amount_cents
+            ),
+            currency=checkout.currency,
+            lines=tuple(
+                OrderLine(
+                    x.product_id,
+                    products[x.product_id].sku if x.product_id in products else "",
+                    products[x.product_id].name if x.product_id in products else x.product_id,
+                    x.quantity,
+                    x.unit_price_cents,
+                )
+                for x in checkout.lines
+            ),
+        )
+        effects: tuple[Effect, ...] = (Fulfil(order), event)
+        if checkout.status == "reserved" and room.cart.status is Status.CHECKING_OUT:
+            # Every tab moves on to the same fresh cart (the room sends `moved`); a user's
+            # is stored now so that their next login finds it.
+            successor = str(uuid.uuid4())
+            if room.cart.user_id is not None:
+                expires = utcnow() + timedelta(seconds=self.settings.cart_ttl)
+                effects += (CreateCart(successor, room.cart.user_id, expires),)
+            await room.apply_locked(
+                SetStatus(Status.CHECKED_OUT, successor), effects=lambda _: effects
+            )
+        else:
+            # Paid after the reservation went back (cancel or expiry raced the payment):
+            # the money is taken, so the order stands; the cart has moved on already.
+            log.warning("checkout %s was paid after its stock was released", checkout.id)
+            await self.store.record(*effects)
+            if checkout.status == "released":  # Fulfil took the stock again
+                self._adjust(checkout.lines, -1)
+        self.metrics.inc("cart_checkouts_total", result="paid")
+
+    async def _release(self, room: Room, checkout: Checkout, event: RecordEvent | None) -> None:
+        effects: tuple[Effect, ...] = (Release(checkout.id),) + ((event,) if event else ())
+        try:
+            if room.cart.status is Status.CHECKING_OUT:
+                await room.apply_locked(SetStatus(Status.ACTIVE), effects=lambda _: effects)
+            else:
+                await self.store.record(*effects)
+        except CheckoutMoved:
+            return
+        self._adjust(checkout.lines, +1)
+        if event is not None:
+            self.metrics.inc("cart_checkouts_total", result="expired")
+
+    async def _record(self, event: RecordEvent) -> None:
+        try:
+            await self.store.record(event)
+        except DuplicateEvent:
+            pass
+
+    def _adjust(self, lines: tuple[CheckoutLine, ...], sign: int) -> None:
+        """Show reserved or returned stock at once; the periodic refresh confirms it."""
+        products = self.catalog.products
+        self.catalog.update(
+            [
+                structs.replace(
+                    products[x.product_id],
+                    stock=max(0, products[x.product_id].stock + sign * x.quantity),
+                )
+                for x in lines
+                if x.product_id in products
+            ]
+        )
+
+    # --- the sweeper -----------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Settle reservations past their expiry that no webhook settled: ask the
+        provider how each ended (a lost `completed` still becomes an order), and close a
+        session it still holds open (Stripe keeps one open for 30 minutes at least)."""
+        due = await self.store.due_checkouts(utcnow(), SWEEP_BATCH)
+        for checkout in due:
+            try:
+                await self.settle(checkout.id, await self._ended(checkout), "sweep")
+            except Exception:  # one session the provider cannot answer for blocks no other
+                log.exception("could not settle expired checkout %s", checkout.id)
+        return len(due)
+
+    async def _ended(self, checkout: Checkout) -> Outcome:
+        event_id = f"sweep:{checkout.id}"
+        if checkout.session_id is None:
+            return Outcome(event_id, paid=False)
+        state = await self.provider.state(checkout.session_id)
+        if state.status == "open":
+            if await self.provider.expire(checkout.session_id):
+                return Outcome(event_id, paid=False)
+            state = await self.provider.state(checkout.session_id)  # paid just now
+        return Outcome(
+            event_id,
+            paid=state.status == "complete",
+            amount_total=state.amount_total,
+            payment_intent=state.payment_intent,
+        )
+
+    def start_sweeper(self) -> None:
+        period = min(30.0, max(0.25, self.settings.checkout_expires / 4))
+        self._sweeper = asyncio.create_task(self._sweep_every(period))
+
+    async def _sweep_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.sweep()
+            except Exception:  # the next round may succeed
+                log.exception("checkout sweep failed")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        await self.provider.close()

@@ -1,0 +1,115 @@
+"""The room's abandonment timer and the hub's sweeper, in-process on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.bus.local import LocalBroker
+from server.cart import Absorb, AddItem, Product, Status
+from server.catalog import Catalog
+from server.config import Settings
+from server.hub import Hub
+from server.metrics import Metrics
+from server.store.sqlite import SQLiteStore
+
+PRODUCTS = [Product("p-1", "SKU-1", "Product 1", 100, 10_000)]
+
+
+@pytest.fixture
+async def make_hub(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """A hub whose background loops are not started: only room timers fire on their own."""
+    opened: list[tuple[Hub, SQLiteStore]] = []
+
+    async def make(**overrides: Any) -> Hub:
+        settings = Settings(database_url=f"sqlite:///{tmp_path}/cart.db", **overrides)
+        store = await SQLiteStore.open(settings)
+        await store.upsert_products(PRODUCTS)
+        hub = Hub(store, LocalBroker().connect(), Catalog(), settings, Metrics())
+        await hub.catalog.refresh(store)
+        opened.append((hub, store))
+        return hub
+
+    yield make
+    for hub, store in opened:
+        await hub.close()
+        await store.close()
+
+
+async def wait_status(hub: Hub, cart_id: str, status: Status, timeout: float) -> float:
+    started = time.monotonic()
+    while hub.rooms[cart_id].cart.status is not status:
+        assert time.monotonic() - started < timeout, f"still {hub.rooms[cart_id].cart.status}"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def test_a_timer_that_runs_early_arms_itself_again(make_hub: Any) -> None:
+    hub = await make_hub(abandon_after=0.3)
+    async with hub.use("c") as room:
+        await room.submit(AddItem("p-1", 1))
+        # What an event loop that rounds timers (uvloop) may do: run it before the wall
+        # clock reaches the deadline. The cart is not due yet; it must still be abandoned
+        # on time, not left to the next sweep.
+        timer = room._timer
+        assert timer is not None
+        timer.cancel()  # the loop's handle is spent once it has run...
+        room._fire()  # ...and this is what it runs
+        assert room._due is not None
+        await room._due
+        assert room.cart.status is Status.ACTIVE
+        waited = await wait_status(hub, "c", Status.ABANDONED, 2.0)
+        assert waited < 0.5
+
+
+async def test_an_evicted_room_keeps_no_timer(make_hub: Any) -> None:
+    hub = await make_hub(abandon_after=0.2, room_idle_seconds=0.0)
+    async with hub.use("c") as room:
+        await room.submit(AddItem("p-1", 1))
+    assert await hub.evict_idle() == 1
+    assert room._timer is None
+    assert not await room.run_due()  # a late timer task on the evicted room: not re-armed
+    assert room._timer is None
+    await asyncio.sleep(0.3)
+    # Nothing fired in memory: the store still says active, for the sweeper to handle.
+    stored = await hub.store.load_cart("c", room.cart.updated_at)
+    assert stored is not None and stored.cart.status is Status.ACTIVE
+    assert await hub.sweep() == 1
+    assert hub.rooms["c"].cart.status is Status.ABANDONED
+    assert await hub.sweep() == 0  # once
+
+
+@pytest.mark.parametrize(
+    ("abandon_after", "cart_ttl", "period"),
+    [
+        (1800.0, 30 * 86400.0, 60.0),
+        (120.0, 30 * 86400.0, 30.0),
+        (0.5, 1e6, 0.25),
+        (3600.0, 1.0, 0.25),
+    ],
+    ids=["defaults", "short-abandon", "floor", "short-ttl"],
+)
+async def test_the_sweep_period_follows_the_shorter_deadline(
+    make_hub: Any, abandon_after: float, cart_ttl: float, period: float
+) -> None:
+    hub = await make_hub(abandon_after=abandon_after, cart_ttl=cart_ttl)
+    assert hub.sweep_period() == period
+
+
+async def test_the_event_of_a_users_cart_names_the_user(make_hub: Any) -> None:
+    hub = await make_hub(abandon_after=0.05)
+    async with hub.use("c") as room:
+        await room.submit(Absorb((), "user-7"))
+        await room.submit(AddItem("p-1", 3))
+        await wait_status(hub, "c", Status.ABANDONED, 2.0)
+    [event] = await hub.store.list_events(undelivered=True, limit=10)
+    payload = json.loads(event.payload)
+    assert (event.cart_id, event.type) == ("c", "abandoned")
+    assert (payload["user_id"], payload["version"], payload["item_count"]) == ("user-7", 3, 3)
+    assert payload["items"] == [{"product_id": "p-1", "quantity": 3, "unit_price_cents": 100}]

@@ -1,0 +1,311 @@
+"""The SQLite store's checkout effects: what each does to stock, checkouts, orders and
+payment events, all or nothing in the transaction of the cart write that carries it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server import errors
+from server.cart import (
+    AddItem,
+    Cart,
+    Op,
+    Product,
+    SetStatus,
+    StartCheckout,
+    Status,
+    apply,
+    patch_msg,
+)
+from server.config import Settings
+from server.metrics import Metrics
+from server.protocol import encode
+from server.store import (
+    AttachSession,
+    CartWrite,
+    Checkout,
+    CheckoutLine,
+    CheckoutMoved,
+    DuplicateEvent,
+    Effect,
+    Fulfil,
+    Order,
+    OrderLine,
+    RecordEvent,
+    Release,
+    Reserve,
+    ShortStock,
+)
+from server.store.sqlite import SQLiteStore
+
+NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
+PRODUCTS = [
+    Product("tee", "TEE", "Tee", 2000, 5),
+    Product("mug", "MUG", "Mug", 500, 2),
+    Product("pen", "PEN", "Pen", 150, 100),
+]
+CATALOG = {p.id: p for p in PRODUCTS}
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "t.db"
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+async def store(db_path: Path, metrics: Metrics) -> AsyncIterator[SQLiteStore]:
+    opened = await SQLiteStore.open(Settings(database_url=f"sqlite:///{db_path}"), metrics)
+    try:
+        await opened.upsert_products(PRODUCTS)
+        yield opened
+    finally:
+        await opened.close()
+
+
+def write(cart: Cart, op: Op, effects: tuple[Effect, ...] = ()) -> tuple[Cart, CartWrite]:
+    new, change = apply(cart, op, CATALOG, NOW, 1800.0)
+    patch = encode(patch_msg(new, change, CATALOG, None)).decode()
+    return new, CartWrite(new, cart.version, change, patch, effects=effects)
+
+
+async def cart_holding(store: SQLiteStore, cart_id: str, lines: list[tuple[str, int]]) -> Cart:
+    cart = Cart(id=cart_id, updated_at=NOW)
+    for pid, quantity in lines:
+        cart, w = write(cart, AddItem(pid, quantity))
+        await store.commit(w)
+    return cart
+
+
+def checkout_for(cart: Cart, checkout_id: str, expires: datetime = NOW) -> Checkout:
+    lines = tuple(CheckoutLine(x.product_id, x.quantity, x.unit_price_cents) for x in cart.lines)
+    return Checkout(
+        id=checkout_id,
+        cart_id=cart.id,
+        cart_version=cart.version,
+        provider="demo",
+        status="reserved",
+        lines=lines,
+        amount_cents=sum(x.quantity * x.unit_price_cents for x in lines),
+        currency="usd",
+        expires_at=expires,
+    )
+
+
+async def reserve(
+    store: SQLiteStore, cart: Cart, checkout_id: str, expires: datetime = NOW
+) -> tuple[Cart, Checkout]:
+    """StartCheckout with its Reserve effect, as Checkouts.start commits it."""
+    new, change = apply(cart, StartCheckout(), CATALOG, NOW, 1800.0)
+    checkout = checkout_for(new, checkout_id, expires)
+    _, w = write(cart, StartCheckout(), (Reserve(checkout),))
+    await store.commit(w)
+    return new, checkout
+
+
+def order_for(checkout: Checkout, amount: int | None = None) -> Order:
+    return Order(
+        id=f"order-{checkout.id}",
+        checkout_id=checkout.id,
+        cart_id=checkout.cart_id,
+        user_id=None,
+        session_id=checkout.session_id,
+        payment_intent="pi_1",
+        amount_total_cents=checkout.amount_cents if amount is None else amount,
+        currency=checkout.currency,
+        lines=tuple(
+            OrderLine(x.product_id, CATALOG[x.product_id].sku, CATALOG[x.product_id].name,
+                      x.quantity, x.unit_price_cents)
+            for x in checkout.lines
+        ),
+    )  # fmt: skip
+
+
+def stocks(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT id, stock FROM products").fetchall())
+
+
+def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+# --- Reserve -----------------------------------------------------------------------------
+
+
+async def test_reserve_takes_the_stock_and_locks_the_cart_in_one_write(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    cart = await cart_holding(store, "c1", [("tee", 2), ("mug", 2)])
+    locked, checkout = await reserve(store, cart, "co-1")
+    assert stocks(db_path) == {"tee": 3, "mug": 0, "pen": 100}
+    assert await store.open_checkout("c1") == checkout
+    assert await store.load_checkout("co-1") == checkout
+    stored = await store.load_cart("c1", NOW)
+    assert stored is not None and stored.cart.status is Status.CHECKING_OUT
+    assert stored.cart.version == locked.version == checkout.cart_version
+
+
+async def test_a_short_line_reserves_nothing_and_stores_no_cart_change(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    cart = await cart_holding(store, "c1", [("tee", 2), ("mug", 2), ("pen", 1)])
+    other = await cart_holding(store, "c2", [("mug", 1)])
+    await reserve(store, other, "co-other")
+    with pytest.raises(ShortStock) as short:
+        await reserve(store, cart, "co-1")
+    assert short.value.lines == [{"product_id": "mug", "requested": 2, "available": 1}]
+    assert stocks(db_path) == {"tee": 5, "mug": 1, "pen": 100}  # tee and pen given back
+    stored = await store.load_cart("c1", NOW)
+    assert stored is not None and stored.cart.version == cart.version
+    assert stored.cart.status is Status.ACTIVE
+    assert await store.load_checkout("co-1") is None
+    assert query(db_path, "SELECT COUNT(*) FROM checkout_items WHERE checkout_id = 'co-1'") == [
+        (0,)
+    ]
+
+
+async def test_reservations_in_one_group_commit_never_oversell(
+    store: SQLiteStore, db_path: Path, metrics: Metrics
+) -> None:
+    carts = [await cart_holding(store, f"c{n}", [("tee", 1)]) for n in range(12)]
+    before = metrics.counters.get(("cart_commit_batches_total", ()), 0)
+    results = await asyncio.gather(
+        *(reserve(store, cart, f"co-{n}") for n, cart in enumerate(carts)), return_exceptions=True
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 5 and len(lost) == 7
+    assert all(isinstance(r, ShortStock) for r in lost)
+    assert stocks(db_path)["tee"] == 0
+    # They went to the writer together: far fewer transactions than writes.
+    assert metrics.counters[("cart_commit_batches_total", ())] - before <= 3
+
+
+async def test_one_reservation_per_cart(store: SQLiteStore, db_path: Path) -> None:
+    cart = await cart_holding(store, "c1", [("tee", 1)])
+    _, first = await reserve(store, cart, "co-1")
+    # A second Reserve for the same cart (a bug elsewhere): refused, no stock taken.
+    rogue = Checkout(**{**_fields(first), "id": "co-2"})
+    with pytest.raises(errors.Unavailable):
+        await store.record(Reserve(rogue))
+    assert stocks(db_path)["tee"] == 4
+    assert await store.load_checkout("co-2") is None
+
+
+def _fields(checkout: Checkout) -> dict[str, Any]:
+    return {name: getattr(checkout, name) for name in checkout.__struct_fields__}
+
+
+# --- Release -----------------------------------------------------------------------------
+
+
+async def test_release_gives_every_line_back_once(store: SQLiteStore, db_path: Path) -> None:
+    cart = await cart_holding(store, "c1", [("tee", 2), ("mug", 1)])
+    locked, checkout = await reserve(store, cart, "co-1")
+    _, unlock = write(locked, SetStatus(Status.ACTIVE), (Release("co-1"),))
+    await store.commit(unlock)
+    assert stocks(db_path) == {"tee": 5, "mug": 2, "pen": 100}
+    assert (await store.load_checkout("co-1")).status == "released"  # type: ignore[union-attr]
+    assert await store.open_checkout("c1") is None
+    with pytest.raises(CheckoutMoved):
+        await store.record(Release("co-1"))
+    assert stocks(db_path) == {"tee": 5, "mug": 2, "pen": 100}
+
+
+async def test_a_duplicate_event_undoes_the_effect_it_came_with(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    cart = await cart_holding(store, "c1", [("tee", 2)])
+    await reserve(store, cart, "co-1")
+    await store.record(RecordEvent("evt_1", "checkout.session.expired"))
+    with pytest.raises(DuplicateEvent):
+        await store.record(Release("co-1"), RecordEvent("evt_1", "checkout.session.expired"))
+    assert stocks(db_path)["tee"] == 3
+    assert (await store.load_checkout("co-1")).status == "reserved"  # type: ignore[union-attr]
+
+
+# --- Fulfil ------------------------------------------------------------------------------
+
+
+async def test_fulfil_turns_the_reservation_into_one_order(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    cart = await cart_holding(store, "c1", [("tee", 2), ("pen", 3)])
+    locked, checkout = await reserve(store, cart, "co-1")
+    await store.record(AttachSession("co-1", "cs_1", "https://pay/cs_1"))
+    checkout = await store.load_checkout("co-1")  # type: ignore[assignment]
+    assert (checkout.session_id, checkout.url) == ("cs_1", "https://pay/cs_1")
+    order = order_for(checkout, amount=4000)
+    _, done = write(
+        locked, SetStatus(Status.CHECKED_OUT, "next"), (Fulfil(order), RecordEvent("e1", "x"))
+    )
+    await store.commit(done)
+    assert stocks(db_path) == {"tee": 3, "mug": 2, "pen": 97}  # what was reserved is sold
+    assert query(
+        db_path,
+        "SELECT checkout_id, session_id, payment_intent, amount_total_cents, status FROM orders",
+    ) == [("co-1", "cs_1", "pi_1", 4000, "paid")]
+    assert query(
+        db_path,
+        "SELECT product_id, quantity, unit_price_cents, line_total_cents FROM order_items"
+        " ORDER BY product_id",
+    ) == [("pen", 3, 150, 450), ("tee", 2, 2000, 4000)]
+    assert (await store.load_checkout("co-1")).status == "paid"  # type: ignore[union-attr]
+    with pytest.raises(CheckoutMoved):
+        await store.record(Fulfil(order_for(checkout)), RecordEvent("e2", "x"))
+    assert query(db_path, "SELECT COUNT(*) FROM orders") == [(1,)]
+    assert query(db_path, "SELECT event_id FROM payment_events") == [("e1",)]
+
+
+async def test_paid_after_release_takes_the_stock_again(store: SQLiteStore, db_path: Path) -> None:
+    cart = await cart_holding(store, "c1", [("tee", 2), ("mug", 1)])
+    _, checkout = await reserve(store, cart, "co-1")
+    await store.record(Release("co-1"))
+    await store.record(Fulfil(order_for(checkout)))
+    assert stocks(db_path) == {"tee": 3, "mug": 1, "pen": 100}
+    assert query(db_path, "SELECT status FROM orders") == [("paid",)]
+
+
+async def test_paid_after_release_with_the_stock_gone_needs_review(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    cart = await cart_holding(store, "c1", [("tee", 2), ("mug", 2)])
+    _, checkout = await reserve(store, cart, "co-1")
+    await store.record(Release("co-1"))
+    other = await cart_holding(store, "c2", [("mug", 1)])
+    await reserve(store, other, "co-2")
+    await store.record(Fulfil(order_for(checkout)))
+    # tee was there and is taken; mug (2 wanted, 1 left) is not: never below zero.
+    assert stocks(db_path) == {"tee": 3, "mug": 1, "pen": 100}
+    assert query(db_path, "SELECT status FROM orders") == [("needs_review",)]
+    assert (await store.load_checkout("co-1")).status == "paid"  # type: ignore[union-attr]
+
+
+# --- the sweeper's view ------------------------------------------------------------------
+
+
+async def test_due_checkouts_are_the_reserved_ones_past_expiry_oldest_first(
+    store: SQLiteStore,
+) -> None:
+    made = {}
+    for n, minutes in enumerate([-5, -30, 10, -1]):
+        cart = await cart_holding(store, f"c{n}", [("pen", 1)])
+        _, made[n] = await reserve(store, cart, f"co-{n}", NOW + timedelta(minutes=minutes))
+    await store.record(Release("co-3"))
+    due = await store.due_checkouts(NOW, 10)
+    assert [c.id for c in due] == ["co-1", "co-0"]
+    assert [c.id for c in await store.due_checkouts(NOW, 1)] == ["co-1"]
+    assert due[0].lines == made[1].lines
