@@ -58,6 +58,15 @@ class Settings:
     idempotency_ttl: float = 86400.0
     catalog_refresh_seconds: float = 5.0
     sqlite_synchronous: str = "FULL"
+    database_pool: int = 8  # PostgreSQL connections per process
+    # Scale-out: empty for in-process fan-out (one process holds every tab of a cart).
+    redis_url: str = ""
+    # How often each process compares its loaded rooms with the store (repairs a room whose
+    # last bus message was lost) when the bus is shared.
+    bus_check_seconds: float = 2.0
+    # Tab counts of other processes not refreshed within this are dropped (a process that
+    # died); each process refreshes its own every third of it.
+    presence_ttl_seconds: float = 30.0
     demo_catalog: bool = True
     access_log: bool = False
     log_level: str = "info"
@@ -112,6 +121,10 @@ class Settings:
             idempotency_ttl=duration("IDEMPOTENCY_TTL", cls.idempotency_ttl),
             catalog_refresh_seconds=duration("CATALOG_REFRESH", cls.catalog_refresh_seconds),
             sqlite_synchronous=synchronous,
+            database_pool=number("DATABASE_POOL", cls.database_pool),
+            redis_url=get("REDIS_URL", cls.redis_url),
+            bus_check_seconds=duration("BUS_CHECK", cls.bus_check_seconds),
+            presence_ttl_seconds=duration("PRESENCE_TTL", cls.presence_ttl_seconds),
             demo_catalog=flag("DEMO_CATALOG", cls.demo_catalog),
             access_log=flag("ACCESS_LOG", cls.access_log),
             log_level=get("LOG_LEVEL", cls.log_level).lower(),

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from msgspec import Raw, Struct
 
@@ -70,7 +70,8 @@ class RoomContext(Struct, frozen=True):
     catalog: Catalog
     settings: Settings
     metrics: Metrics
-    published: Callable[[str, int], None]  # after each commit: (cart id, version)
+    published: Callable[[Cart, str, str | None], None]  # after each commit: cart, patch, key
+    present: Callable[[str, int, int], None]  # tabs came or went: cart id, version, tabs here
 
 
 class Room:
@@ -82,6 +83,9 @@ class Room:
         self.last_used = time.monotonic()
         self.history: deque[tuple[int, str]] = deque(maxlen=ctx.settings.patch_history)
         self.keys: dict[str, int] = {}
+        # Tabs of this cart open in other processes: process id -> (count, when heard).
+        self.elsewhere: dict[str, tuple[int, float]] = {}
+        self._shown_tabs = 0  # the count last sent to the tabs here
         self._changed: asyncio.Future[None] | None = None
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
         self.cart = Cart(id=cart_id, updated_at=utcnow())
@@ -146,15 +150,43 @@ class Room:
             for frame in frames:
                 tab.send(frame)
         self.tabs.add(tab)
-        self._presence()
+        self._presence(always=True)
+        self.ctx.present(self.cart.id, self.cart.version, len(self.tabs))
 
     def leave(self, tab: Tab) -> None:
         self.tabs.discard(tab)
         self.last_used = time.monotonic()
+        self._presence(always=True)
+        self.ctx.present(self.cart.id, self.cart.version, len(self.tabs))
+
+    @property
+    def tab_count(self) -> int:
+        """Open tabs of this cart in every process."""
+        return len(self.tabs) + sum(count for count, _ in self.elsewhere.values())
+
+    def heard(self, process: str, tabs: int, now: float) -> bool:
+        """Another process's tab count; True if that process was not known here before."""
+        new = process not in self.elsewhere
+        if tabs > 0:
+            self.elsewhere[process] = (tabs, now)
+        else:
+            self.elsewhere.pop(process, None)
+        self._presence()
+        return new
+
+    def forget_before(self, cutoff: float) -> None:
+        """Drop the counts of processes not heard from since `cutoff` (gone, or cut off)."""
+        for process, (_, heard) in list(self.elsewhere.items()):
+            if heard < cutoff:
+                del self.elsewhere[process]
         self._presence()
 
-    def _presence(self) -> None:
-        frame = encode(PresenceMsg(tabs=len(self.tabs))).decode()
+    def _presence(self, always: bool = False) -> None:
+        count = self.tab_count
+        if count == self._shown_tabs and not always:
+            return
+        self._shown_tabs = count
+        frame = encode(PresenceMsg(tabs=count)).decode()
         for tab in self.tabs:
             tab.send(frame)
 
@@ -178,44 +210,54 @@ class Room:
         """Apply one mutation in this cart's order; returns once it is durably committed
         and broadcast. Raises CartError (nothing changed) or Unavailable (nothing stored)."""
         async with self.lock:
+            hold = False
             for _ in range(COMMIT_ATTEMPTS):
                 if key is not None and key in self.keys:
                     return await self._replay(key, respond)
-                if base_version is not None and base_version != self.cart.version:
-                    raise errors.VersionConflict(
-                        f"the cart is at version {self.cart.version}, not {base_version}",
-                        version=self.cart.version,
-                        cart=Raw(self.document()),
-                    )
-                settings = self.ctx.settings
-                new, change = domain.apply(
-                    self.cart, op, self.ctx.catalog.products, utcnow(), settings.abandon_after
-                )
-                patch = encode(
-                    domain.patch_msg(new, change, self.ctx.catalog.products, origin)
-                ).decode()
-                body = (
-                    encode(domain.cart_doc(new, self.ctx.catalog.products, settings.currency))
-                    if respond
-                    else None
-                )
-                write = CartWrite(new, self.cart.version, change, patch, key, body)
                 try:
-                    await self.ctx.store.commit(write)
+                    if not hold:  # a compare-and-set on the version this room holds
+                        write = self._prepare(op, origin, key, base_version, respond)
+                        await self.ctx.store.commit(write)
+                    else:
+                        # Another process (or a write whose caller was cancelled) got there
+                        # first: hold the cart in the store, read what it holds and apply on
+                        # top, so a busy process cannot win every race for this cart.
+                        async with self.ctx.store.hold(self.cart.id) as held:
+                            self._adopt(await held.load(self._keys_since()))
+                            if key is not None and key in self.keys:
+                                continue  # it was applied meanwhile: replayed above
+                            write = self._prepare(op, origin, key, base_version, respond)
+                            await held.commit(write)
                 except StaleVersion:
-                    # Another process (or a write whose caller was cancelled) got there
-                    # first: read what the store holds and apply again on top of it.
-                    await self._catch_up()
+                    hold = True
                     continue
                 except AlreadyApplied as done:  # an id older than the ones kept in memory
                     assert key is not None  # only a write with a key can have been applied
                     self.keys[key] = done.version
                     continue
-                self._accept(new, patch, key)
-                if body is not None:
-                    self._doc = (new.version, self.ctx.catalog.revision, body)
-                return Outcome(new.version, body)
+                self._accept(write.cart, write.patch, key)
+                self.ctx.published(write.cart, write.patch, key)
+                if write.response is not None:
+                    self._doc = (write.cart.version, self.ctx.catalog.revision, write.response)
+                return Outcome(write.cart.version, write.response)
         raise errors.Unavailable("the cart kept changing while this change was stored; try again")
+
+    def _prepare(
+        self, op: Op, origin: str | None, key: str | None, base_version: int | None, respond: bool
+    ) -> CartWrite:
+        """The write that applies `op` to the cart as this room holds it."""
+        if base_version is not None and base_version != self.cart.version:
+            raise errors.VersionConflict(
+                f"the cart is at version {self.cart.version}, not {base_version}",
+                version=self.cart.version,
+                cart=Raw(self.document()),
+            )
+        settings = self.ctx.settings
+        products = self.ctx.catalog.products
+        new, change = domain.apply(self.cart, op, products, utcnow(), settings.abandon_after)
+        patch = encode(domain.patch_msg(new, change, products, origin)).decode()
+        body = encode(domain.cart_doc(new, products, settings.currency)) if respond else None
+        return CartWrite(new, self.cart.version, change, patch, key, body)
 
     async def _replay(self, key: str, respond: bool) -> Outcome:
         version = self.keys[key]
@@ -232,7 +274,14 @@ class Room:
         self.last_used = time.monotonic()
         self.broadcast(patch)
         self._wake()
-        self.ctx.published(new.id, new.version)
+
+    def receive(self, cart: Cart, patch: str, key: str | None) -> bool:
+        """A commit another process made and published: taken if it is the next version.
+        False otherwise (a message lost or overtaken): the caller reads the store."""
+        if cart.version != self.cart.version + 1:
+            return False
+        self._accept(cart, patch, key)
+        return True
 
     def _wake(self) -> None:
         if self._changed is not None:
@@ -245,8 +294,13 @@ class Room:
             await self._catch_up()
 
     async def _catch_up(self) -> None:
-        since = self.ctx.settings.idempotency_ttl
-        stored = await self.ctx.store.load_cart(self.cart.id, utcnow() - timedelta(seconds=since))
+        self._adopt(await self.ctx.store.load_cart(self.cart.id, self._keys_since()))
+
+    def _keys_since(self) -> datetime:
+        return utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl)
+
+    def _adopt(self, stored: StoredCart | None) -> None:
+        """Take what the store holds if it is newer, and send the tabs what they missed."""
         if stored is None or stored.cart.version <= self.cart.version:
             return
         behind = self.cart.version

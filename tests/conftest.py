@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess, fresh_schema
 
 
 @pytest.fixture(scope="module")
@@ -29,3 +29,14 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield make
     for proc in made:
         proc.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each store test runs on both stores: a fresh SQLite file, or a fresh PostgreSQL
+    schema in the test database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/t.db"
+        return
+    async with fresh_schema() as url:
+        yield url
