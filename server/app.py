@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ids = CartIds(load_secret(settings))
         store = await open_store(settings, metrics)
         try:
-            bus = await open_bus(settings.redis_url, metrics)
+            bus = await open_bus(settings.redis_url, metrics, settings.redis_verify_tls)
         except BaseException:
             await store.close()
             raise

@@ -427,3 +427,31 @@ async def test_database_out_of_reach_refuses_changes_and_recovers(
         server.stop()  # before the proxy goes: it would wait for the database on the way out
     finally:
         await proxy.cut()
+
+
+async def test_cli_migrates_postgres_without_printing_the_password(
+    database: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import asyncpg
+
+    url = database.replace("postgres@", "postgres:hunter2@")  # trust auth: any password
+    server = ServerProcess(tmp_path_factory.mktemp("cli"), {"DATABASE_URL": url}, catalog=False)
+    for _ in range(2):  # idempotent
+        result = await asyncio.to_thread(server.cli, "migrate")
+        assert result.returncode == 0, result.stderr
+        assert "up to date" in result.stdout
+        assert "hunter2" not in result.stdout + result.stderr
+    conn = await asyncpg.connect(database)
+    try:
+        rows = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        )
+    finally:
+        await conn.close()
+    tables = {row[0] for row in rows}
+    assert {"products", "cart_sessions", "cart_items", "cart_patches"} <= tables
+    assert "applied_mutations" in tables
+    bad = ServerProcess(tmp_path_factory.mktemp("bad"), {"REDIS_URL": "amqp://mq"}, catalog=False)
+    result = await asyncio.to_thread(bad.cli)  # serve: refused before it starts
+    assert result.returncode == 2
+    assert "REDIS_URL scheme 'amqp' is not supported" in result.stderr

@@ -37,7 +37,7 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
-async def open_bus(url: str | None, metrics: Metrics | None = None) -> Bus:
+async def open_bus(url: str | None, metrics: Metrics | None = None, verify_tls: bool = True) -> Bus:
     """In-process fan-out by default (one process holds every tab of a cart); Redis
     pub/sub for several processes."""
     if not url or url == "memory://":
@@ -47,7 +47,7 @@ async def open_bus(url: str | None, metrics: Metrics | None = None) -> Bus:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from .redis import RedisBus
 
-        return await RedisBus.open(url, metrics or Metrics())
+        return await RedisBus.open(url, metrics or Metrics(), verify_tls)
     scheme = url.split(":", 1)[0]
     raise ConfigError(
         f"REDIS_URL scheme {scheme!r} is not supported (expected redis:// or rediss://)"

@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -43,15 +44,17 @@ BUS_ERRORS = (RedisError, OSError)
 
 
 class RedisBus:
-    def __init__(self, url: str, metrics: Metrics) -> None:
+    def __init__(self, url: str, metrics: Metrics, verify_tls: bool = True) -> None:
         self._metrics = metrics
-        self._client = Redis.from_url(
-            url,
-            retry=Retry(NoBackoff(), 0),  # this bus reconnects itself, and knows it did
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_keepalive=True,
-        )
+        options: dict[str, Any] = {
+            "retry": Retry(NoBackoff(), 0),  # this bus reconnects itself, and knows it did
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_keepalive": True,
+        }
+        if url.startswith("rediss:") and not verify_tls:
+            options["ssl_cert_reqs"] = "none"
+        self._client = Redis.from_url(url, **options)
         self._channels: set[str] = set()
         self._pubsub: PubSub | None = None  # the live subscription; None while cut off
         self._confirmations: dict[str, asyncio.Future[None]] = {}
@@ -62,8 +65,8 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    async def open(cls, url: str, metrics: Metrics) -> RedisBus:
-        bus = cls(url, metrics)
+    async def open(cls, url: str, metrics: Metrics, verify_tls: bool = True) -> RedisBus:
+        bus = cls(url, metrics, verify_tls)
         bus._tasks = [asyncio.create_task(bus._subscriber()), asyncio.create_task(bus._sender())]
         try:
             await asyncio.wait_for(bus._connected.wait(), CONNECT_TIMEOUT)
