@@ -124,10 +124,17 @@ async def reaches(tabs: Sequence[Tab], version: int, timeout: float) -> None:
             await tabs[-1].next()
 
 
+def presence_seen(tab: Tab) -> int | None:
+    """The last tab count this connection was sent."""
+    counts = [frame["tabs"] for frame in tab.log if frame["type"] == "presence"]
+    return counts[-1] if counts else None
+
+
 async def presence(tab: Tab, count: int, timeout: float = 10.0) -> None:
+    """Wait until the tab's count is `count` (frames read meanwhile stay in its log)."""
     async with asyncio.timeout(timeout):
-        while (await tab.next("presence"))["tabs"] != count:
-            pass
+        while presence_seen(tab) != count:
+            await tab.next()
 
 
 class WsSender:
@@ -424,7 +431,8 @@ async def test_database_out_of_reach_refuses_changes_and_recovers(
         versions = [f["version"] for f in tab.log if f["type"] == "patch"]
         assert versions == [1, 2]
         assert not any(f["type"] == "ack" for f in tab.log)
-        server.stop()  # before the proxy goes: it would wait for the database on the way out
+        # In a thread: the proxy in this loop carries the server's goodbye to the database.
+        await asyncio.to_thread(server.stop)
     finally:
         await proxy.cut()
 
