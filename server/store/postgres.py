@@ -68,6 +68,7 @@ class PostgresStore:
             timeout=CONNECT_TIMEOUT,
             command_timeout=COMMAND_TIMEOUT,
             server_settings={"application_name": "cartsync"},
+            reset=_keep_session,
         )
         store = cls(pool, settings, metrics or Metrics())
         try:
@@ -178,15 +179,13 @@ class PostgresStore:
                 "DELETE FROM cart_items WHERE cart_id = $1 AND product_id = $2",
                 [(cart.id, product_id) for product_id in write.change.removed],
             )
+        # SQLite's two statements in one round trip: the patch, and the trim of old ones.
         await conn.execute(
-            "INSERT INTO cart_patches (cart_id, version, body) VALUES ($1, $2, $3)",
+            "WITH trimmed AS (DELETE FROM cart_patches WHERE cart_id = $1 AND version <= $4)"
+            " INSERT INTO cart_patches (cart_id, version, body) VALUES ($1, $2, $3)",
             cart.id,
             cart.version,
             write.patch,
-        )
-        await conn.execute(
-            "DELETE FROM cart_patches WHERE cart_id = $1 AND version <= $2",
-            cart.id,
             cart.version - self._history,
         )
 
@@ -303,6 +302,12 @@ class PostgresStore:
             await asyncio.wait_for(self._pool.close(), COMMAND_TIMEOUT)
         except TimeoutError:
             self._pool.terminate()
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset between uses: the store sets no session state, listens to nothing
+    and takes only transaction-scoped locks (asyncpg still rolls back an open transaction).
+    The default reset would cost a round trip on every release."""
 
 
 class _Held:
