@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from . import errors
 from .bus import RESYNC, Bus
 from .cart import Cart
 from .catalog import Catalog
@@ -191,9 +192,10 @@ class Hub:
             del self._repairing[room]
 
     def _resync(self) -> None:
-        """The bus was cut off and is back: any message may have been lost meanwhile."""
+        """The bus was cut off and is back: any message may have been lost meanwhile, so
+        compare every room with the store now, and tell the others what is open here."""
+        self._spawn(self._every(0, self.check_versions, once=True))
         for room in list(self.rooms.values()):
-            self._repair(room, room.version + 1)
             if room.tabs:
                 self._present(room.cart.id, room.version, len(room.tabs))
 
@@ -240,13 +242,20 @@ class Hub:
         before = utcnow() - timedelta(seconds=self.settings.idempotency_ttl)
         await self.store.prune(before)
 
-    async def _every(self, seconds: float, work: Callable[[], Awaitable[object]]) -> None:
+    async def _every(
+        self, seconds: float, work: Callable[[], Awaitable[object]], once: bool = False
+    ) -> None:
+        name = getattr(work, "__name__", work)
         while True:
             await asyncio.sleep(seconds)
             try:
                 await work()
+            except errors.Unavailable as exc:  # the store is away; said once per failure
+                log.warning("background task %s: %s", name, exc.message)
             except Exception:  # keep the loop alive; the next round may succeed
-                log.exception("background task %s failed", getattr(work, "__name__", work))
+                log.exception("background task %s failed", name)
+            if once:
+                return
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
