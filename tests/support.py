@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -365,6 +366,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        if shutil.which("redis-server") is None:
+            service_missing("redis-server (the binary)", FileNotFoundError("not on PATH"))
         self.proc = subprocess.Popen(
             [
                 "redis-server",
