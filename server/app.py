@@ -38,7 +38,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics = Metrics()
         ids = CartIds(load_secret(settings))
         store = await open_store(settings, metrics)
-        bus = open_bus(None)
+        try:
+            bus = await open_bus(settings.redis_url, metrics, settings.redis_verify_tls)
+        except BaseException:
+            await store.close()
+            raise
         catalog = Catalog()
         hub = Hub(store, bus, catalog, settings, metrics, ids.sign)
         checkouts = Checkouts(hub, store, open_provider(settings), ids, settings, metrics)

@@ -18,6 +18,11 @@ _HELP = {
     "cart_commit_seconds": ("histogram", "Time from a write's submission to its commit."),
     "cart_ws_connections": ("gauge", "Open WebSocket tabs."),
     "cart_rooms_loaded": ("gauge", "Cart rooms held in memory."),
+    "cart_bus_published_total": ("counter", "Messages published to the other processes."),
+    "cart_bus_dropped_total": ("counter", "Messages dropped: the bus was out of reach."),
+    "cart_bus_reconnects_total": ("counter", "Reconnections of the bus subscription."),
+    "cart_bus_applied_total": ("counter", "Other processes' commits taken from the bus."),
+    "cart_room_repairs_total": ("counter", "Rooms re-read from the store: a message lost."),
 }
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 

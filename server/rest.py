@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from msgspec import Raw
@@ -215,6 +216,9 @@ async def changes(request: Request) -> Response:
     if ref.cart_id != asked.cart_id:
         since = None  # moved on to another cart: a snapshot of it, never its patches
     async with svc.hub.use(ref.cart_id) as room:
+        if since is not None and since > room.version:
+            with contextlib.suppress(errors.Unavailable):  # then it gets a snapshot
+                await room.catch_up()  # committed by another process, not heard of here yet
         if since is not None:
             await room.wait_past(since, wait)
         frames = room.patches_after(since) if since is not None else None
@@ -243,9 +247,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    svc = services(request)
     try:
-        await asyncio.wait_for(services(request).store.ping(), 2.0)
-    except Exception as exc:  # any failure to reach the store means not ready
+        await asyncio.wait_for(svc.store.ping(), 2.0)
+        await asyncio.wait_for(svc.hub.bus.ping(), 2.0)
+    except Exception as exc:  # any failure to reach the store or the bus means not ready
         body = encode({"status": "unavailable", "reason": type(exc).__name__})
         return Response(body, 503, media_type="application/json")
     return Response(b'{"status":"ready"}', media_type="application/json")

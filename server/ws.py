@@ -4,6 +4,7 @@ writer task that drains the tab's bounded send queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
@@ -69,6 +70,11 @@ async def cart_socket(websocket: WebSocket) -> None:
     await websocket.accept(headers=headers)
 
     async with svc.hub.use(ref.cart_id) as room:
+        if since is not None and since > room.version:
+            # The tab saw a version this process has not: another process committed it
+            # (and may have died since). Read it, so the tab resumes instead of restarting.
+            with contextlib.suppress(errors.Unavailable):  # then it gets a snapshot
+                await room.catch_up()
         tab = Tab(client_id, svc.settings.ws_send_queue)
         room.join(tab, since)
         writer = asyncio.create_task(_write(websocket, tab, svc))
