@@ -98,7 +98,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            HTTPException: http_error,
+            errors.CartError: cart_error,
+            Exception: server_error,
+        },
     )
 
 
@@ -136,6 +140,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if kind is None:
         return Response(exc.detail, exc.status_code, headers=exc.headers)
     return error_response(kind(f"{request.method} {request.url.path}: {exc.detail}"), request, None)
+
+
+async def cart_error(request: Request, exc: Exception) -> Response:
+    """A refusal raised outside an endpoint's own handling (the store unreachable while a
+    cart is loaded, say): the protocol's error, not a 500."""
+    assert isinstance(exc, errors.CartError)
+    return error_response(exc, request, None)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

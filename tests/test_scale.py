@@ -408,6 +408,10 @@ async def test_database_out_of_reach_refuses_changes_and_recovers(
             )
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "unavailable"
+            async with rest(server) as stranger:  # a cart not in memory: it cannot be read
+                unread = await stranger.get("/api/cart")
+                assert unread.status_code == 503, unread.text
+                assert unread.json()["error"]["code"] == "unavailable"
             await tab.send({"type": "add", "id": "w1", "product_id": "p-003", "quantity": 1})
             error = await tab.next()
             while error["type"] in ("patch", "presence"):
