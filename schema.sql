@@ -1,4 +1,5 @@
--- Cart sync server schema (SQLite dialect; applied on every start, idempotent).
+-- Cart sync server schema, applied on every start (idempotent). Written in what SQLite and
+-- PostgreSQL share: both stores apply this file as it is.
 --
 -- Timestamps are UTC ISO-8601 text with milliseconds ("2026-11-26T10:00:00.000Z"):
 -- they sort as strings, read well in a shell, and mean the same in PostgreSQL.

@@ -18,7 +18,12 @@ from .harness import LocalServer, report
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--url", help="measure this server instead of starting one")
+    parser.add_argument(
+        "--url",
+        action="append",
+        help="measure this server instead of starting one; repeat it for several processes"
+        " of one deployment (each cart's tabs are spread over them)",
+    )
     modes = parser.add_subparsers(dest="mode", required=True)
     fan = modes.add_parser("fanout", help="K carts x T tabs at a fixed offered rate")
     fan.add_argument("--carts", type=int, default=100)
@@ -37,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("a run is bounded: at most 300 s and 5,000,000 mutations")
 
     server = None if args.url else LocalServer().start()
-    url = args.url or server.url  # type: ignore[union-attr]
+    urls = args.url or [server.url]  # type: ignore[union-attr]
     try:
         result = uvloop.run(
-            fanout(server, url, args.carts, args.tabs, args.rate, args.seconds, args.warmup)
+            fanout(server, urls, args.carts, args.tabs, args.rate, args.seconds, args.warmup)
         )
     finally:
         if server is not None:
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     report(
         "fanout",
         [
-            ("carts x tabs", f"{args.carts} x {args.tabs}"),
+            ("carts x tabs", f"{args.carts} x {args.tabs} over {len(urls)} process(es)"),
             ("offered", f"{args.rate:,.0f} mutations/s for {args.seconds:g} s"),
             (
                 "achieved",

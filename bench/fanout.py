@@ -103,7 +103,7 @@ async def offer(
 
 async def fanout(
     server: LocalServer | None,
-    url: str,
+    urls: list[str],
     carts: int,
     tabs_per_cart: int,
     rate: float,
@@ -112,9 +112,9 @@ async def fanout(
     seed: int = 1,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
-    signed = await open_carts(url, carts)
-    tabs = [
-        [await open_tab(url, s, f"c{c}t{t}") for t in range(tabs_per_cart)]
+    signed = await open_carts(urls[0], carts)
+    tabs = [  # tab t of cart c on process (c + t) mod N: every cart spans the processes
+        [await open_tab(urls[(c + t) % len(urls)], s, f"c{c}t{t}") for t in range(tabs_per_cart)]
         for c, s in enumerate(signed)
     ]
     rec = Recorder()
@@ -147,6 +147,7 @@ async def fanout(
     return {
         "carts": carts,
         "tabs_per_cart": tabs_per_cart,
+        "processes": len(urls),
         "offered_rate": rate,
         "achieved_rate": done / elapsed if elapsed else 0.0,
         "mutations": offered,

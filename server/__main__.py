@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, redact
 
 TRACE = 5
 
@@ -95,7 +95,7 @@ async def _migrate(settings: Settings) -> int:
 
     store = await open_store(settings)
     await store.close()
-    print(f"schema is up to date in {settings.database_url}")
+    print(f"schema is up to date in {redact(settings.database_url)}")
     return 0
 
 

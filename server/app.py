@@ -39,7 +39,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics = Metrics()
         ids = CartIds(load_secret(settings))
         store = await open_store(settings, metrics)
-        bus = open_bus(None)
+        try:
+            bus = await open_bus(settings.redis_url, metrics, settings.redis_verify_tls)
+        except BaseException:
+            await store.close()
+            raise
         catalog = Catalog()
         hub = Hub(store, bus, catalog, settings, metrics, ids.sign)
         checkouts = Checkouts(hub, store, open_provider(settings), ids, settings, metrics)
@@ -104,7 +108,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            HTTPException: http_error,
+            errors.CartError: cart_error,
+            Exception: server_error,
+        },
     )
 
 
@@ -155,6 +163,13 @@ def _allowed(request: Request) -> set[str]:
         if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
             methods |= route.methods or set()
     return methods
+
+
+async def cart_error(request: Request, exc: Exception) -> Response:
+    """A refusal raised outside an endpoint's own handling (the store unreachable while a
+    cart is loaded, say): the protocol's error, not a 500."""
+    assert isinstance(exc, errors.CartError)
+    return error_response(exc, request, None)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

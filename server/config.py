@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Installed wheels carry static/ and schema.sql inside the package; a source checkout
@@ -36,6 +37,28 @@ def sqlite_path(url: str) -> str:
     if not url.startswith("sqlite:///") or not path or path == ":memory:":
         raise ConfigError(f"expected DATABASE_URL like sqlite:///cart.db, got {url!r}")
     return path
+
+
+DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _scheme(name: str, url: str, allowed: tuple[str, ...], example: str) -> str:
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme not in allowed:
+        raise ConfigError(
+            f"{name} scheme {scheme!r} is not supported (expected {example}): {redact(url)!r}"
+        )
+    return url
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,17 @@ class Settings:
     idempotency_ttl: float = 86400.0
     catalog_refresh_seconds: float = 5.0
     sqlite_synchronous: str = "FULL"
+    database_pool: int = 8  # PostgreSQL connections per process
+    # Scale-out: empty for in-process fan-out (one process holds every tab of a cart).
+    redis_url: str = ""
+    # Heroku Redis serves TLS with a self-signed certificate: 0 encrypts without verifying.
+    redis_verify_tls: bool = True
+    # How often each process compares its loaded rooms with the store (repairs a room whose
+    # last bus message was lost) when the bus is shared.
+    bus_check_seconds: float = 2.0
+    # Tab counts of other processes not refreshed within this are dropped (a process that
+    # died); each process refreshes its own every third of it.
+    presence_ttl_seconds: float = 30.0
     demo_catalog: bool = True
     access_log: bool = False
     log_level: str = "info"
@@ -146,11 +180,17 @@ class Settings:
             )
         if events_url and not events_secret:
             raise ConfigError("CART_EVENTS_WEBHOOK_URL is set: CART_EVENTS_SECRET must be too")
+        redis = get("REDIS_URL", cls.redis_url)
         origins = tuple(
             o.strip().rstrip("/") for o in get("ALLOWED_ORIGINS", "").split(",") if o.strip()
         )
         return cls(
-            database_url=get("DATABASE_URL", cls.database_url),
+            database_url=_scheme(
+                "DATABASE_URL",
+                get("DATABASE_URL", cls.database_url),
+                DATABASE_SCHEMES,
+                "sqlite:///path or postgresql://user:password@host/db",
+            ),
             secret=env.get("CART_SECRET", ""),
             allowed_origins=origins,
             currency=get("CURRENCY", cls.currency).lower(),
@@ -174,6 +214,13 @@ class Settings:
             idempotency_ttl=duration("IDEMPOTENCY_TTL", cls.idempotency_ttl),
             catalog_refresh_seconds=duration("CATALOG_REFRESH", cls.catalog_refresh_seconds),
             sqlite_synchronous=synchronous,
+            database_pool=number("DATABASE_POOL", cls.database_pool),
+            redis_url=_scheme("REDIS_URL", redis, REDIS_SCHEMES, "redis:// or rediss://")
+            if redis
+            else "",
+            redis_verify_tls=flag("REDIS_VERIFY_TLS", cls.redis_verify_tls),
+            bus_check_seconds=duration("BUS_CHECK", cls.bus_check_seconds),
+            presence_ttl_seconds=duration("PRESENCE_TTL", cls.presence_ttl_seconds),
             demo_catalog=flag("DEMO_CATALOG", cls.demo_catalog),
             access_log=flag("ACCESS_LOG", cls.access_log),
             log_level=log_level,

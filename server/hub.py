@@ -13,7 +13,9 @@ from typing import Any
 
 import msgspec
 
-from .bus import Bus
+from . import errors
+from .bus import RESYNC, Bus
+from .cart import Cart
 from .catalog import Catalog
 from .clock import utcnow
 from .config import Settings
@@ -30,7 +32,13 @@ SWEEP_CONCURRENCY = 50
 class BusMessage(msgspec.Struct, frozen=True, array_like=True):
     origin: str  # the publishing hub: a process drops its own echoes
     cart_id: str
-    version: int
+    version: int  # the sender's version of the cart: a receiver behind it reads the store
+    # A commit: the cart after it, its patch frame and mutation id, so that a receiver one
+    # version behind takes it without reading the store.
+    cart: Cart | None = None
+    patch: str | None = None
+    key: str | None = None
+    tabs: int | None = None  # presence: the sender's open tabs of this cart
 
 
 _bus_decoder = msgspec.msgpack.Decoder(BusMessage)
@@ -59,9 +67,20 @@ class Hub:
         self.metrics = metrics
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Future[Room]] = {}
+        # Versions heard on the bus for rooms being loaded: the load may have read older.
+        self._heard_while_loading: dict[str, int] = {}
+        # Rooms reading the store to catch up, and the version each should reach.
+        self._repairing: dict[Room, int] = {}
         self.draining = asyncio.Event()
         self._context = RoomContext(
-            store, catalog, settings, metrics, self._published, sign, self.draining
+            store,
+            catalog,
+            settings,
+            metrics,
+            self._published,
+            self._present,
+            sign,
+            self.draining,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         metrics.gauge("cart_rooms_loaded", lambda: len(self.rooms))
@@ -94,6 +113,9 @@ class Hub:
             room = Room(cart_id, stored, self._context)
             self.rooms[cart_id] = room
             future.set_result(room)
+            heard = self._heard_while_loading.pop(cart_id, 0)
+            if heard > room.version:
+                self._repair(room, heard)
             return room
         except BaseException as exc:
             future.set_exception(exc)
@@ -103,6 +125,7 @@ class Hub:
             raise
         finally:
             del self._loading[cart_id]
+            self._heard_while_loading.pop(cart_id, None)
 
     async def evict_idle(self) -> int:
         """Drop rooms nobody uses, with no tab, idle for ROOM_IDLE; memory stays bounded."""
@@ -124,19 +147,98 @@ class Hub:
 
     # --- other processes -------------------------------------------------------------
 
-    def _published(self, cart_id: str, version: int) -> None:
-        self.bus.publish(channel(cart_id), _bus_encode(BusMessage(self.id, cart_id, version)))
+    def _published(self, cart: Cart, patch: str, key: str | None) -> None:
+        message = BusMessage(self.id, cart.id, cart.version, cart, patch, key)
+        self.bus.publish(channel(cart.id), _bus_encode(message))
+
+    def _present(self, cart_id: str, version: int, tabs: int) -> None:
+        message = BusMessage(self.id, cart_id, version, tabs=tabs)
+        self.bus.publish(channel(cart_id), _bus_encode(message))
 
     async def _listen(self) -> None:
-        async for _, data in self.bus.listen():
+        async for name, data in self.bus.listen():
+            if name == RESYNC:
+                self._resync()
+                continue
             try:
                 message = _bus_decoder.decode(data)
             except msgspec.DecodeError:
                 log.warning("ignored an undecodable bus message")
                 continue
-            room = self.rooms.get(message.cart_id)
-            if message.origin != self.id and room is not None and message.version > room.version:
-                self._spawn(room.catch_up())
+            if message.origin != self.id:
+                self._heard(message)
+
+    def _heard(self, message: BusMessage) -> None:
+        room = self.rooms.get(message.cart_id)
+        if room is None:
+            if message.cart_id in self._loading:
+                seen = self._heard_while_loading.get(message.cart_id, 0)
+                self._heard_while_loading[message.cart_id] = max(seen, message.version)
+            return
+        if message.tabs is not None:
+            if room.heard(message.origin, message.tabs, time.monotonic()) and room.tabs:
+                self._present(room.cart.id, room.version, len(room.tabs))  # meet the newcomer
+        if message.version <= room.version:
+            return
+        if message.cart is not None and message.patch is not None:
+            if room.receive(message.cart, message.patch, message.key):
+                self.metrics.inc("cart_bus_applied_total")
+                return
+        self._repair(room, message.version)  # a message was lost or overtaken
+
+    def _repair(self, room: Room, version: int) -> None:
+        """Bring the room up to `version` from the store: one reader per room at a time."""
+        wanted = self._repairing.get(room)
+        if wanted is not None:
+            self._repairing[room] = max(wanted, version)
+            return
+        self._repairing[room] = version
+        self._spawn(self._catch_up(room))
+
+    async def _catch_up(self, room: Room) -> None:
+        try:
+            while room.version < self._repairing[room]:
+                before = room.version
+                await room.catch_up()
+                self.metrics.inc("cart_room_repairs_total")
+                if room.version == before:
+                    break  # the store holds nothing newer: an echo of an old message
+        except Exception as exc:  # the periodic check tries again
+            log.warning("could not catch cart %s up: %s", room.cart.id, exc)
+        finally:
+            del self._repairing[room]
+
+    def _resync(self) -> None:
+        """The bus was cut off and is back: any message may have been lost meanwhile, so
+        compare every room with the store now, and tell the others what is open here."""
+        self._spawn(self._every(0, self.check_versions, once=True))
+        for room in list(self.rooms.values()):
+            if room.tabs:
+                self._present(room.cart.id, room.version, len(room.tabs))
+
+    async def check_versions(self) -> int:
+        """Compare every loaded room with the store in one query and repair those behind:
+        the last message of a burst may have been lost, and nothing would follow it."""
+        if not self.rooms:
+            return 0
+        stored = await self.store.versions(list(self.rooms))
+        behind = 0
+        for cart_id, version in stored.items():
+            room = self.rooms.get(cart_id)
+            if room is not None and version > room.version:
+                self._repair(room, version)
+                behind += 1
+        return behind
+
+    async def refresh_presence(self) -> None:
+        """Tell the others what this process holds, and forget processes gone quiet."""
+        ttl = self.settings.presence_ttl_seconds
+        cutoff = time.monotonic() - ttl
+        for room in list(self.rooms.values()):
+            if room.tabs:
+                self._present(room.cart.id, room.version, len(room.tabs))
+            if room.elsewhere:
+                room.forget_before(cutoff)
 
     # --- timers of carts not in memory ------------------------------------------------
 
@@ -177,6 +279,9 @@ class Hub:
         self._spawn(self._every(max(1.0, self.settings.room_idle_seconds / 4), self.evict_idle))
         self._spawn(self._every(self.settings.catalog_refresh_seconds, self._refresh_catalog))
         self._spawn(self._every(3600.0, self._prune))
+        self._spawn(self._every(max(0.1, self.settings.bus_check_seconds), self.check_versions))
+        presence = max(0.1, self.settings.presence_ttl_seconds / 3)
+        self._spawn(self._every(presence, self.refresh_presence))
 
     async def _refresh_catalog(self) -> None:
         await self.catalog.refresh(self.store)
@@ -194,13 +299,20 @@ class Hub:
             log.exception("the first timer sweep failed")
         await self._every(seconds, self.sweep)
 
-    async def _every(self, seconds: float, work: Callable[[], Awaitable[object]]) -> None:
+    async def _every(
+        self, seconds: float, work: Callable[[], Awaitable[object]], once: bool = False
+    ) -> None:
+        name = getattr(work, "__name__", work)
         while True:
             await asyncio.sleep(seconds)
             try:
                 await work()
+            except errors.Unavailable as exc:  # the store is away; said once per failure
+                log.warning("background task %s: %s", name, exc.message)
             except Exception:  # keep the loop alive; the next round may succeed
-                log.exception("background task %s failed", getattr(work, "__name__", work))
+                log.exception("background task %s failed", name)
+            if once:
+                return
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

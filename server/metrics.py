@@ -23,6 +23,11 @@ _HELP = {
         "gauge",
         "Open WebSockets and long-polls (counted per address for MAX_CONNECTIONS_PER_IP).",
     ),
+    "cart_bus_published_total": ("counter", "Messages published to the other processes."),
+    "cart_bus_dropped_total": ("counter", "Messages dropped: the bus was out of reach."),
+    "cart_bus_reconnects_total": ("counter", "Reconnections of the bus subscription."),
+    "cart_bus_applied_total": ("counter", "Other processes' commits taken from the bus."),
+    "cart_room_repairs_total": ("counter", "Rooms re-read from the store: a message lost."),
 }
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 

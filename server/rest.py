@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -234,6 +235,9 @@ async def _changes(
     if ref.cart_id != asked.cart_id:
         since = None  # moved on to another cart: a snapshot of it, never its patches
     async with svc.hub.use(ref.cart_id) as room:
+        if since is not None and since > room.version:
+            with contextlib.suppress(errors.Unavailable):  # then it gets a snapshot
+                await room.catch_up()  # committed by another process, not heard of here yet
         if since is not None:
             await room.wait_past(int(since), wait)
         frames = room.patches_after(int(since)) if since is not None else None
@@ -264,9 +268,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    svc = services(request)
     try:
-        await asyncio.wait_for(services(request).store.ping(), 2.0)
-    except Exception as exc:  # any failure to reach the store means not ready
+        await asyncio.wait_for(svc.store.ping(), 2.0)
+        await asyncio.wait_for(svc.hub.bus.ping(), 2.0)
+    except Exception as exc:  # any failure to reach the store or the bus means not ready
         body = encode({"status": "unavailable", "reason": type(exc).__name__})
         return Response(body, 503, media_type="application/json")
     return Response(b'{"status":"ready"}', media_type="application/json")

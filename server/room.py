@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from msgspec import Raw, Struct
 
@@ -80,7 +80,8 @@ class RoomContext(Struct, frozen=True):
     catalog: Catalog
     settings: Settings
     metrics: Metrics
-    published: Callable[[str, int], None]  # after each commit: (cart id, version)
+    published: Callable[[Cart, str, str | None], None]  # after each commit: cart, patch, key
+    present: Callable[[str, int, int], None]  # tabs came or went: cart id, version, tabs here
     sign: Callable[[str], str]  # a cart id as the signed value clients hold
     draining: asyncio.Event  # the server is shutting down: long-polls answer at once
 
@@ -94,6 +95,9 @@ class Room:
         self.last_used = time.monotonic()
         self.history: deque[tuple[int, str]] = deque(maxlen=ctx.settings.patch_history)
         self.keys: dict[str, int] = {}
+        # Tabs of this cart open in other processes: process id -> (count, when heard).
+        self.elsewhere: dict[str, tuple[int, float]] = {}
+        self._shown_tabs = 0  # the count last sent to the tabs here
         self._changed: asyncio.Future[None] | None = None
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
         # Shared by every tab and REST caller of the cart: more tabs, no more allowance.
@@ -164,15 +168,43 @@ class Room:
             for frame in frames:
                 tab.send(frame)
         self.tabs.add(tab)
-        self._presence()
+        self._presence(always=True)
+        self.ctx.present(self.cart.id, self.cart.version, len(self.tabs))
 
     def leave(self, tab: Tab) -> None:
         self.tabs.discard(tab)
         self.last_used = time.monotonic()
+        self._presence(always=True)
+        self.ctx.present(self.cart.id, self.cart.version, len(self.tabs))
+
+    @property
+    def tab_count(self) -> int:
+        """Open tabs of this cart in every process."""
+        return len(self.tabs) + sum(count for count, _ in self.elsewhere.values())
+
+    def heard(self, process: str, tabs: int, now: float) -> bool:
+        """Another process's tab count; True if that process was not known here before."""
+        new = process not in self.elsewhere
+        if tabs > 0:
+            self.elsewhere[process] = (tabs, now)
+        else:
+            self.elsewhere.pop(process, None)
+        self._presence()
+        return new
+
+    def forget_before(self, cutoff: float) -> None:
+        """Drop the counts of processes not heard from since `cutoff` (gone, or cut off)."""
+        for process, (_, heard) in list(self.elsewhere.items()):
+            if heard < cutoff:
+                del self.elsewhere[process]
         self._presence()
 
-    def _presence(self) -> None:
-        frame = encode(PresenceMsg(tabs=len(self.tabs))).decode()
+    def _presence(self, always: bool = False) -> None:
+        count = self.tab_count
+        if count == self._shown_tabs and not always:
+            return
+        self._shown_tabs = count
+        frame = encode(PresenceMsg(tabs=count)).decode()
         for tab in self.tabs:
             tab.send(frame)
 
@@ -214,22 +246,32 @@ class Room:
         write in the same transaction, from the cart as it will be (asked again after a
         catch-up)."""
         assert self.lock.locked()
+        hold = False
         for _ in range(COMMIT_ATTEMPTS):
             if key is not None and key in self.keys:
                 return await self._replay(key, respond)
-            if base_version is not None and base_version != self.cart.version:
-                raise errors.VersionConflict(
-                    f"the cart is at version {self.cart.version}, not {base_version}",
-                    version=self.cart.version,
-                    cart=Raw(self.document()),
-                )
-            write = self.prepare(op, origin=origin, key=key, respond=respond, effects=effects)
             try:
-                await self.ctx.store.commit(write)
+                if not hold:  # a compare-and-set on the version this room holds
+                    self._check_base(base_version)
+                    write = self.prepare(
+                        op, origin=origin, key=key, respond=respond, effects=effects
+                    )
+                    await self.ctx.store.commit(write)
+                else:
+                    # Another process (or a write whose caller was cancelled) got there
+                    # first: hold the cart in the store, read what it holds and apply on
+                    # top, so a busy process cannot win every race for this cart.
+                    async with self.ctx.store.hold(self.cart.id) as held:
+                        self._adopt(await held.load(self._keys_since()))
+                        if key is not None and key in self.keys:
+                            continue  # it was applied meanwhile: replayed above
+                        self._check_base(base_version)
+                        write = self.prepare(
+                            op, origin=origin, key=key, respond=respond, effects=effects
+                        )
+                        await held.commit(write)
             except StaleVersion:
-                # Another process (or a write whose caller was cancelled) got there
-                # first: read what the store holds and apply again on top of it.
-                await self.catch_up_locked()
+                hold = True
                 continue
             except AlreadyApplied as done:  # an id older than the ones kept in memory
                 assert key is not None  # only a write with a key can have been applied
@@ -237,6 +279,14 @@ class Room:
                 continue
             return self.accept(write)
         raise errors.Unavailable("the cart kept changing while this change was stored; try again")
+
+    def _check_base(self, base_version: int | None) -> None:
+        if base_version is not None and base_version != self.cart.version:
+            raise errors.VersionConflict(
+                f"the cart is at version {self.cart.version}, not {base_version}",
+                version=self.cart.version,
+                cart=Raw(self.document()),
+            )
 
     def prepare(
         self,
@@ -259,6 +309,7 @@ class Room:
     def accept(self, write: CartWrite) -> Outcome:
         """Take a committed write into memory and tell the tabs and other processes."""
         self._accept(write.cart, write.patch, write.key)
+        self.ctx.published(write.cart, write.patch, write.key)
         if write.response is not None:
             self._doc = (write.cart.version, self.ctx.catalog.revision, write.response)
         return Outcome(write.cart.version, write.response)
@@ -278,7 +329,6 @@ class Room:
         self.last_used = time.monotonic()
         self.broadcast(patch)
         self.wake()
-        self.ctx.published(new.id, new.version)
         self._arm()
         self._moved()
 
@@ -356,6 +406,14 @@ class Room:
             self._timer.cancel()
             self._timer = None
 
+    def receive(self, cart: Cart, patch: str, key: str | None) -> bool:
+        """A commit another process made and published: taken if it is the next version.
+        False otherwise (a message lost or overtaken): the caller reads the store."""
+        if cart.version != self.cart.version + 1:
+            return False
+        self._accept(cart, patch, key)
+        return True
+
     def wake(self) -> None:
         """Return every wait_past() now: the cart changed, or the server is shutting down."""
         if self._changed is not None:
@@ -369,8 +427,13 @@ class Room:
 
     async def catch_up_locked(self) -> None:
         """catch_up() for a caller holding the lock."""
-        since = self.ctx.settings.idempotency_ttl
-        stored = await self.ctx.store.load_cart(self.cart.id, utcnow() - timedelta(seconds=since))
+        self._adopt(await self.ctx.store.load_cart(self.cart.id, self._keys_since()))
+
+    def _keys_since(self) -> datetime:
+        return utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl)
+
+    def _adopt(self, stored: StoredCart | None) -> None:
+        """Take what the store holds if it is newer, and send the tabs what they missed."""
         if stored is None or stored.cart.version <= self.cart.version:
             return
         behind, was_finished = self.cart.version, self.cart.status in FINISHED

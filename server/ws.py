@@ -4,6 +4,7 @@ writer task that drains the tab's bounded send queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
@@ -91,6 +92,11 @@ async def _serve(websocket: WebSocket, svc: Services) -> None:
         headers = [(b"set-cookie", cookie.encode())]
 
     async with svc.hub.use(ref.cart_id) as room:
+        if since is not None and since > room.version:
+            # The tab saw a version this process has not: another process committed it
+            # (and may have died since). Read it, so the tab resumes instead of restarting.
+            with contextlib.suppress(errors.Unavailable):  # then it gets a snapshot
+                await room.catch_up()
         if len(room.tabs) >= svc.settings.max_tabs_per_cart:
             # Checked before the accept's await as well as after it, so the limit holds.
             await _refuse(websocket, svc, CLOSE_POLICY_VIOLATION, "too many tabs on this cart")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, require_chromium, shop_server
-from tests.support import ServerProcess
+from tests.support import ServerProcess, fresh_schema
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -63,3 +63,14 @@ async def browser() -> AsyncIterator[Browser]:
         )
         yield chromium
         await chromium.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each store test runs on both stores: a fresh SQLite file, or a fresh PostgreSQL
+    schema in the test database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/t.db"
+        return
+    async with fresh_schema() as url:
+        yield url

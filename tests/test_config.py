@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.config import ConfigError, Settings, parse_duration, sqlite_path
+from server.config import ConfigError, Settings, parse_duration, redact, sqlite_path
 
 
 @pytest.mark.parametrize(
@@ -192,3 +192,42 @@ def test_sqlite_path(url: str, path: str) -> None:
 def test_sqlite_path_errors(url: str) -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         sqlite_path(url)
+
+
+def test_scale_out_settings() -> None:
+    assert Settings.from_env({}).redis_url == ""  # in-process fan-out by default
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://app@db.internal/cart",
+            "DATABASE_POOL": "4",
+            "REDIS_URL": "rediss://:pw@redis.internal:6380",
+            "REDIS_VERIFY_TLS": "0",
+            "BUS_CHECK": "500ms",
+            "PRESENCE_TTL": "1m",
+        }
+    )
+    assert settings.database_url == "postgresql://app@db.internal/cart"
+    assert settings.database_pool == 4
+    assert settings.redis_url == "rediss://:pw@redis.internal:6380"
+    assert settings.redis_verify_tls is False
+    assert settings.bus_check_seconds == 0.5
+    assert settings.presence_ttl_seconds == 60.0
+    with pytest.raises(ConfigError, match="DATABASE_POOL"):
+        Settings.from_env({"DATABASE_POOL": "0"})
+
+
+def test_unknown_url_schemes_are_refused_without_showing_the_password() -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL scheme 'mysql'") as info:
+        Settings.from_env({"DATABASE_URL": "mysql://app:hunter2@db/cart"})
+    assert "hunter2" not in str(info.value) and "app:***@db" in str(info.value)
+    with pytest.raises(ConfigError, match="REDIS_URL scheme 'amqp'"):
+        Settings.from_env({"REDIS_URL": "amqp://guest:guest@mq"})
+    assert Settings.from_env({"DATABASE_URL": "postgres://h/db"}).database_url == "postgres://h/db"
+
+
+def test_redact_hides_only_the_password() -> None:
+    assert (
+        redact("postgresql://app:s3cret@db:5432/cart?x=1")
+        == "postgresql://app:***@db:5432/cart?x=1"
+    )
+    assert redact("redis://db:6379/0") == "redis://db:6379/0"

@@ -1,17 +1,19 @@
-"""Rooms and the hub, in-process, on a real SQLite file."""
+"""Rooms and the hub, in-process, on a real SQLite file and a real PostgreSQL schema;
+several hubs on one store act like several processes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from server import errors
+from server.bus import open_bus
 from server.bus.local import LocalBroker
 from server.cart import AddItem, Product, SetQuantity, SetStatus, Status
 from server.catalog import Catalog
@@ -20,23 +22,26 @@ from server.errors import CLOSE_TRY_AGAIN_LATER
 from server.hub import Hub
 from server.metrics import Metrics
 from server.room import Tab
+from server.store import Store, open_store
 from server.store.sqlite import SQLiteStore
+from tests.support import REDIS_URL, require_redis
 
 PRODUCTS = [Product(f"p-{n}", f"SKU-{n}", f"Product {n}", 100 * n, 10_000) for n in range(1, 6)]
 
 
 @pytest.fixture
-async def make_hub(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """Hubs over one SQLite file; several hubs on one broker act like several processes."""
-    settings = Settings(database_url=f"sqlite:///{tmp_path}/cart.db", room_idle_seconds=0.05)
+async def make_hub(database_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Hubs over one store; several hubs on one broker act like several processes."""
+    settings = Settings(database_url=database_url, room_idle_seconds=0.05)
     broker = LocalBroker()
-    opened: list[tuple[Hub, SQLiteStore]] = []
+    opened: list[tuple[Hub, Store]] = []
 
-    async def make(**overrides: Any) -> Hub:
+    async def make(redis: str | None = None, **overrides: Any) -> Hub:
         own = Settings(**{**settings.__dict__, **overrides})
-        store = await SQLiteStore.open(own)
+        store = await open_store(own)
         await store.upsert_products(PRODUCTS)
-        hub = Hub(store, broker.connect(), Catalog(), own, Metrics())
+        bus = await open_bus(redis) if redis else broker.connect()
+        hub = Hub(store, bus, Catalog(), own, Metrics())
         await hub.start()
         opened.append((hub, store))
         return hub
@@ -44,7 +49,23 @@ async def make_hub(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     yield make
     for hub, store in opened:
         await hub.close()
+        await hub.bus.close()
         await store.close()
+
+
+async def next_frame(tab: Tab, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The next frame of `kind` queued to the tab (others are skipped)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            item = await tab.queue.get()
+            frame = {"type": "close", "code": item} if isinstance(item, int) else json.loads(item)
+            if frame["type"] == kind:
+                return frame
+
+
+async def presence_reaches(tab: Tab, count: int) -> None:
+    while (await next_frame(tab, "presence"))["tabs"] != count:
+        pass
 
 
 def frames(tab: Tab) -> list[dict[str, Any]]:
@@ -69,9 +90,12 @@ async def test_concurrent_submits_get_contiguous_versions_in_one_order(make_hub:
     assert room.cart.item_count == 100 and patches[-1]["item_count"] == 100
 
 
+# It fills a SQLite file; PostgreSQL out of reach is in test_store and test_scale.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_failed_commit_acknowledges_nothing_and_recovers(make_hub: Any) -> None:
     hub = await make_hub()
-    store: SQLiteStore = hub.store  # type: ignore[assignment]
+    store = hub.store
+    assert isinstance(store, SQLiteStore)
     tab = Tab("t", limit=100)
 
     def pages(limit: int | None) -> None:  # a real SQLITE_FULL: the file may not grow
@@ -210,3 +234,82 @@ async def test_tabs_in_another_process_follow_a_finished_cart_to_its_successor(
             {"op": "status", "status": "checked_out"}
         ]
         assert got[-1] == {"type": "moved", "cart_id": "next-cart"}  # hubs here sign with str
+
+
+async def test_presence_counts_the_tabs_of_every_hub(make_hub: Any) -> None:
+    a, b = await make_hub(), await make_hub()
+    tab_a1, tab_a2, tab_b = Tab("a1", 100), Tab("a2", 100), Tab("b", 100)
+    async with a.use("p") as room_a, b.use("p") as room_b:
+        room_a.join(tab_a1, None)
+        room_a.join(tab_a2, None)
+        room_b.join(tab_b, None)
+        await presence_reaches(tab_b, 3)
+        await presence_reaches(tab_a1, 3)
+        assert room_a.tab_count == room_b.tab_count == 3
+        room_a.leave(tab_a2)
+        await presence_reaches(tab_b, 2)
+        # A process not heard from for PRESENCE_TTL is gone (killed, or cut off).
+        room_b.forget_before(time.monotonic() + 1)
+        assert (await next_frame(tab_b, "presence"))["tabs"] == 1
+        assert room_b.tab_count == 1
+
+
+async def test_a_lost_bus_message_is_repaired_by_the_version_check(
+    make_hub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await make_hub(), await make_hub()
+    tab_b = Tab("b", 1000)
+    async with a.use("lost") as room_a, b.use("lost") as room_b:
+        room_b.join(tab_b, None)
+        frames(tab_b)
+        monkeypatch.setattr(a.bus, "publish", lambda channel, message: None)  # never arrives
+        await room_a.submit(AddItem("p-1", 2))
+        await room_a.submit(AddItem("p-2", 1))
+        assert room_b.version == 0
+        assert await b.check_versions() == 1
+        patches = [await next_frame(tab_b, "patch") for _ in range(2)]
+        assert [p["version"] for p in patches] == [1, 2]
+        assert room_b.cart == room_a.cart
+        assert await b.check_versions() == 0
+
+
+async def test_an_overtaken_bus_message_is_read_from_the_store_in_order(
+    make_hub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await make_hub(), await make_hub()
+    tab_b = Tab("b", 1000)
+    sent: list[tuple[str, bytes]] = []
+    async with a.use("late") as room_a, b.use("late") as room_b:
+        room_b.join(tab_b, None)
+        frames(tab_b)
+        monkeypatch.setattr(a.bus, "publish", lambda *message: sent.append(message))
+        for n in range(1, 4):
+            await room_a.submit(AddItem("p-1", n))
+        inbox = b.bus._inbox  # type: ignore[attr-defined]
+        for message in (sent[2], sent[0], sent[1]):  # version 3 overtakes 1 and 2
+            inbox.put_nowait(message)
+        patches = [await next_frame(tab_b, "patch") for _ in range(3)]
+        assert [p["version"] for p in patches] == [1, 2, 3]  # each once, in order
+        assert room_b.cart == room_a.cart
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_two_hubs_over_redis_and_postgres_share_a_cart(make_hub: Any) -> None:
+    await require_redis()
+    a, b = await make_hub(redis=REDIS_URL), await make_hub(redis=REDIS_URL)
+    cart_id = f"redis-{uuid.uuid4()}"  # Redis channels are global: a name of its own
+    tab_a, tab_b = Tab("a", 1000), Tab("b", 1000)
+    async with a.use(cart_id) as room_a, b.use(cart_id) as room_b:
+        room_a.join(tab_a, None)
+        room_b.join(tab_b, None)
+        outcomes = await asyncio.gather(
+            *(room.submit(AddItem("p-1", 1)) for room in (room_a, room_b) for _ in range(25))
+        )
+        assert sorted(o.version for o in outcomes) == list(range(1, 51))
+        for tab in (tab_a, tab_b):
+            versions = []
+            while not versions or versions[-1] < 50:
+                versions.append((await next_frame(tab, "patch"))["version"])
+            assert versions == list(range(1, 51))  # every version once, in order, no reload
+        assert room_a.cart == room_b.cart
+        assert room_a.cart.item_count == 50

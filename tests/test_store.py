@@ -1,13 +1,17 @@
-"""SQLiteStore: durable carts, compare-and-set, idempotency keys, group commit, catalog."""
+"""The stores: durable carts, compare-and-set, holding a cart, idempotency keys, catalog.
+Every test that is not about one store's internals runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
 from server import errors
@@ -25,12 +29,13 @@ from server.cart import (
     apply,
     patch_msg,
 )
-from server.config import Settings
+from server.config import ConfigError, Settings
 from server.metrics import Metrics
 from server.protocol import encode
-from server.store import AlreadyApplied, CartWrite, StaleVersion
-from server.store import sqlite as sqlite_module
+from server.store import AlreadyApplied, CartWrite, StaleVersion, Store, open_store
+from server.store.postgres import PostgresStore
 from server.store.sqlite import SQLiteStore
+from tests.support import POSTGRES_URL, TcpProxy, fresh_schema
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 LONG_AGO = NOW - timedelta(days=365)
@@ -61,7 +66,17 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-async def store(db_path: Path, metrics: Metrics) -> AsyncIterator[SQLiteStore]:
+async def store(database_url: str, metrics: Metrics) -> AsyncIterator[Store]:
+    opened = await open_store(Settings(database_url=database_url, patch_history=5), metrics)
+    try:
+        await opened.upsert_products(PRODUCTS)
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def sqlite_store(db_path: Path, metrics: Metrics) -> AsyncIterator[SQLiteStore]:
     opened = await SQLiteStore.open(
         Settings(database_url=f"sqlite:///{db_path}", patch_history=5), metrics
     )
@@ -70,6 +85,24 @@ async def store(db_path: Path, metrics: Metrics) -> AsyncIterator[SQLiteStore]:
         yield opened
     finally:
         await opened.close()
+
+
+def module_of(store: Store) -> Any:
+    return sys.modules[type(store).__module__]
+
+
+async def scalar(url: str, sql: str) -> Any:
+    """One value read straight from the database, past the store."""
+    if url.startswith("sqlite:"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            value = conn.execute(sql).fetchone()[0]
+        conn.close()
+        return value
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
 
 
 def build(
@@ -100,7 +133,7 @@ def fresh(cart_id: str = "cart-1") -> Cart:
 
 
 async def commit_all(
-    store: SQLiteStore, cart: Cart, ops: list[Op], start: datetime = NOW
+    store: Store, cart: Cart, ops: list[Op], start: datetime = NOW
 ) -> tuple[Cart, list[CartWrite]]:
     writes = []
     for n, op in enumerate(ops):
@@ -113,11 +146,11 @@ async def commit_all(
 # --- carts ----------------------------------------------------------------------------
 
 
-async def test_unknown_cart_loads_as_none(store: SQLiteStore) -> None:
+async def test_unknown_cart_loads_as_none(store: Store) -> None:
     assert await store.load_cart("nope", LONG_AGO) is None
 
 
-async def test_commit_then_load_roundtrip(store: SQLiteStore) -> None:
+async def test_commit_then_load_roundtrip(store: Store) -> None:
     ops: list[Op] = [
         AddItem("p-002", 1),
         AddItem("p-001", 2),
@@ -142,7 +175,7 @@ async def test_commit_then_load_roundtrip(store: SQLiteStore) -> None:
     assert stored.keys == {"k1": 1, "k2": 2, "k3": 3, "k4": 4, "k5": 5}
 
 
-async def test_remove_re_add_and_clear_roundtrip(store: SQLiteStore) -> None:
+async def test_remove_re_add_and_clear_roundtrip(store: Store) -> None:
     repriced = {**CATALOG, "p-001": Product("p-001", "TEE-BLK-M", "Black tee (M)", 2500, 100)}
     cart, _ = await commit_all(
         store, fresh(), [AddItem("p-001", 1), AddItem("p-002", 1), RemoveItem("p-001")]
@@ -166,7 +199,7 @@ async def test_remove_re_add_and_clear_roundtrip(store: SQLiteStore) -> None:
     assert stored.cart.version == 5
 
 
-async def test_status_and_user_roundtrip(store: SQLiteStore, db_path: Path) -> None:
+async def test_status_and_user_roundtrip(store: Store, database_url: str) -> None:
     cart, _ = await commit_all(store, fresh(), [AddItem("p-001", 1)])
     cart, write = build(cart, SetStatus(Status.CHECKING_OUT))
     await store.commit(write)
@@ -176,22 +209,20 @@ async def test_status_and_user_roundtrip(store: SQLiteStore, db_path: Path) -> N
     assert stored.cart.abandon_at is None
     assert stored.cart.lines == (Line("p-001", 1, 1999, 1, NOW),)
 
-    with sqlite3.connect(db_path) as conn:
-        (expires_at,) = conn.execute(
-            "SELECT expires_at FROM cart_sessions WHERE id = 'cart-1'"
-        ).fetchone()
-    conn.close()
+    expires_at = await scalar(
+        database_url, "SELECT expires_at FROM cart_sessions WHERE id = 'cart-1'"
+    )
     assert expires_at == "2026-12-26T10:00:00.000Z"  # updated_at + CART_TTL (30 days)
 
 
-async def test_load_cart_only_lists_keys_since_the_given_time(store: SQLiteStore) -> None:
+async def test_load_cart_only_lists_keys_since_the_given_time(store: Store) -> None:
     await commit_all(store, fresh(), [AddItem("p-001", 1), AddItem("p-001", 1)])
     stored = await store.load_cart("cart-1", NOW + timedelta(seconds=1))
     assert stored is not None
     assert stored.keys == {"k2": 2}
 
 
-async def test_stale_base_version_raises_and_changes_nothing(store: SQLiteStore) -> None:
+async def test_stale_base_version_raises_and_changes_nothing(store: Store) -> None:
     v0 = fresh()
     v1, write1 = build(v0, AddItem("p-001", 1), key="a")
     await store.commit(write1)
@@ -215,7 +246,7 @@ async def test_stale_base_version_raises_and_changes_nothing(store: SQLiteStore)
 
 
 async def test_repeated_key_raises_already_applied_and_changes_nothing(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     v1, write1 = build(fresh(), AddItem("p-001", 1), key="m-1")
     await store.commit(write1)
@@ -236,7 +267,7 @@ async def test_repeated_key_raises_already_applied_and_changes_nothing(
     assert after.keys == {"m-1": 1, "m-2": 2}
 
 
-async def test_patch_history_is_trimmed_to_the_last_five(store: SQLiteStore) -> None:
+async def test_patch_history_is_trimmed_to_the_last_five(store: Store) -> None:
     ops: list[Op] = [AddItem("p-001", 1) for _ in range(8)]
     _, writes = await commit_all(store, fresh(), ops)
     stored = await store.load_cart("cart-1", LONG_AGO)
@@ -249,22 +280,21 @@ async def test_patch_history_is_trimmed_to_the_last_five(store: SQLiteStore) -> 
 # --- group commit ---------------------------------------------------------------------
 
 
-async def test_concurrent_commits_share_transactions(store: SQLiteStore, metrics: Metrics) -> None:
+async def test_concurrent_commits_all_land(store: Store, metrics: Metrics) -> None:
     batches, writes = metrics.counters[BATCHES], metrics.counters[WRITES]
     built = [build(fresh(f"cart-{n}"), AddItem("p-001", n % 5 + 1)) for n in range(50)]
     results = await asyncio.gather(*(store.commit(write) for _, write in built))
     assert results == [None] * 50
     assert metrics.counters[WRITES] - writes == 50
-    assert 1 <= metrics.counters[BATCHES] - batches < 50
+    if isinstance(store, SQLiteStore):  # group commit: they share transactions
+        assert 1 <= metrics.counters[BATCHES] - batches < 50
     for cart, _ in built:
         stored = await store.load_cart(cart.id, LONG_AGO)
         assert stored is not None
         assert stored.cart == cart
 
 
-async def test_one_failing_write_in_a_batch_fails_alone(
-    store: SQLiteStore, metrics: Metrics
-) -> None:
+async def test_one_failing_write_in_a_batch_fails_alone(store: Store, metrics: Metrics) -> None:
     batches = metrics.counters[BATCHES]
     good = [build(fresh(f"good-{n}"), AddItem("p-002", 1)) for n in range(10)]
     bad_cart, bad = build(fresh("bad"), AddItem("ghost", 1), catalog=WITH_GHOST)
@@ -272,8 +302,9 @@ async def test_one_failing_write_in_a_batch_fails_alone(
 
     results = await asyncio.gather(*(store.commit(w) for w in writes), return_exceptions=True)
 
-    # All eleven went into one transaction, so the bad one really shared it.
-    assert metrics.counters[BATCHES] - batches == 1
+    if isinstance(store, SQLiteStore):
+        # All eleven went into one transaction, so the bad one really shared it.
+        assert metrics.counters[BATCHES] - batches == 1
     assert isinstance(results[5], errors.Unavailable)
     assert results[:5] + results[6:] == [None] * 10
     assert await store.load_cart(bad_cart.id, LONG_AGO) is None
@@ -284,7 +315,7 @@ async def test_one_failing_write_in_a_batch_fails_alone(
 
 
 async def test_failing_update_of_an_existing_cart_leaves_it_as_it_was(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     v1, write = build(fresh(), AddItem("p-001", 1), key="a")
     await store.commit(write)
@@ -307,7 +338,7 @@ async def test_failing_update_of_an_existing_cart_leaves_it_as_it_was(
 # --- idempotency keys -----------------------------------------------------------------
 
 
-async def test_replay_returns_the_stored_response(store: SQLiteStore) -> None:
+async def test_replay_returns_the_stored_response(store: Store) -> None:
     body = b'{"id":"cart-1","version":1}'
     v1, write = build(fresh(), AddItem("p-001", 1), key="rest-1", response=body)
     await store.commit(write)
@@ -319,7 +350,7 @@ async def test_replay_returns_the_stored_response(store: SQLiteStore) -> None:
     assert await store.replay("other-cart", "rest-1") is None
 
 
-async def test_prune_deletes_only_keys_older_than_the_cutoff(store: SQLiteStore) -> None:
+async def test_prune_deletes_only_keys_older_than_the_cutoff(store: Store) -> None:
     old = NOW - timedelta(days=2)
     ops: list[Op] = [AddItem("p-001", 1) for _ in range(4)]
     cart, _ = await commit_all(store, fresh(), ops[:2], start=old)  # k1, k2 two days ago
@@ -335,8 +366,8 @@ async def test_prune_deletes_only_keys_older_than_the_cutoff(store: SQLiteStore)
     assert await store.prune(NOW - timedelta(days=1)) == 0
 
 
-async def test_prune_goes_through_more_than_one_batch(store: SQLiteStore) -> None:
-    count = sqlite_module.PRUNE_BATCH + 20
+async def test_prune_goes_through_more_than_one_batch(store: Store) -> None:
+    count = module_of(store).PRUNE_BATCH + 20
     old = NOW - timedelta(days=2)
     built = [build(fresh(f"c-{n}"), AddItem("p-003", 1), at=old, key="k") for n in range(count)]
     await asyncio.gather(*(store.commit(w) for _, w in built))
@@ -356,7 +387,7 @@ async def test_prune_goes_through_more_than_one_batch(store: SQLiteStore) -> Non
 # --- products -------------------------------------------------------------------------
 
 
-async def test_upsert_products_reports_inserted_and_updated(store: SQLiteStore) -> None:
+async def test_upsert_products_reports_inserted_and_updated(store: Store) -> None:
     changed = Product("p-001", "TEE-BLK-M", "Black tee (M)", 2499, 7, None)
     new = Product("p-004", "CAP-RED", "Red cap", 999, 3)
     assert await store.upsert_products([changed, new]) == (1, 1)
@@ -365,7 +396,7 @@ async def test_upsert_products_reports_inserted_and_updated(store: SQLiteStore) 
 
 
 async def test_upsert_products_sku_clash_names_the_product_and_changes_nothing(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     before, _ = await store.load_products()
     new = Product("p-004", "CAP-RED", "Red cap", 999, 3)
@@ -378,12 +409,12 @@ async def test_upsert_products_sku_clash_names_the_product_and_changes_nothing(
 
 
 async def test_load_products_with_a_high_water_mark(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     t1 = datetime(2030, 1, 1, 0, 0, 1, tzinfo=UTC)
     t2, t3 = t1 + timedelta(seconds=1), t1 + timedelta(seconds=2)
     clock = iter([t1, t2, t3])
-    monkeypatch.setattr(sqlite_module, "utcnow", lambda: next(clock))
+    monkeypatch.setattr(module_of(store), "utcnow", lambda: next(clock))
 
     await store.upsert_products(
         [Product("q-1", "Q1", "One", 100, 1), Product("q-2", "Q2", "Two", 200, 2)]
@@ -409,6 +440,128 @@ async def test_load_products_with_a_high_water_mark(
     assert mark4 == "2030-01-01T00:00:03.001Z"
 
 
+async def test_upsert_products_may_swap_skus(store: Store) -> None:
+    swapped = [
+        Product("p-001", "MUG-WHT", "Black tee (M)", 1999, 100),
+        Product("p-002", "TEE-BLK-M", "White mug", 500, 100),
+    ]
+    assert await store.upsert_products(swapped) == (0, 2)
+    products, _ = await store.load_products()
+    assert {p.id: p.sku for p in products} == {
+        "p-001": "MUG-WHT",
+        "p-002": "TEE-BLK-M",
+        "p-003": "PEN-BLU",
+    }
+
+
+# --- several processes ----------------------------------------------------------------
+
+
+async def test_versions_reads_many_carts_in_one_call(store: Store) -> None:
+    await commit_all(store, fresh("a"), [AddItem("p-001", 1)] * 3)
+    await commit_all(store, fresh("b"), [AddItem("p-002", 1)])
+    assert await store.versions(["a", "b", "never"]) == {"a": 3, "b": 1}
+    assert await store.versions([]) == {}
+
+
+async def test_hold_keeps_other_commits_out_until_it_ends(store: Store, database_url: str) -> None:
+    v1, write = build(fresh(), AddItem("p-001", 1))
+    await store.commit(write)
+    other = await open_store(Settings(database_url=database_url, patch_history=5))
+    try:
+        _, racing = build(v1, AddItem("p-002", 1), key="theirs")
+        async with store.hold("cart-1") as held:
+            stored = await held.load(LONG_AGO)
+            assert stored is not None and stored.cart == v1
+            racer = asyncio.create_task(other.commit(racing))  # another process, same cart
+            done, _ = await asyncio.wait([racer], timeout=0.3)
+            assert not done  # it waits for the hold
+            v2, mine = build(v1, AddItem("p-003", 2), key="mine")
+            await held.commit(mine)
+        with pytest.raises(StaleVersion):  # it lost, and knows it: it will catch up
+            await racer
+    finally:
+        await other.close()
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert stored.cart == v2
+    assert stored.keys == {"mine": 2}
+
+
+async def test_hold_of_a_cart_never_stored_loads_none(store: Store) -> None:
+    async with store.hold("new-cart") as held:
+        assert await held.load(LONG_AGO) is None
+        cart, write = build(fresh("new-cart"), AddItem("p-001", 1))
+        await held.commit(write)
+    stored = await store.load_cart("new-cart", LONG_AGO)
+    assert stored is not None and stored.cart == cart
+
+
+async def test_postgres_hold_commits_nothing_when_the_block_fails() -> None:
+    async with fresh_schema() as url:
+        store = await open_store(Settings(database_url=url))
+        try:
+            await store.upsert_products(PRODUCTS)
+            v1, write = build(fresh(), AddItem("p-001", 1))
+            await store.commit(write)
+            with pytest.raises(RuntimeError):
+                async with store.hold("cart-1") as held:
+                    _, write = build(v1, AddItem("p-002", 1))
+                    await held.commit(write)
+                    raise RuntimeError("the room failed after staging the write")
+            stored = await store.load_cart("cart-1", LONG_AGO)
+            assert stored is not None and stored.cart == v1
+        finally:
+            await store.close()
+
+
+async def test_postgres_processes_starting_at_once_migrate_one_at_a_time() -> None:
+    async with fresh_schema() as url:
+        settings = Settings(database_url=url)
+        stores = await asyncio.gather(*(PostgresStore.open(settings) for _ in range(4)))
+        try:
+            await stores[0].upsert_products(PRODUCTS)
+            products, _ = await stores[3].load_products()
+            assert products == PRODUCTS
+        finally:
+            await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_postgres_out_of_reach_is_unavailable_and_recovers() -> None:
+    async with fresh_schema() as url:
+        host_port = POSTGRES_URL.split("@", 1)[1].split("/", 1)[0]
+        host, port = host_port.rsplit(":", 1)
+        proxy = await TcpProxy(host, int(port)).start()
+        store = await open_store(
+            Settings(database_url=url.replace(host_port, f"127.0.0.1:{proxy.port}"))
+        )
+        try:
+            await store.upsert_products(PRODUCTS)
+            v1, write = build(fresh(), AddItem("p-001", 1))
+            await store.commit(write)
+            await proxy.cut()
+            v2, write = build(v1, AddItem("p-002", 1))
+            with pytest.raises(errors.Unavailable):
+                await store.commit(write)
+            with pytest.raises(errors.Unavailable):
+                await store.load_cart("cart-1", LONG_AGO)
+            with pytest.raises(errors.Unavailable):
+                await store.ping()
+            await proxy.restore()
+            await store.ping()
+            await store.commit(write)  # nothing of the failed attempt was stored
+            stored = await store.load_cart("cart-1", LONG_AGO)
+            assert stored is not None and stored.cart == v2
+        finally:
+            await store.close()
+            await proxy.cut()
+
+
+async def test_unknown_database_scheme_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ConfigError, match="'mysql' is not supported"):
+        await open_store(Settings(database_url="mysql://localhost/cart"))
+
+
 # --- pragmas --------------------------------------------------------------------------
 
 
@@ -420,15 +573,17 @@ def writer_pragma(store: SQLiteStore, name: str) -> object:
     return store._executor.submit(read).result()
 
 
-async def test_wal_mode_and_full_synchronous_by_default(store: SQLiteStore, db_path: Path) -> None:
+async def test_wal_mode_and_full_synchronous_by_default(
+    sqlite_store: SQLiteStore, db_path: Path
+) -> None:
     conn = sqlite3.connect(db_path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
-    assert writer_pragma(store, "synchronous") == 2  # FULL
-    assert writer_pragma(store, "foreign_keys") == 1
-    await store.ping()
+    assert writer_pragma(sqlite_store, "synchronous") == 2  # FULL
+    assert writer_pragma(sqlite_store, "foreign_keys") == 1
+    await sqlite_store.ping()
 
 
 async def test_synchronous_follows_the_setting(tmp_path: Path) -> None:
@@ -440,9 +595,9 @@ async def test_synchronous_follows_the_setting(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_data_survives_reopening(db_path: Path, store: SQLiteStore) -> None:
+async def test_data_survives_reopening(database_url: str, store: Store) -> None:
     cart, _ = await commit_all(store, fresh(), [AddItem("p-001", 2)])
-    other = await SQLiteStore.open(Settings(database_url=f"sqlite:///{db_path}"))
+    other = await open_store(Settings(database_url=database_url))
     try:
         stored = await other.load_cart("cart-1", LONG_AGO)
         assert stored is not None

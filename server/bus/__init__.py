@@ -11,27 +11,44 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from ..config import ConfigError
+from ..metrics import Metrics
+
+# Yielded by listen() as a channel name after the bus was cut off and is back: messages of
+# any channel may have been lost meanwhile, so every room should re-read the store.
+RESYNC = "*resync*"
 
 
 class Bus(Protocol):
     def publish(self, channel: str, message: bytes) -> None:
         """Queue a message for every other subscriber of `channel`; never blocks."""
 
-    async def subscribe(self, channel: str) -> None: ...
+    async def subscribe(self, channel: str) -> None:
+        """Receive the channel's messages from now on (once the bus is reachable)."""
 
     async def unsubscribe(self, channel: str) -> None: ...
 
     def listen(self) -> AsyncIterator[tuple[str, bytes]]:
-        """(channel, message) for subscribed channels, as they arrive."""
+        """(channel, message) for subscribed channels, as they arrive; (RESYNC, b"")
+        after a reconnection."""
+
+    async def ping(self) -> None:
+        """Raise if messages cannot currently be sent and received."""
 
     async def close(self) -> None: ...
 
 
-def open_bus(url: str | None) -> Bus:
-    """In-process fan-out by default (one process holds every tab of a cart)."""
+async def open_bus(url: str | None, metrics: Metrics | None = None, verify_tls: bool = True) -> Bus:
+    """In-process fan-out by default (one process holds every tab of a cart); Redis
+    pub/sub for several processes."""
     if not url or url == "memory://":
         from .local import LocalBroker
 
         return LocalBroker().connect()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .redis import RedisBus
+
+        return await RedisBus.open(url, metrics or Metrics(), verify_tls)
     scheme = url.split(":", 1)[0]
-    raise ConfigError(f"REDIS_URL scheme {scheme!r} is not supported (expected redis://)")
+    raise ConfigError(
+        f"REDIS_URL scheme {scheme!r} is not supported (expected redis:// or rediss://)"
+    )

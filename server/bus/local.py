@@ -43,6 +43,9 @@ class LocalBus:
         while True:
             yield await self._inbox.get()
 
+    async def ping(self) -> None:
+        return None
+
     async def close(self) -> None:
         for channel in list(self._channels):
             await self.unsubscribe(channel)

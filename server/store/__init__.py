@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -165,6 +166,17 @@ class CartWrite(Struct, frozen=True):
     effects: tuple[Effect, ...] = ()  # written in the same transaction, after the cart
 
 
+class Held(Protocol):
+    """One cart held in the store for the length of a block (see Store.hold)."""
+
+    async def load(self, keys_since: datetime) -> StoredCart | None:
+        """The cart as stored now: nobody else can move it on until the block ends."""
+
+    async def commit(self, write: CartWrite) -> None:
+        """Stage one mutation; durable when the block ends without an error. Raises
+        AlreadyApplied or Unavailable (never StaleVersion for a cart that existed)."""
+
+
 class Store(Protocol):
     async def load_cart(self, cart_id: str, keys_since: datetime) -> StoredCart | None:
         """The cart with its recent patches and mutation ids, or None if never stored."""
@@ -202,6 +214,14 @@ class Store(Protocol):
 
     async def list_events(self, undelivered: bool, limit: int) -> list[CartEvent]: ...
 
+    def hold(self, cart_id: str) -> AbstractAsyncContextManager[Held]:
+        """Lock the cart against commits by other processes, to catch up and commit without
+        racing them again: the fair path after a StaleVersion. Raises Unavailable. The
+        commit is durable only once the block has ended without an error."""
+
+    async def versions(self, cart_ids: list[str]) -> dict[str, int]:
+        """The stored version of each of these carts that exists, in one query."""
+
     async def replay(self, cart_id: str, key: str) -> bytes | None:
         """The stored first answer for a REST idempotency key."""
 
@@ -228,5 +248,12 @@ async def open_store(settings: Settings, metrics: Metrics | None = None) -> Stor
         from .sqlite import SQLiteStore
 
         return await SQLiteStore.open(settings, metrics)
+    if url.startswith(("postgres://", "postgresql://")):
+        from .postgres import PostgresStore
+
+        return await PostgresStore.open(settings, metrics)
     scheme = url.split(":", 1)[0]
-    raise ConfigError(f"DATABASE_URL scheme {scheme!r} is not supported (expected sqlite:///path)")
+    raise ConfigError(
+        f"DATABASE_URL scheme {scheme!r} is not supported"
+        " (expected sqlite:///path or postgresql://user:password@host/db)"
+    )

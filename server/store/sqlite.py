@@ -11,10 +11,12 @@ Reads use an aiosqlite connection: WAL lets them run beside the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
@@ -40,6 +42,7 @@ from . import (
     Effect,
     Emit,
     Fulfil,
+    Held,
     Order,
     RecordEvent,
     Release,
@@ -53,6 +56,8 @@ log = logging.getLogger("server.store")
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 PRUNE_BATCH = 500
+# Carts held (see hold) by database file: a commit to a held cart waits for the hold to end.
+_held: dict[tuple[str, str], asyncio.Event] = {}
 
 
 class SQLiteStore:
@@ -151,6 +156,15 @@ class SQLiteStore:
         return results
 
     async def commit(self, write: CartWrite, *more: CartWrite) -> None:
+        for cart_id in dict.fromkeys(w.cart.id for w in (write, *more)):
+            await self._unheld(cart_id)
+        await self._commit(write, *more)
+
+    async def _unheld(self, cart_id: str) -> None:
+        while (released := _held.get((self._path, cart_id))) is not None:
+            await released.wait()
+
+    async def _commit(self, write: CartWrite, *more: CartWrite) -> None:
         try:
             await self._write(partial(self._write_carts, (write, *more)))
         except (StaleVersion, AlreadyApplied):
@@ -253,6 +267,18 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             log.error("could not record %d effects: %s", len(effects), exc)
             raise errors.Unavailable("the change could not be stored; nothing changed") from exc
+
+    @contextlib.asynccontextmanager
+    async def hold(self, cart_id: str) -> AsyncIterator[Held]:
+        # One process owns the file, so holding the cart in this process is enough (two
+        # hubs on one file, as in tests, are the only way to lose a race here at all).
+        await self._unheld(cart_id)
+        released = _held[(self._path, cart_id)] = asyncio.Event()
+        try:
+            yield _Held(self, cart_id)
+        finally:
+            del _held[(self._path, cart_id)]
+            released.set()
 
     async def prune(self, applied_before: datetime) -> int:
         total = 0
@@ -411,6 +437,15 @@ class SQLiteStore:
         latest = max((row[6] for row in rows), default=changed_since)
         return [Product(*row[:6]) for row in rows], latest
 
+    async def versions(self, cart_ids: list[str]) -> dict[str, int]:
+        if not cart_ids:
+            return {}
+        rows = await self._read(
+            "SELECT id, version FROM cart_sessions WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(cart_ids),),
+        )
+        return {cart_id: version for cart_id, version in rows}
+
     async def ping(self) -> None:
         await self._read("SELECT 1", ())
 
@@ -428,6 +463,18 @@ class SQLiteStore:
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.close)
         self._executor.shutdown(wait=True)
+
+
+class _Held:
+    def __init__(self, store: SQLiteStore, cart_id: str) -> None:
+        self._store = store
+        self._cart_id = cart_id
+
+    async def load(self, keys_since: datetime) -> StoredCart | None:
+        return await self._store.load_cart(self._cart_id, keys_since)
+
+    async def commit(self, write: CartWrite) -> None:
+        await self._store._commit(write)
 
 
 def _prune_keys(before: str, conn: sqlite3.Connection) -> int:
