@@ -63,6 +63,8 @@ async def browser() -> AsyncIterator[Browser]:
         )
         yield chromium
         await chromium.close()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """Each store test runs on both stores: a fresh SQLite file, or a fresh PostgreSQL
