@@ -1,5 +1,7 @@
 -- Cart sync server schema, applied on every start (idempotent). Written in what SQLite and
--- PostgreSQL share: both stores apply this file as it is.
+-- PostgreSQL share: both stores apply this file as it is, except that the PostgreSQL store
+-- reads cart_events' "INTEGER PRIMARY KEY AUTOINCREMENT" as "BIGSERIAL PRIMARY KEY" and
+-- adds a column standing in for SQLite's rowid (see server/store/postgres.py).
 --
 -- Timestamps are UTC ISO-8601 text with milliseconds ("2026-11-26T10:00:00.000Z"):
 -- they sort as strings, read well in a shell, and mean the same in PostgreSQL.
@@ -132,7 +134,7 @@ CREATE TABLE IF NOT EXISTS payment_events (
 -- as the status change; delivered to CART_EVENTS_WEBHOOK_URL when set, else listed by
 -- `python -m server events`.
 CREATE TABLE IF NOT EXISTS cart_events (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- BIGSERIAL PRIMARY KEY in PostgreSQL
     cart_id         TEXT NOT NULL,
     type            TEXT NOT NULL,
     payload         TEXT NOT NULL,           -- JSON, the body POSTed to the webhook

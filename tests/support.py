@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -66,6 +67,23 @@ async def fresh_schema() -> AsyncIterator[str]:
     finally:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await conn.close()
+
+
+async def db_query(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """Rows read (or written) straight in a store's database, past the store: a SQLite
+    file or a PostgreSQL schema. `?` placeholders, translated to `$n` for PostgreSQL."""
+    if url.startswith("sqlite:"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn, conn:
+            return conn.execute(sql, params).fetchall()
+    import asyncpg
+
+    first, *rest = sql.split("?")
+    numbered = first + "".join(f"${n}{part}" for n, part in enumerate(rest, 1))
+    pg = await asyncpg.connect(url)
+    try:
+        return [tuple(row) for row in await pg.fetch(numbered, *params)]
+    finally:
+        await pg.close()
 
 
 async def require_redis(url: str = REDIS_URL) -> None:

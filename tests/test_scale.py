@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -14,6 +15,9 @@ import httpx
 import pytest
 import websockets
 
+from tests.checkout_support import import_products
+from tests.checkout_support import product as catalog_product
+from tests.lifecycle_support import unsign
 from tests.support import (
     POSTGRES_URL,
     REDIS_URL,
@@ -22,10 +26,12 @@ from tests.support import (
     Tab,
     TcpProxy,
     apply_patch,
+    db_query,
     fresh_schema,
     require_redis,
     rest,
     same_items,
+    sign,
 )
 
 # Quick repairs and presence expiry, so the tests wait seconds, not minutes.
@@ -46,15 +52,22 @@ async def cluster(database: str, make_server: Callable[..., ServerProcess]) -> S
     """Starts N servers on one fresh schema (they stop before the schema is dropped)."""
 
     async def start(
-        count: int = 3, redis_url: str | None = REDIS_URL, database_url: str = database
+        count: int = 3,
+        redis_url: str | None = REDIS_URL,
+        database_url: str = database,
+        env: dict[str, str] | None = None,
+        extra: Sequence[dict[str, Any]] = (),
     ) -> list[ServerProcess]:
+        """`extra`: products imported besides the test catalog; `env`: more settings."""
         if redis_url == REDIS_URL:
             await require_redis()
-        env = {"DATABASE_URL": database_url, **BUS_ENV}
+        env = {"DATABASE_URL": database_url, **BUS_ENV, **(env or {})}
         if redis_url:
             env["REDIS_URL"] = redis_url
         # The first imports the test catalog (in a thread: the loop may be serving a proxy).
         servers = [await asyncio.to_thread(make_server, env)]
+        if extra:
+            await asyncio.to_thread(import_products, servers[0], list(extra), "extra")
         servers += [
             make_server(env={**env, "DEMO_CATALOG": "0"}, catalog=False) for _ in range(count - 1)
         ]
@@ -382,6 +395,85 @@ async def test_presence_spans_processes_and_forgets_a_dead_one(cluster: Start) -
         await presence(tab, 2, timeout=10)
     await a.close()
     await b1.close()
+
+
+async def test_checkouts_on_three_processes_never_oversell(cluster: Start, database: str) -> None:
+    stock, carts = 20, 60
+    servers = await cluster(extra=[catalog_product("twenty", stock)])
+    signed = [sign(str(uuid.uuid4())) for _ in range(carts)]
+    clients = [rest(server) for server in servers]
+    try:
+
+        async def fill(n: int) -> None:
+            response = await clients[n % 3].post(
+                "/api/cart/items",
+                json={"product_id": "twenty", "quantity": 1},
+                headers={"X-Cart-Id": signed[n]},
+            )
+            assert response.status_code == 200, response.text
+
+        await asyncio.gather(*(fill(n) for n in range(carts)))
+        gate = asyncio.Event()
+
+        async def check_out(n: int) -> httpx.Response:
+            await gate.wait()
+            # On another process than the one that filled it: its room there is new.
+            return await clients[(n + 1) % 3].post(
+                "/api/cart/checkout", headers={"X-Cart-Id": signed[n]}
+            )
+
+        tasks = [asyncio.create_task(check_out(n)) for n in range(carts)]
+        await asyncio.sleep(0)  # every task is parked at the gate
+        gate.set()
+        async with asyncio.timeout(60):
+            answers = await asyncio.gather(*tasks)
+    finally:
+        for client in clients:
+            await client.aclose()
+
+    won = [n for n, answer in enumerate(answers) if answer.status_code == 200]
+    assert len(won) == stock, [a.text for a in answers if a.status_code != 409]
+    for answer in answers:
+        if answer.status_code != 200:
+            assert answer.status_code == 409, answer.text
+            assert answer.json()["error"]["lines"] == [
+                {"product_id": "twenty", "requested": 1, "available": 0}
+            ]
+    assert await db_query(database, "SELECT stock FROM products WHERE id = 'twenty'") == [(0,)]
+    reserved = await db_query(database, "SELECT cart_id FROM checkouts WHERE status = 'reserved'")
+    assert sorted(cart_id for (cart_id,) in reserved) == sorted(unsign(signed[n]) for n in won)
+    statuses = await db_query(
+        database, "SELECT status, count(*) FROM cart_sessions GROUP BY status ORDER BY status"
+    )
+    assert statuses == [("active", carts - stock), ("checking_out", stock)]
+
+
+async def test_a_cart_open_on_three_processes_is_abandoned_once(
+    cluster: Start, database: str
+) -> None:
+    servers = await cluster(env={"ABANDON_AFTER": "1s"})
+    signed = await open_cart(servers[0])
+    cart_id = unsign(signed)
+    tabs = [await Tab.open(server, signed) for server in servers]
+    for tab in tabs:
+        await presence(tab, 3)
+    await tabs[1].send({"type": "add", "id": "a1", "product_id": "p-001", "quantity": 2})
+    for tab in tabs:  # the edit arms the timer of every process holding the cart
+        assert (await tab.next("patch"))["version"] == 1
+    for tab in tabs:
+        patch = await tab.next("patch", timeout=10)
+        assert (patch["version"], patch["ops"]) == (2, [{"op": "status", "status": "abandoned"}])
+    # Three more idle periods, in which every process's timer and sweeper ran: still one.
+    await asyncio.sleep(3.0)
+    for tab in tabs:
+        patches = [frame for frame in tab.log if frame["type"] == "patch"]
+        assert [frame["version"] for frame in patches] == [1, 2]
+    rows = await db_query(database, "SELECT type FROM cart_events WHERE cart_id = ?", cart_id)
+    assert rows == [("abandoned",)]
+    doc = await cart_doc(servers[2], signed)
+    assert (doc["status"], doc["version"]) == ("abandoned", 2)
+    for tab in tabs:
+        await tab.close()
 
 
 async def test_database_out_of_reach_refuses_changes_and_recovers(

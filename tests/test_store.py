@@ -16,6 +16,7 @@ import pytest
 
 from server import errors
 from server.cart import (
+    Absorb,
     AddItem,
     Cart,
     ClearCart,
@@ -197,6 +198,25 @@ async def test_remove_re_add_and_clear_roundtrip(store: Store) -> None:
     assert stored.cart.lines == ()
     assert stored.cart.abandon_at is None
     assert stored.cart.version == 5
+
+
+async def test_lines_added_in_one_version_load_in_the_order_they_were_added(
+    store: Store,
+) -> None:
+    # A login pours lines into a cart in one version: they share a position, and their
+    # price snapshots keep their own (unordered) times. The order stays the one they had.
+    incoming = (
+        Line("p-003", 1, 150, 1, NOW),
+        Line("p-001", 1, 1999, 2, NOW - timedelta(days=1)),
+        Line("p-002", 1, 500, 3, NOW),
+    )
+    cart, write = build(fresh(), Absorb(incoming, "u1"))
+    await store.commit(write)
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert [line.product_id for line in stored.cart.lines] == ["p-003", "p-001", "p-002"]
+    assert {line.position for line in stored.cart.lines} == {1}
+    assert stored.cart == cart
 
 
 async def test_status_and_user_roundtrip(store: Store, database_url: str) -> None:

@@ -1,12 +1,13 @@
-"""SQLiteStore for the cart lifecycle: due carts, the outbox, user carts, the expiry purge."""
+"""The stores for the cart lifecycle: due carts, the outbox, user carts, the expiry purge.
+Every test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,10 @@ from server.cart import (
 from server.clock import iso
 from server.config import Settings
 from server.protocol import encode
-from server.store import CartWrite, CreateCart, Emit, StaleVersion
+from server.store import CartWrite, CreateCart, Emit, StaleVersion, Store, open_store
+from server.store.postgres import PostgresStore
 from server.store.sqlite import SQLiteStore
+from tests.support import db_query
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 ABANDON_AFTER = 1800.0
@@ -39,13 +42,8 @@ MS = timedelta(milliseconds=1)
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "t.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
-    opened = await SQLiteStore.open(Settings(database_url=f"sqlite:///{db_path}", cart_ttl=TTL))
+async def store(database_url: str) -> AsyncIterator[Store]:
+    opened = await open_store(Settings(database_url=database_url, cart_ttl=TTL))
     try:
         await opened.upsert_products(PRODUCTS)
         yield opened
@@ -53,9 +51,7 @@ async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
         await opened.close()
 
 
-async def commit(
-    store: SQLiteStore, cart: Cart, op: Op, at: datetime = NOW, emit: bool = False
-) -> Cart:
+async def commit(store: Store, cart: Cart, op: Op, at: datetime = NOW, emit: bool = False) -> Cart:
     new, change = apply(cart, op, CATALOG, at, ABANDON_AFTER)
     patch = encode(patch_msg(new, change, CATALOG, None)).decode()
     effects = (Emit(new.id, new.status.value, b'{"n":1}'),) if emit else ()
@@ -63,21 +59,20 @@ async def commit(
     return new
 
 
-async def filled(store: SQLiteStore, cart_id: str, at: datetime = NOW) -> Cart:
+async def filled(store: Store, cart_id: str, at: datetime = NOW) -> Cart:
     cart = await commit(store, Cart(id=cart_id, updated_at=at), AddItem("p-1", 1), at)
     return await commit(store, cart, AddItem("p-2", 2), at)
 
 
-def count(db_path: Path, sql: str, *params: object) -> int:
-    with sqlite3.connect(db_path) as conn:
-        value: int = conn.execute(sql, params).fetchone()[0]
-        return value
+async def count(url: str, sql: str, *params: object) -> int:
+    value: int = (await db_query(url, sql, *params))[0][0]
+    return value
 
 
 # --- due carts ----------------------------------------------------------------------------
 
 
-async def test_due_carts_lists_overdue_abandonment_and_expiry_only(store: SQLiteStore) -> None:
+async def test_due_carts_lists_overdue_abandonment_and_expiry_only(store: Store) -> None:
     due = await filled(store, "due", NOW)
     await filled(store, "later", NOW + timedelta(minutes=1))
     gone = await filled(store, "abandoned", NOW)
@@ -94,7 +89,7 @@ async def test_due_carts_lists_overdue_abandonment_and_expiry_only(store: SQLite
     assert due.abandon_at == at
 
 
-async def test_an_empty_cart_is_never_due_for_abandonment(store: SQLiteStore) -> None:
+async def test_an_empty_cart_is_never_due_for_abandonment(store: Store) -> None:
     cart = await commit(store, Cart(id="c", updated_at=NOW), AddItem("p-1", 1))
     cart = await commit(store, cart, SetStatus(Status.ACTIVE))
     await commit(store, cart, RemoveItem("p-1"))
@@ -105,7 +100,7 @@ async def test_an_empty_cart_is_never_due_for_abandonment(store: SQLiteStore) ->
 
 
 async def test_an_event_is_written_with_its_status_change_or_not_at_all(
-    store: SQLiteStore, db_path: Path
+    store: Store, database_url: str
 ) -> None:
     cart = await filled(store, "c")
     at = NOW + timedelta(seconds=ABANDON_AFTER)
@@ -120,7 +115,7 @@ async def test_an_event_is_written_with_its_status_change_or_not_at_all(
 
 
 async def test_claim_leases_events_and_event_sent_schedules_or_finishes_them(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     for n in range(3):
         cart = await filled(store, f"c{n}")
@@ -146,7 +141,7 @@ async def test_claim_leases_events_and_event_sent_schedules_or_finishes_them(
 # --- user carts ---------------------------------------------------------------------------
 
 
-async def test_one_open_cart_per_user(store: SQLiteStore) -> None:
+async def test_one_open_cart_per_user(store: Store) -> None:
     mine = await commit(store, Cart(id="first", updated_at=NOW), Absorb((), "u1"))
     assert await store.user_cart("u1") == "first"
     assert await store.user_cart("u2") is None
@@ -162,7 +157,7 @@ async def test_one_open_cart_per_user(store: SQLiteStore) -> None:
 
 
 async def test_create_cart_effect_is_skipped_when_the_user_has_an_open_cart(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     await store.record(CreateCart("made", "u1", NOW + timedelta(days=1)))
     assert await store.user_cart("u1") == "made"
@@ -180,7 +175,7 @@ async def test_create_cart_effect_is_skipped_when_the_user_has_an_open_cart(
 
 
 async def test_purge_deletes_the_rows_of_expired_carts_and_old_finished_carts(
-    store: SQLiteStore, db_path: Path
+    store: Store, database_url: str
 ) -> None:
     expired = await filled(store, "expired")
     expired = await commit(store, expired, Expire(TTL, "next"), NOW + timedelta(seconds=TTL))
@@ -189,29 +184,39 @@ async def test_purge_deletes_the_rows_of_expired_carts_and_old_finished_carts(
     await commit(store, old_merged, SetStatus(Status.MERGED, "active"))
     new_merged = await filled(store, "new-merged", NOW + timedelta(days=2))
     await commit(store, new_merged, SetStatus(Status.MERGED, "active"), NOW + timedelta(days=2))
-    with sqlite3.connect(db_path) as conn:  # an id remembered for the expired cart
-        conn.execute(
-            "INSERT INTO applied_mutations (cart_id, key, version, created_at) VALUES (?, ?, ?, ?)",
-            ("expired", "k", 1, iso(NOW)),
+    await db_query(  # an id remembered for the expired cart
+        database_url,
+        "INSERT INTO applied_mutations (cart_id, key, version, created_at) VALUES (?, ?, ?, ?)",
+        "expired",
+        "k",
+        1,
+        iso(NOW),
+    )
+
+    async def rows(cart_id: str) -> tuple[int, ...]:
+        return tuple(
+            [
+                await count(
+                    database_url, f"SELECT count(*) FROM {table} WHERE {column} = ?", cart_id
+                )
+                for table, column in (
+                    ("cart_sessions", "id"),
+                    ("cart_items", "cart_id"),
+                    ("cart_patches", "cart_id"),
+                    ("applied_mutations", "cart_id"),
+                )
+            ]
         )
 
-    def rows(cart_id: str) -> tuple[int, int, int, int]:
-        return (
-            count(db_path, "SELECT count(*) FROM cart_sessions WHERE id = ?", cart_id),
-            count(db_path, "SELECT count(*) FROM cart_items WHERE cart_id = ?", cart_id),
-            count(db_path, "SELECT count(*) FROM cart_patches WHERE cart_id = ?", cart_id),
-            count(db_path, "SELECT count(*) FROM applied_mutations WHERE cart_id = ?", cart_id),
-        )
-
-    assert rows("expired") == (1, 2, 3, 1)
+    assert await rows("expired") == (1, 2, 3, 1)
     # Finished carts last changed before the cutoff go entirely; the expired cart keeps its
     # header (a request for it still finds where to go) but not its lines and patches.
     deleted = await store.purge_expired(NOW + timedelta(days=1), limit=2)
     assert deleted == 2 + 3 + 1 + 1
-    assert rows("expired") == (1, 0, 0, 0)
-    assert rows("old-merged") == (0, 0, 0, 0)
-    assert rows("new-merged") == (1, 2, 3, 0)
-    assert rows("active") == (1, 2, 2, 0)
+    assert await rows("expired") == (1, 0, 0, 0)
+    assert await rows("old-merged") == (0, 0, 0, 0)
+    assert await rows("new-merged") == (1, 2, 3, 0)
+    assert await rows("active") == (1, 2, 2, 0)
     stored = await store.load_cart("expired", NOW)
     assert stored is not None
     assert (stored.cart.status, stored.cart.lines, stored.cart.merged_into) == (
@@ -223,27 +228,60 @@ async def test_purge_deletes_the_rows_of_expired_carts_and_old_finished_carts(
     assert expired.status is Status.EXPIRED
 
 
-async def test_purge_works_in_bounded_batches(store: SQLiteStore, db_path: Path) -> None:
+async def test_purge_works_in_bounded_batches(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for n in range(7):
         cart = await filled(store, f"e{n}")
         await commit(store, cart, Expire(TTL, f"next-{n}"), NOW + timedelta(seconds=TTL))
     statements: list[str] = []
-    writer = store._writer
-    assert writer is not None
-
-    async def trace(callback: Callable[[str], object] | None) -> None:
-        await asyncio.get_running_loop().run_in_executor(
-            store._executor, writer.set_trace_callback, callback
-        )
-
-    await trace(statements.append)
-    try:
+    async with traced(store, statements, monkeypatch):
         deleted = await store.purge_expired(NOW, limit=5)
-    finally:
-        await trace(None)
     assert deleted == 7 * 2 + 7 * 3  # 14 lines, 21 patches
     deletes = [s for s in statements if s.startswith("DELETE")]
     # Lines: 5 + 5 + 4; patches: 5 x 4 + 1; ids: 0; headers: 0 — each its own transaction.
     assert len(deletes) == 3 + 5 + 1 + 1
-    assert statements.count("BEGIN IMMEDIATE") >= len(deletes)
-    assert count(db_path, "SELECT count(*) FROM cart_items") == 0
+    if isinstance(store, SQLiteStore):
+        assert statements.count("BEGIN IMMEDIATE") >= len(deletes)
+    else:  # no transaction opened around them: each statement commits on its own
+        assert not any(s.upper().startswith("BEGIN") for s in statements)
+    assert await count(database_url, "SELECT count(*) FROM cart_items") == 0
+
+
+@contextlib.asynccontextmanager
+async def traced(
+    store: Store, statements: list[str], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    """Every statement the store sends to its database meanwhile, in `statements`."""
+    if isinstance(store, SQLiteStore):
+        writer = store._writer
+        assert writer is not None
+
+        async def trace(callback: Callable[[str], object] | None) -> None:
+            await asyncio.get_running_loop().run_in_executor(
+                store._executor, writer.set_trace_callback, callback
+            )
+
+        await trace(statements.append)
+        try:
+            yield
+        finally:
+            await trace(None)
+        return
+    assert isinstance(store, PostgresStore)
+    opened = store._connection
+
+    def logged(query: Any) -> None:
+        statements.append(query.query)
+
+    @contextlib.asynccontextmanager
+    async def connection(what: str) -> AsyncIterator[Any]:
+        async with opened(what) as conn:
+            conn.add_query_logger(logged)
+            try:
+                yield conn
+            finally:
+                conn.remove_query_logger(logged)
+
+    monkeypatch.setattr(store, "_connection", connection)
+    yield
