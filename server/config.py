@@ -88,7 +88,7 @@ class Settings:
     cart_burst: int = 100
     connection_rate: float = 20.0
     connection_burst: int = 40
-    long_poll_max: float = 60.0  # ?wait= is capped at this
+    long_poll_max: float = 25.0  # ?wait= is capped at this: under Heroku's 30 s router timeout
     patch_history: int = 100
     room_idle_seconds: float = 60.0
     abandon_after: float = 30 * 60.0

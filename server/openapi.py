@@ -306,7 +306,7 @@ def _paths() -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "description": "Seconds to wait for a change (default 25, capped at "
-                        "LONG_POLL_MAX, 60).",
+                        "LONG_POLL_MAX, 25).",
                         "schema": {"type": "number", "minimum": 0},
                     },
                     CART_ID_IN,

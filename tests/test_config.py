@@ -54,7 +54,7 @@ def test_defaults_from_an_empty_environment() -> None:
     assert (settings.connection_rate, settings.connection_burst) == (20.0, 40)
     assert settings.ws_send_timeout == 5.0
     assert settings.ws_send_buffer == 256 * 1024
-    assert settings.long_poll_max == 60.0
+    assert settings.long_poll_max == 25.0
 
 
 def test_limits_are_read() -> None:
@@ -68,7 +68,7 @@ def test_limits_are_read() -> None:
             "CONNECTION_RATE_BURST": "3",
             "WS_SEND_TIMEOUT": "500ms",
             "WS_SEND_BUFFER": "65536",
-            "LONG_POLL_MAX": "25s",
+            "LONG_POLL_MAX": "50s",
         }
     )
     assert settings.max_tabs_per_cart == 5
@@ -77,7 +77,7 @@ def test_limits_are_read() -> None:
     assert (settings.connection_rate, settings.connection_burst) == (0.5, 3)
     assert settings.ws_send_timeout == 0.5
     assert settings.ws_send_buffer == 65536
-    assert settings.long_poll_max == 25.0
+    assert settings.long_poll_max == 50.0
 
 
 def test_blank_values_fall_back_to_defaults() -> None:
