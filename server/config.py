@@ -96,6 +96,7 @@ class Settings:
     idempotency_ttl: float = 86400.0
     catalog_refresh_seconds: float = 5.0
     sqlite_synchronous: str = "FULL"
+    sqlite_busy_timeout: float = 5.0  # waiting this long for a lock held elsewhere: 503
     database_pool: int = 8  # PostgreSQL connections per process
     # Scale-out: empty for in-process fan-out (one process holds every tab of a cart).
     redis_url: str = ""
@@ -214,6 +215,7 @@ class Settings:
             idempotency_ttl=duration("IDEMPOTENCY_TTL", cls.idempotency_ttl),
             catalog_refresh_seconds=duration("CATALOG_REFRESH", cls.catalog_refresh_seconds),
             sqlite_synchronous=synchronous,
+            sqlite_busy_timeout=duration("SQLITE_BUSY_TIMEOUT", cls.sqlite_busy_timeout),
             database_pool=number("DATABASE_POOL", cls.database_pool),
             redis_url=_scheme("REDIS_URL", redis, REDIS_SCHEMES, "redis:// or rediss://")
             if redis

@@ -64,6 +64,7 @@ class SQLiteStore:
     def __init__(self, path: str, settings: Settings, metrics: Metrics) -> None:
         self._path = path
         self._synchronous = settings.sqlite_synchronous
+        self._busy_ms = int(settings.sqlite_busy_timeout * 1000)
         self._history = settings.patch_history
         self._ttl = timedelta(seconds=settings.cart_ttl)
         self._metrics = metrics
@@ -82,13 +83,13 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(store._executor, store._open_writer)
         store._reader = await aiosqlite.connect(store._path, isolation_level=None)
-        await store._reader.execute("PRAGMA busy_timeout = 5000")
+        await store._reader.execute(f"PRAGMA busy_timeout = {store._busy_ms}")  # an int
         await store._reader.execute("PRAGMA query_only = ON")
         return store
 
     def _open_writer(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")  # an int
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")  # validated in Settings
         conn.execute("PRAGMA foreign_keys = ON")
