@@ -58,7 +58,9 @@ async def test_a_database_locked_elsewhere_refuses_changes_then_recovers(
     versions = [f["version"] for f in tab.log if f["type"] == "patch"]
     assert versions == [2, 3, 4]
     await tab.close()
-    rows = sqlite3.connect(server.db).execute(
-        "SELECT product_id FROM cart_items ORDER BY position"
-    ).fetchall()
+    rows = (
+        sqlite3.connect(server.db)
+        .execute("SELECT product_id FROM cart_items ORDER BY position")
+        .fetchall()
+    )
     assert [r[0] for r in rows] == ["p-001", "p-004", "p-005", "p-003"]
