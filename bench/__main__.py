@@ -1,67 +1,53 @@
-"""Load generator: `python -m bench fanout --carts 100 --tabs 3 --rate 2000 --seconds 10`.
+"""Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold.
 
-Starts its own server (SQLite in a temp dir) unless given --url. Bounded in count and time.
-Prints a human table and one JSON line."""
+Starts its own server (SQLite in a temp dir) unless given --url. Every run is bounded in
+count and time, and prints a human table and one JSON line (with the machine)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-import uvloop
+from . import cold, fanout, max, rest, tabs
+from .harness import LocalServer, Target, raise_nofile
 
-from .fanout import fanout
-from .harness import LocalServer, report
+MODES = {
+    "fanout": (fanout, "K carts x T tabs at a fixed offered rate"),
+    "max": (max, "raise the offered rate until p99 passes a bound"),
+    "rest": (rest, "C concurrent REST clients adding items in a closed loop"),
+    "tabs": (tabs, "N idle WebSockets: server RSS per tab, then fan-out beside them"),
+    "cold": (cold, "time to the first snapshot of carts not in memory"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--url", help="measure this server instead of starting one")
-    modes = parser.add_subparsers(dest="mode", required=True)
-    fan = modes.add_parser("fanout", help="K carts x T tabs at a fixed offered rate")
-    fan.add_argument("--carts", type=int, default=100)
-    fan.add_argument("--tabs", type=int, default=3)
-    fan.add_argument("--rate", type=float, default=2000.0, help="mutations offered per second")
-    fan.add_argument("--seconds", type=float, default=10.0)
-    fan.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--pid", type=int, help="with --url: the server's pid on this machine, to read CPU and RSS"
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for the server this run starts (repeatable)",
+    )
+    subparsers = parser.add_subparsers(dest="mode", required=True)
+    for name, (module, summary) in MODES.items():
+        module.add_arguments(subparsers.add_parser(name, help=summary, description=summary))
     args = parser.parse_args(argv)
-    if args.seconds > 300 or args.rate * args.seconds > 5_000_000:
-        parser.error("a run is bounded: at most 300 s and 5,000,000 mutations")
+    module = MODES[args.mode][0]
+    module.check(parser, args)
+    env = dict(item.split("=", 1) for item in args.server_env)
 
-    server = None if args.url else LocalServer().start()
-    url = args.url or server.url  # type: ignore[union-attr]
+    raise_nofile()
+    server = None if args.url else LocalServer(env).start()
     try:
-        result = uvloop.run(
-            fanout(server, url, args.carts, args.tabs, args.rate, args.seconds, args.warmup)
-        )
+        module.main(args, Target(args.url or server.url, server, args.pid))  # type: ignore[union-attr]
     finally:
         if server is not None:
             server.stop()
-    lat = result["latency_ms"]
-    report(
-        "fanout",
-        [
-            ("carts x tabs", f"{args.carts} x {args.tabs}"),
-            ("offered", f"{args.rate:,.0f} mutations/s for {args.seconds:g} s"),
-            (
-                "achieved",
-                f"{result['achieved_rate']:,.0f} mutations/s"
-                f" ({result['deliveries_per_s']:,.0f} patch deliveries/s)",
-            ),
-            (
-                "latency to all tabs",
-                f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms"
-                f"  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms",
-            ),
-            ("server CPU", f"{result['server_cpu_ms_per_mutation']:.3f} ms per mutation"),
-            ("errors / unfinished", f"{result['errors']} / {result['unfinished']}"),
-            (
-                "gaps / dups / out of order",
-                f"{result['gaps']} / {result['duplicates']} / {result['out_of_order']}",
-            ),
-        ],
-        result,
-    )
     return 0
 
 
