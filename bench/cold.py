@@ -106,13 +106,19 @@ async def wait_evicted(url: str, before: int | None, seconds: float) -> int | No
 
 async def first_snapshot(url: str, cart: str, client_id: str, lines: int) -> tuple[float, bool]:
     """Seconds from starting the connect to the first frame; whether it was the right one."""
+    first: asyncio.Future[tuple[float, bytes]] = asyncio.get_running_loop().create_future()
+
+    def on_text(raw: bytes) -> None:
+        if not first.done():
+            first.set_result((time.perf_counter(), raw))
+
     started = time.perf_counter()
-    ws = await connect(url, cart, client_id)
+    ws = await connect(url, cart, client_id, on_text)
     try:
-        raw = await asyncio.wait_for(ws.recv(), 30)
-        elapsed = time.perf_counter() - started
+        arrived, raw = await asyncio.wait_for(first, 30)
     finally:
         await ws.close()
+    elapsed = arrived - started
     frame = _first(raw)
     return elapsed, frame.type == "snapshot" and frame.cart is not None and len(
         frame.cart.items

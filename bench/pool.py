@@ -1,7 +1,7 @@
 """Tabs spread over several load-generator processes, each a Rig on its own share of the
 carts (all tabs of one cart in one process, so it alone can time "every tab has it").
-One Python process cannot read 24,000 frames a second and also open 20,000 sockets (nor
-hold that many fds); several can, on cores the server leaves free."""
+One process cannot hold 20,000 sockets under a 20,000-fd limit, nor read much more than
+30,000 frames a second; several can, on whatever cores the server leaves free."""
 
 from __future__ import annotations
 
@@ -122,20 +122,24 @@ class Pool:
             proc.start()
         deadline = started + self.open_seconds + GRACE_SECONDS
 
-        def show() -> None:
+        tty = sys.stderr.isatty()  # a terminal gets one line redrawn, a log a line each 5 s
+        shown = 0.0
+
+        def show(end: str) -> None:
             done = sum(p.value for p in self.progress)
             rate = done / (time.perf_counter() - started)
-            sys.stderr.write(f"\r  opening tabs: {done:,} / {self.total:,} ({rate:,.0f}/s)  ")
+            line = f"  opening tabs: {done:,} / {self.total:,} ({rate:,.0f}/s)"
+            sys.stderr.write(("\r" + line + "  " + end) if tty else line + "\n")
             sys.stderr.flush()
 
         while not all(conn.poll() for conn in self.conns) and time.perf_counter() < deadline:
-            if show_progress:
-                show()
+            if show_progress and (tty or time.perf_counter() - shown >= 5):
+                show("")
+                shown = time.perf_counter()
             time.sleep(0.5)
         seconds = time.perf_counter() - started
         if show_progress:
-            show()
-            sys.stderr.write("\n")
+            show("\n")
         opened = failed = 0
         first_error = ""
         for conn in self.conns:

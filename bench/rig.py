@@ -9,12 +9,14 @@ import random
 import resource
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import websockets
 
 from .harness import Probe
+from .wsclient import HandshakeError, WsClient
+from .wsclient import connect as ws_connect
 
 DRAIN_SECONDS = 15.0  # what is not acked and delivered by then counts as unfinished
 OPEN_TIMEOUT = 30.0
@@ -54,19 +56,46 @@ class Recorder:
         self.errors = self.gaps = self.duplicates = self.out_of_order = 0
 
 
-async def connect(url: str, signed: str, client_id: str) -> websockets.ClientConnection:
-    ws_url = url.replace("http", "ws", 1) + f"/api/cart/ws?cart={signed}&client_id={client_id}"
-    # No client pings: the server pings every tab already, and 20,000 idle tabs must not
-    # cost the generator a timer each.
-    return await websockets.connect(
-        ws_url,
-        compression=None,
-        proxy=None,
-        max_queue=None,
-        open_timeout=OPEN_TIMEOUT,
-        ping_interval=None,
-        close_timeout=2,
-    )
+async def connect(
+    url: str, signed: str, client_id: str, on_text: Callable[[bytes], None]
+) -> WsClient:
+    """A tab of cart `signed`. It sends no pings of its own: the server pings every tab
+    already, and 20,000 idle tabs must not cost the generator a timer each."""
+    ws_url = f"{url}/api/cart/ws?cart={signed}&client_id={client_id}"
+    return await ws_connect(ws_url, on_text, OPEN_TIMEOUT)
+
+
+class TabReader:
+    """Files the frames of one tab as they arrive, checking the order of its patches."""
+
+    __slots__ = ("rig", "cart", "last")
+
+    def __init__(self, rig: Rig, cart: int) -> None:
+        self.rig = rig
+        self.cart = cart
+        self.last: int | None = None
+
+    def __call__(self, raw: bytes) -> None:
+        frame = _decode(raw)
+        now = time.perf_counter()
+        rec = self.rig.rec
+        if frame.type == "patch" and frame.version is not None:
+            last = self.last
+            if last is not None:
+                if frame.version == last:
+                    rec.duplicates += 1
+                elif frame.version < last:
+                    rec.out_of_order += 1
+                elif frame.version > last + 1:
+                    rec.gaps += 1
+            self.last = frame.version
+            rec.arrived[(self.cart, frame.version)].append(now)
+        elif frame.type == "snapshot":
+            self.last = _decode_snapshot(raw).cart.version
+        elif frame.type == "ack" and frame.id is not None:
+            rec.acked[frame.id] = frame.version or 0
+        elif frame.type == "error":
+            rec.errors += 1
 
 
 class Rig:
@@ -74,9 +103,8 @@ class Rig:
         self.url = url
         self.products = products
         self.rng = random.Random(seed)
-        self.tabs: list[list[websockets.ClientConnection]] = []
+        self.tabs: list[list[WsClient]] = []
         self.tabs_per_cart = 0
-        self.readers: list[asyncio.Task[None]] = []
         self.rec = Recorder()
         self.opened = self.failed = 0
         self.open_error = ""
@@ -94,13 +122,12 @@ class Rig:
         async def one(cart: int, tab: int) -> None:
             async with gate:
                 try:
-                    ws = await connect(self.url, signed[cart], f"t{tab}")
-                except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                    ws = await connect(self.url, signed[cart], f"t{tab}", TabReader(self, cart))
+                except (OSError, TimeoutError, HandshakeError) as exc:
                     self.failed += 1
                     self.open_error = self.open_error or f"{type(exc).__name__}: {exc}"
                     return
             self.tabs[cart].append(ws)
-            self.readers.append(asyncio.create_task(self._read(ws, cart)))
             self.opened += 1
 
         jobs = [
@@ -117,32 +144,6 @@ class Rig:
     def complete_carts(self) -> list[int]:
         """Carts whose every tab opened: only they are measured."""
         return [c for c, row in enumerate(self.tabs) if len(row) == self.tabs_per_cart]
-
-    async def _read(self, ws: websockets.ClientConnection, cart: int) -> None:
-        last: int | None = None
-        try:
-            async for raw in ws:
-                frame = _decode(raw)
-                now = time.perf_counter()
-                rec = self.rec
-                if frame.type == "patch" and frame.version is not None:
-                    if last is not None:
-                        if frame.version == last:
-                            rec.duplicates += 1
-                        elif frame.version < last:
-                            rec.out_of_order += 1
-                        elif frame.version > last + 1:
-                            rec.gaps += 1
-                    last = frame.version
-                    rec.arrived[(cart, frame.version)].append(now)
-                elif frame.type == "snapshot":
-                    last = _decode_snapshot(raw).cart.version
-                elif frame.type == "ack" and frame.id is not None:
-                    rec.acked[frame.id] = frame.version or 0
-                elif frame.type == "error":
-                    rec.errors += 1
-        except websockets.ConnectionClosed:
-            pass
 
     async def _offer(self, carts: list[int], rate: float, seconds: float, prefix: str) -> int:
         """Send at `rate` per second for `seconds`, on schedule whether or not acks came."""
@@ -161,9 +162,7 @@ class Rig:
             product = self.products[rng.randrange(len(self.products))]
             payload = f'{{"type":"add","id":"{msg_id}","product_id":"{product}","quantity":1}}'
             rec.sent[msg_id] = (cart, time.perf_counter())
-            try:
-                await row[rng.randrange(len(row))].send(payload)
-            except websockets.ConnectionClosed:
+            if not row[rng.randrange(len(row))].send(payload.encode()):
                 rec.errors += 1
         return total
 
@@ -230,16 +229,13 @@ class Rig:
         return latencies, unfinished
 
     async def close(self, seconds: float = 30.0) -> None:
-        """Close every tab (a bounded while), then stop the readers."""
+        """Close every tab, each with a bounded closing handshake."""
         sockets = [ws for row in self.tabs for ws in row]
         gate = asyncio.Semaphore(256)
 
-        async def one(ws: websockets.ClientConnection) -> None:
+        async def one(ws: WsClient) -> None:
             async with gate:
                 await ws.close()
 
         if sockets:
             await asyncio.wait([asyncio.create_task(one(ws)) for ws in sockets], timeout=seconds)
-        for task in self.readers:
-            task.cancel()
-        await asyncio.gather(*self.readers, return_exceptions=True)
