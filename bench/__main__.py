@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         module.main(args, Target(args.url or server.url, server, args.pid))  # type: ignore[union-attr]
     finally:
         if server is not None:
-            server.stop()
+            server.remove()
     return 0
 
 

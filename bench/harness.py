@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -129,6 +130,11 @@ class LocalServer:
         """Stop and start again on the same database and port: every room starts cold."""
         self.stop()
         return self.start()
+
+    def remove(self) -> None:
+        """Stop, and delete the temp dir with its database."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def stop(self) -> None:
         if self.proc is not None:
