@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     module = MODES[args.mode][0]
     module.check(parser, args)
+    if any("=" not in item for item in args.server_env):
+        parser.error("--server-env takes NAME=VALUE")
     env = dict(item.split("=", 1) for item in args.server_env)
 
     raise_nofile()
