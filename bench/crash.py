@@ -11,6 +11,7 @@ those V mutations from an empty cart. Anything half-applied breaks one of these.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
 import websockets
 
-from .harness import LocalServer, percentiles
+from .harness import LocalServer, percentiles, report
 
 PRODUCTS = [f"b-{n:03d}" for n in range(12)]  # few, so sets and removes find their lines
 MAX_QUANTITY = 999
@@ -352,3 +354,47 @@ async def crash_loop(
         "applied_unacknowledged": totals["applied_unacked"],
         "startup_ms": percentiles(server.startups),
     }
+
+
+# --- the `python -m bench crash` mode ----------------------------------------------------
+
+OWN_SERVER = True  # it starts, kills and restarts its own: --url does not apply
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kills", type=int, default=1000)
+    parser.add_argument("--max-seconds", type=float, default=3600.0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.url:
+        parser.error("crash starts (and kills) its own server; --url does not apply")
+    if not 0 < args.kills <= 100_000 or not 0 < args.max_seconds <= 86_400:
+        parser.error("a run is bounded: --kills 1..100000, --max-seconds up to a day")
+
+
+def main(args: argparse.Namespace, target: object) -> None:
+    result = uvloop.run(
+        crash_loop(args.kills, args.max_seconds, args.seed, progress=lambda s: print(s, flush=True))
+    )
+    start = result["startup_ms"]
+    report(
+        "crash",
+        [
+            ("kills survived", f"{result['kills']:,} in {result['seconds']:,.0f} s"),
+            (
+                "mutations",
+                f"{result['sent']:,} sent, {result['acknowledged']:,} acknowledged,"
+                f" {result['refused']:,} refused",
+            ),
+            (
+                "in the store",
+                f"{result['applied']:,} applied, of which {result['applied_unacknowledged']:,}"
+                " committed but killed before the answer",
+            ),
+            ("lost or half-applied", "0 (every check passed)"),
+            ("server startup", f"p50 {start['p50']:.0f} ms  max {start['max']:.0f} ms"),
+        ],
+        result,
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +19,44 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 READY = "Uvicorn running on"
+PRODUCTS = 100
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's open-file limit (soft) to its hard limit; (soft, hard) after.
+    Thousands of sockets need thousands of descriptors; only the hard limit is a real cap."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+class Probe:
+    """Reads a server process's memory, CPU and fd limit from /proc (same machine only)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process (all its threads) has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def nofile(self) -> int:
+        """The process's soft limit on open files."""
+        for line in Path(f"/proc/{self.pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+        return 0
 
 
 class LocalServer:
@@ -50,7 +89,7 @@ class LocalServer:
                 "price_cents": 1000 + n,
                 "stock": 10_000_000,
             }
-            for n in range(100)
+            for n in range(PRODUCTS)
         ]
         (self.dir / "catalog.json").write_text(json.dumps(catalog))
         subprocess.run(
@@ -77,6 +116,7 @@ class LocalServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=raise_nofile,  # a server holding 20,000 tabs needs as many fds
         )
         self.lines = []
 
@@ -86,6 +126,8 @@ class LocalServer:
                 self.lines.append(line)
                 if READY in line:
                     ready.set()
+                elif " ERROR " in line or "Traceback" in line:
+                    sys.stderr.write(f"server: {line}")
             ready.set()
 
         self._pump = threading.Thread(target=pump, daemon=True)
@@ -95,18 +137,19 @@ class LocalServer:
         self.startups.append(time.perf_counter() - started)
         return self
 
-    def rss_bytes(self) -> int:
+    def probe(self) -> Probe:
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return Probe(self.proc.pid)
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU the server process (all its threads) has used so far."""
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def restart(self) -> LocalServer:
+        """Stop and start again on the same database and port: every room starts cold."""
+        self.stop()
+        return self.start()
+
+    def remove(self) -> None:
+        """Stop, and delete the temp dir with its database."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         """Signal the server and wait for it; its exit code."""
@@ -114,7 +157,11 @@ class LocalServer:
         if proc is None:
             return None
         proc.send_signal(sig)
-        code = proc.wait(30)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
         self._pump.join(5)  # it ends at the pipe's end of file
         assert proc.stdout is not None
         proc.stdout.close()
@@ -122,6 +169,29 @@ class LocalServer:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+class Target:
+    """The server under test: one this run started, or --url (--pid to read its CPU and RSS)."""
+
+    def __init__(
+        self, urls: list[str], server: LocalServer | None = None, pid: int | None = None
+    ) -> None:
+        self.urls = urls  # --url repeated: several processes of one deployment
+        self.url = urls[0]
+        self.server = server
+        self._pid = pid
+
+    @property
+    def pid(self) -> int | None:
+        if self.server is not None and self.server.proc is not None:
+            return self.server.proc.pid
+        return self._pid
+
+    @property
+    def probe(self) -> Probe | None:
+        pid = self.pid
+        return Probe(pid) if pid else None
 
 
 def percentiles(samples: Sequence[float]) -> dict[str, float]:
@@ -136,9 +206,27 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
     return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": ordered[-1] * 1000}
 
 
+def latency_line(lat: dict[str, float]) -> str:
+    return (
+        f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms"
+        f"  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms"
+    )
+
+
+def products(url: str, count: int) -> list[str]:
+    """Ids of `count` products with the deepest stock, so a long run does not sell out."""
+    with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
+        listed = client.get("/api/products").raise_for_status().json()["products"]
+    listed.sort(key=lambda p: (-p["stock"], p["id"]))
+    found = [p["id"] for p in listed[:count]]
+    if not found:
+        raise RuntimeError(f"{url} lists no products to add")
+    return found
+
+
 def machine() -> dict[str, Any]:
     packages = {}
-    for name in ("uvicorn", "starlette", "websockets", "msgspec", "uvloop"):
+    for name in ("uvicorn", "starlette", "websockets", "msgspec", "uvloop", "httptools"):
         try:
             packages[name] = version(name)
         except Exception:
@@ -148,6 +236,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "sqlite": __import__("sqlite3").sqlite_version,
+        "loadavg_1m": os.getloadavg()[0],  # others on the machine make figures noisy
         **packages,
     }
 
@@ -158,4 +247,16 @@ def report(mode: str, table: list[tuple[str, str]], result: dict[str, Any]) -> N
     print(f"\n{mode}")
     for key, value in table:
         print(f"  {key:<{width}}  {value}")
-    print(json.dumps({"mode": mode, **result, "machine": machine()}), flush=True)
+    line = {"mode": mode, **result, "machine": machine()}
+    print(json.dumps(_finite(line), allow_nan=False), flush=True)
+
+
+def _finite(value: Any) -> Any:
+    """NaN (no samples) as null: the JSON line stays valid JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

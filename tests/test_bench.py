@@ -1,0 +1,110 @@
+"""Smoke tests of the load generator: every mode, tiny and bounded, against a real server;
+the JSON line it prints must add up. Figures are not judged here (never a timed test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.support import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(*args: str, timeout: float = 90) -> dict[str, Any]:
+    """Run `python -m bench ARGS` to the end; its one JSON line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
+    return result
+
+
+def against(server: ServerProcess) -> tuple[str, ...]:
+    assert server.proc is not None
+    return ("--url", server.url, "--pid", str(server.proc.pid))
+
+
+def assert_clean_fanout(run: dict[str, Any], mutations: int) -> None:
+    assert run["mutations"] == mutations
+    assert run["completed"] == mutations and run["unfinished"] == 0
+    assert run["errors"] == run["gaps"] == run["duplicates"] == run["out_of_order"] == 0
+    lat = run["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert run["server_cpu_ms_per_mutation"] > 0
+
+
+def test_fanout_over_two_generator_processes(server: ServerProcess) -> None:
+    args = ("--carts", "6", "--tabs", "2", "--rate", "100", "--seconds", "1", "--warmup", "0.2")
+    result = bench(*against(server), "fanout", *args, "--procs", "2")
+    assert result["tabs_failed"] == 0
+    assert_clean_fanout(result, 100)
+    assert result["deliveries_per_s"] > result["achieved_rate"] > 0
+
+
+def test_max_reports_the_last_step_that_held(server: ServerProcess) -> None:
+    steps = ("--start", "50", "--step", "50", "--max-rate", "100", "--seconds", "0.5")
+    result = bench(*against(server), "max", "--carts", "4", "--tabs", "2", *steps)
+    assert [s["offered_rate"] for s in result["steps"]] == [50, 100]
+    assert result["max_rate"] == 100 and result["stopped_by"] == "reached --max-rate"
+    for step, mutations in zip(result["steps"], (25, 50), strict=True):
+        assert step["failed"] is None
+        assert_clean_fanout(step, mutations)
+
+
+def test_max_stops_at_the_first_step_over_the_bound(server: ServerProcess) -> None:
+    steps = ("--start", "50", "--step", "50", "--max-rate", "200", "--seconds", "0.5")
+    result = bench(*against(server), "max", "--carts", "2", "--tabs", "1", *steps, "--p99", "0.001")
+    assert len(result["steps"]) == 1 and result["max_rate"] is None
+    assert "p99" in result["stopped_by"]
+
+
+def test_rest_clients_each_add_to_their_own_cart(server: ServerProcess) -> None:
+    result = bench(*against(server), "rest", "--clients", "4", "--seconds", "1", "--warmup", "0.2")
+    assert result["ok"] == result["requests"] > 0 and result["errors"] == 0
+    assert set(result["statuses"]) == {"200"}
+    assert result["requests_per_s"] == result["ok"] / 1.0
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
+    assert result["server_cpu_ms_per_request"] > 0
+
+
+def test_tabs_measures_rss_then_fans_out_beside_the_idle_tabs(server: ServerProcess) -> None:
+    result = bench(
+        *against(server),
+        "tabs",
+        *("--carts", "20", "--tabs", "3", "--active", "5", "--rate", "50"),
+        *("--seconds", "1", "--warmup", "0.2", "--idle", "0.5", "--procs", "2"),
+    )
+    assert result["opened"] == 60 and result["failed"] == 0 and result["capped"] is None
+    assert result["rss_tabs_bytes"] > result["rss_start_bytes"] > 0
+    assert result["rss_per_tab_bytes"] is not None
+    assert result["fanout"]["active_carts"] == 5
+    assert_clean_fanout(result["fanout"], 50)
+
+
+def test_cold_restarts_its_own_server() -> None:
+    result = bench("cold", "--carts", "5", "--lines", "3")
+    assert result["how"] == "server restarted" and result["confirmed_cold"] is True
+    assert result["wrong_snapshots"] == 0
+    assert result["cold_ms"]["p50"] > 0 and result["warm_ms"]["p50"] > 0
+
+
+def test_cold_waits_for_an_external_server_to_evict(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server({"ROOM_IDLE": "1s"}).start()
+    result = bench(*against(server), "cold", "--carts", "3", "--lines", "2", "--evict-wait", "20")
+    assert result["confirmed_cold"] is True and result["rooms_loaded_before_measuring"] == 0
+    assert result["wrong_snapshots"] == 0
