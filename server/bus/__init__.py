@@ -1,8 +1,8 @@
 """The fan-out seam: how one process tells the others that a cart changed, chosen by URL.
 
-A message only says "cart C reached version V" (plus who sent it); the receiving process
-reads what it missed from the store, so a lost or reordered message costs a reload, never
-a wrong cart.
+A message carries a commit (the cart, its patch and mutation id, who sent it); a process
+takes it if it is its room's next version and otherwise reads what it missed from the
+store, so a lost or reordered message costs a reload, never a wrong cart.
 """
 
 from __future__ import annotations
