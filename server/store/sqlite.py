@@ -295,40 +295,20 @@ class SQLiteStore:
     # --- reads -----------------------------------------------------------------------
 
     async def load_cart(self, cart_id: str, keys_since: datetime) -> StoredCart | None:
-        reader = self._reader
-        assert reader is not None
-        async with self._read_lock:
-            await reader.execute("BEGIN")  # one snapshot for all four queries
-            try:
-                head = await reader.execute_fetchall(
-                    "SELECT version, status, user_id, updated_at, abandon_at, merged_into"
-                    " FROM cart_sessions WHERE id = ?",
-                    (cart_id,),
-                )
-                if not head:
-                    return None
-                lines = await reader.execute_fetchall(
-                    "SELECT product_id, quantity, price_cents, position, added_at FROM cart_items"
-                    " WHERE cart_id = ? ORDER BY position, rowid",
-                    (cart_id,),
-                )
-                patches = await reader.execute_fetchall(
-                    "SELECT version, body FROM cart_patches WHERE cart_id = ? ORDER BY version",
-                    (cart_id,),
-                )
-                keys = await reader.execute_fetchall(
-                    "SELECT key, version FROM applied_mutations"
-                    " WHERE cart_id = ? AND created_at >= ? ORDER BY version",
-                    (cart_id, iso(keys_since)),
-                )
-            finally:
-                await reader.execute("COMMIT")
-        version, status, user_id, updated_at, abandon_at, merged_into = next(iter(head))
+        # One statement, so one snapshot and one hop to the reader thread: a cart not in
+        # memory is read in a single round trip (the rows are told apart by the tag).
+        rows = await self._read(_LOAD_CART, (cart_id, iso(keys_since)))
+        head = [r for r in rows if r[0] == 0]
+        if not head:
+            return None
+        _, version, status, user_id, updated_at, abandon_at, merged_into = head[0]
+        rest = [r for r in rows if r[0] != 0]
+        lines = sorted((r for r in rest if r[0] == 1), key=lambda r: (r[4], r[6]))
         cart = Cart(
             id=cart_id,
             version=version,
             status=Status(status),
-            lines=tuple(Line(p, q, price, pos, parse_iso(at)) for p, q, price, pos, at in lines),
+            lines=tuple(Line(r[1], r[2], r[3], r[4], parse_iso(r[5])) for r in lines),
             user_id=user_id,
             updated_at=parse_iso(updated_at),
             abandon_at=parse_iso(abandon_at) if abandon_at else None,
@@ -336,8 +316,8 @@ class SQLiteStore:
         )
         return StoredCart(
             cart=cart,
-            patches=[(v, body) for v, body in patches],
-            keys={key: v for key, v in keys},
+            patches=sorted((r[1], r[2]) for r in rest if r[0] == 2),
+            keys={r[1]: r[2] for r in sorted((r for r in rest if r[0] == 3), key=lambda r: r[2])},
         )
 
     async def user_cart(self, user_id: str) -> str | None:
@@ -696,6 +676,18 @@ def _fulfil(order: Order, now: str, conn: sqlite3.Connection) -> None:
 
 
 _EVENT_COLUMNS = "id, cart_id, type, payload, created_at, delivered_at, attempts"
+
+# A cart with its lines, patches and recent mutation ids, tagged 0 to 3 (the header first).
+_LOAD_CART = (
+    "SELECT 0, version, status, user_id, updated_at, abandon_at, merged_into"
+    " FROM cart_sessions WHERE id = ?1"
+    " UNION ALL SELECT 1, product_id, quantity, price_cents, position, added_at, rowid"
+    " FROM cart_items WHERE cart_id = ?1"
+    " UNION ALL SELECT 2, version, body, NULL, NULL, NULL, NULL"
+    " FROM cart_patches WHERE cart_id = ?1"
+    " UNION ALL SELECT 3, key, version, NULL, NULL, NULL, NULL"
+    " FROM applied_mutations WHERE cart_id = ?1 AND created_at >= ?2"
+)
 
 # Each a short transaction of at most `limit` rows, so carts never wait long for the writer.
 _PURGES = (
