@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise
         catalog = Catalog()
         hub = Hub(store, bus, catalog, settings, metrics, ids.sign)
-        checkouts = Checkouts(hub, store, open_provider(settings), ids, settings, metrics)
+        checkouts = Checkouts(hub, store, open_provider(settings), settings, metrics)
         outbox = Outbox(store, settings, metrics)
         try:
             await catalog.refresh(store)

@@ -18,7 +18,6 @@ from .catalog import Catalog
 from .clock import utcnow
 from .config import Settings
 from .hub import Hub
-from .identity import CartIds
 from .metrics import Metrics
 from .payments import PaymentProvider, PaymentRequest
 from .room import Room
@@ -72,7 +71,6 @@ class Checkouts:
         hub: Hub,
         store: Store,
         provider: PaymentProvider,
-        ids: CartIds,
         settings: Settings,
         metrics: Metrics,
     ) -> None:
@@ -80,7 +78,6 @@ class Checkouts:
         self.store = store
         self.catalog: Catalog = hub.catalog
         self.provider = provider
-        self.ids = ids
         self.settings = settings
         self.metrics = metrics
         self._sweeper: asyncio.Task[None] | None = None
