@@ -23,7 +23,7 @@ from .cart import FINISHED, Abandon, Cart, Expire, Op, Status
 from .catalog import Catalog
 from .clock import iso, utcnow
 from .config import Settings
-from .errors import CLOSE_TRY_AGAIN_LATER
+from .frames import Tab, broadcast
 from .limits import TokenBucket
 from .metrics import Metrics
 from .protocol import CartEventDoc, EventItem, MovedMsg, PresenceMsg, SnapshotMsg, encode
@@ -38,35 +38,6 @@ COMMIT_ATTEMPTS = 10
 # Event loops may run a timer slightly before the wall clock reaches its deadline (uvloop
 # rounds to milliseconds); a timer a few milliseconds late finds the cart due.
 TIMER_SLACK = 0.005
-
-
-class Tab:
-    """One open WebSocket of a cart: frames wait in a bounded queue for its writer task."""
-
-    def __init__(self, client_id: str, limit: int) -> None:
-        self.client_id = client_id
-        self.limit = limit
-        self.queue: asyncio.Queue[str | int] = asyncio.Queue()
-        self.close_code: int | None = None
-        self.done = asyncio.Event()  # set by the writer when it has stopped
-
-    def send(self, frame: str) -> None:
-        if self.close_code is not None:
-            return
-        if self.queue.qsize() >= self.limit:
-            # Too slow to keep up: drop what it has not read; it reconnects with ?since=.
-            self.close(CLOSE_TRY_AGAIN_LATER)
-            return
-        self.queue.put_nowait(frame)
-
-    def close(self, code: int, *, flush: bool = False) -> None:
-        """Ask the writer to close the socket with `code`: next, dropping what is queued,
-        or (flush) after the frames queued so far."""
-        if self.close_code is None:
-            self.close_code = code
-            while not flush and not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(code)
 
 
 class Outcome(Struct, frozen=True):
@@ -163,10 +134,10 @@ class Room:
         Synchronous, so no patch can slip between what it is sent and its registration."""
         frames = self.patches_after(since) if since is not None else None
         if frames is None:
-            tab.send(self.snapshot_frame())
+            tab.send(self.snapshot_frame().encode())
         else:
             for frame in frames:
-                tab.send(frame)
+                tab.send(frame.encode())
         self.tabs.add(tab)
         self._presence(always=True)
         self.ctx.present(self.cart.id, self.cart.version, len(self.tabs))
@@ -204,14 +175,11 @@ class Room:
         if count == self._shown_tabs and not always:
             return
         self._shown_tabs = count
-        frame = encode(PresenceMsg(tabs=count)).decode()
-        for tab in self.tabs:
-            tab.send(frame)
+        broadcast(self.tabs, encode(PresenceMsg(tabs=count)))
 
-    def broadcast(self, frame: str) -> None:
-        """Queue one encoded frame to every tab: encoded once, the same bytes for all."""
-        for tab in self.tabs:
-            tab.send(frame)
+    def broadcast(self, message: str | bytes) -> None:
+        """One message to every tab: encoded and framed once, the same bytes for all."""
+        broadcast(self.tabs, message.encode() if isinstance(message, str) else message)
         self.ctx.metrics.inc("cart_patches_sent_total", len(self.tabs))
 
     # --- mutating --------------------------------------------------------------------
@@ -336,7 +304,7 @@ class Room:
         """A finished cart's tabs all move on to the same cart (a request for it does too)."""
         successor = self.cart.merged_into
         if self.cart.status in FINISHED and successor:
-            self.broadcast(encode(MovedMsg(cart_id=self.ctx.sign(successor))).decode())
+            self.broadcast(encode(MovedMsg(cart_id=self.ctx.sign(successor))))
 
     # --- timers ----------------------------------------------------------------------
 
