@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
-from . import errors, openapi, payment_pages, rest, ws
+from . import direct, errors, openapi, payment_pages, rest, ws
 from .bus import open_bus
 from .catalog import Catalog
 from .checkout import Checkouts
@@ -29,6 +30,19 @@ from .store import open_store
 from .web import Services, error_response
 
 log = logging.getLogger("server")
+
+
+class CartApp(Starlette):
+    """Starlette, except that the routes carrying mutations skip its middleware and
+    router: they are served straight from the scope (server/direct.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = direct.route(scope)
+        if handler is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await handler(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -105,7 +119,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", rest.metrics),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    return Starlette(
+    return CartApp(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
