@@ -362,13 +362,38 @@ def item_doc(line: Line, catalog: Mapping[str, Product]) -> ItemDoc:
     )
 
 
-def cart_doc(cart: Cart, catalog: Mapping[str, Product], currency: str) -> CartDoc:
+class ItemDocs:
+    """item_doc(), remembered per line and catalog revision: a mutation changes one line,
+    and the cart's other lines (immutable values) are not rendered again."""
+
+    __slots__ = ("_docs",)
+
+    def __init__(self) -> None:
+        self._docs: dict[str, tuple[Line, int, ItemDoc]] = {}
+
+    def render(self, cart: Cart, catalog: Mapping[str, Product], revision: int) -> list[ItemDoc]:
+        docs = self._docs
+        if len(docs) > len(cart.lines) + 8:  # lines removed since: forget them
+            docs = self._docs = {}
+        out = []
+        for line in cart.lines:
+            known = docs.get(line.product_id)
+            if known is None or known[0] is not line or known[1] != revision:
+                known = docs[line.product_id] = (line, revision, item_doc(line, catalog))
+            out.append(known[2])
+        return out
+
+
+def cart_doc(
+    cart: Cart, catalog: Mapping[str, Product], currency: str, items: list[ItemDoc] | None = None
+) -> CartDoc:
+    """The cart document; `items` if its lines are rendered already (ItemDocs)."""
     subtotal = cart.subtotal_cents
     return CartDoc(
         id=cart.id,
         version=cart.version,
         status=cart.status.value,
-        items=[item_doc(line, catalog) for line in cart.lines],
+        items=items if items is not None else [item_doc(line, catalog) for line in cart.lines],
         item_count=cart.item_count,
         subtotal_cents=subtotal,
         currency=currency,

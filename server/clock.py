@@ -13,7 +13,9 @@ def utcnow() -> datetime:
 
 def iso(moment: datetime) -> str:
     """'2026-11-26T10:00:00.000Z': fixed width, so text order is time order."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    if moment.tzinfo is not UTC:  # every moment this server makes is UTC already
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_iso(text: str) -> datetime:

@@ -71,9 +71,11 @@ class Room:
         self._shown_tabs = 0  # the count last sent to the tabs here
         self._changed: asyncio.Future[None] | None = None
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
+        self._items = domain.ItemDocs()
         # Shared by every tab and REST caller of the cart: more tabs, no more allowance.
         self.rate = TokenBucket(ctx.settings.cart_rate, ctx.settings.cart_burst)
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: datetime | None = None  # the abandon_at the timer was armed for
         self._due: asyncio.Task[None] | None = None
         self._closed = False  # left memory: arms no timer any more
         self.cart = Cart(id=cart_id, updated_at=utcnow())
@@ -99,11 +101,14 @@ class Room:
         cached = self._doc
         if cached is not None and cached[0] == self.cart.version and cached[1] == revision:
             return cached[2]
-        doc = encode(
-            domain.cart_doc(self.cart, self.ctx.catalog.products, self.ctx.settings.currency)
-        )
+        doc = self._render(self.cart)
         self._doc = (self.cart.version, revision, doc)
         return doc
+
+    def _render(self, cart: Cart) -> bytes:
+        catalog = self.ctx.catalog
+        items = self._items.render(cart, catalog.products, catalog.revision)
+        return encode(domain.cart_doc(cart, catalog.products, self.ctx.settings.currency, items))
 
     def snapshot_frame(self) -> str:
         return encode(SnapshotMsg(cart=Raw(self.document()))).decode()
@@ -270,7 +275,7 @@ class Room:
         products = self.ctx.catalog.products
         new, change = domain.apply(self.cart, op, products, utcnow(), settings.abandon_after)
         patch = encode(domain.patch_msg(new, change, products, origin)).decode()
-        body = encode(domain.cart_doc(new, products, settings.currency)) if respond else None
+        body = self._render(new) if respond else None
         extra = effects(new) if effects is not None else ()
         return CartWrite(new, self.cart.version, change, patch, key, body, extra)
 
@@ -311,19 +316,33 @@ class Room:
     def _arm(self) -> None:
         """(Re)start the abandonment timer for the cart's stored abandon_at. The sweeper
         covers carts whose room is not in memory, so this is only the prompt path."""
+        at = self.cart.abandon_at
+        if self._closed or at is None or self.cart.status is not Status.ACTIVE:
+            self._disarm()
+            return
+        if not self.cart.lines:
+            self._disarm()
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
+            # Every edit moves the deadline later: the armed timer fires first and looks
+            # again, rather than a timer being replaced on every mutation.
+            return
+        self._disarm()
+        delay = max(0.0, (at - utcnow()).total_seconds()) + TIMER_SLACK
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        at = self.cart.abandon_at
-        if self._closed or at is None or self.cart.status is not Status.ACTIVE:
-            return
-        if not self.cart.lines:
-            return
-        delay = max(0.0, (at - utcnow()).total_seconds()) + TIMER_SLACK
-        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
+        at = self.cart.abandon_at
+        if at is not None and self._timer_at is not None and at > self._timer_at:
+            self._arm()  # edited since it was armed: not due yet
+            return
         if self._due is None or self._due.done():
             self._due = asyncio.create_task(self._on_timer())
 
@@ -370,9 +389,7 @@ class Room:
     def close(self) -> None:
         """Stop the timer: the room is leaving memory (the sweeper takes over)."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
 
     def receive(self, cart: Cart, patch: str, key: str | None) -> bool:
         """A commit another process made and published: taken if it is the next version.

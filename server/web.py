@@ -74,7 +74,7 @@ def origin_allowed(headers: Headers, settings: Settings) -> bool:
 def is_secure(conn: HTTPConnection) -> bool:
     # A spoofed X-Forwarded-Proto can only make the spoofer's own cookie stricter.
     forwarded = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    return conn.url.scheme in ("https", "wss") or forwarded == "https"
+    return conn.scope["scheme"] in ("https", "wss") or forwarded == "https"
 
 
 async def settle(svc: Services, ref: CartRef) -> CartRef:
