@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 
 def utcnow() -> datetime:
@@ -11,6 +12,7 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+@lru_cache(maxsize=1024)  # one mutation formats the same few moments for its doc and its row
 def iso(moment: datetime) -> str:
     """'2026-11-26T10:00:00.000Z': fixed width, so text order is time order."""
     if moment.tzinfo is not UTC:  # every moment this server makes is UTC already
