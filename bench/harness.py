@@ -79,6 +79,8 @@ class LocalServer:
             "CART_RATE_BURST": "1000000",
             "CONNECTION_RATE_LIMIT": "1000000",
             "CONNECTION_RATE_BURST": "1000000",
+            "NEW_CART_RATE": "1000000",
+            "NEW_CART_BURST": "1000000",
             **(env or {}),
         }
         catalog = [

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
 
 from . import direct, errors, openapi, payment_pages, rest, ws
 from .bus import open_bus
@@ -22,7 +23,7 @@ from .config import STATIC_DIR, Settings
 from .hub import Hub
 from .identity import CartIds, load_secret
 from .importer import DEMO_CATALOG, read_products
-from .limits import ConnectionCounter
+from .limits import AddressRate, ConnectionCounter
 from .metrics import Metrics
 from .outbox import Outbox
 from .payments import open_provider
@@ -30,19 +31,6 @@ from .store import open_store
 from .web import Services, error_response
 
 log = logging.getLogger("server")
-
-
-class CartApp(Starlette):
-    """Starlette, except that the routes carrying mutations skip its middleware and
-    router: they are served straight from the scope (server/direct.py)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = direct.route(scope)
-        if handler is None:
-            await super().__call__(scope, receive, send)
-            return
-        scope["app"] = self
-        await handler(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -80,7 +68,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             connections = ConnectionCounter(settings.max_connections_per_ip)
             metrics.gauge("cart_long_lived_connections", connections.total)
             app.state.drain = hub.drain  # called by serving.CartServer on shutdown
-            services = Services(settings, hub, ids, store, metrics, checkouts, auth, connections)
+            new_carts = AddressRate(settings.new_cart_rate, settings.new_cart_burst, "new carts")
+            services = Services(
+                settings, hub, ids, store, metrics, checkouts, auth, connections, new_carts
+            )
             yield {"services": services}
         finally:
             await outbox.close()
@@ -119,9 +110,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", rest.metrics),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    return CartApp(
+    middleware = []
+    if settings.allowed_hosts:  # any other Host header: 400, before any route sees it
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts))
+    # Innermost: past the host check, before the exception middleware and the router.
+    middleware.append(Middleware(direct.Dispatch))
+    return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=middleware,
         exception_handlers={
             HTTPException: http_error,
             errors.CartError: cart_error,

@@ -1,6 +1,7 @@
 """The routes that carry mutations (the WebSocket and the REST item routes), dispatched
-straight from the ASGI scope. They answer their own errors, so Starlette's middleware and
-router, which every other route goes through, are not on their path."""
+straight from the ASGI scope by the innermost middleware. They answer their own errors,
+so Starlette's exception middleware, router and route wrappers are not on their path;
+the middleware configured outside this one (the host check) still is."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ ITEMS = "/api/cart/items"
 _ITEM = ITEMS + "/"
 _ON_ITEMS: dict[str, Endpoint] = {"POST": rest.add_item, "DELETE": rest.clear_cart}
 _ON_ITEM: dict[str, Endpoint] = {"PATCH": rest.set_quantity, "DELETE": rest.remove_item}
+
+
+class Dispatch:
+    """Mutation routes to their handlers here; every other request on to Starlette."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = route(scope)
+        await (self.app if handler is None else handler)(scope, receive, send)
 
 
 def route(scope: Scope) -> ASGIApp | None:
