@@ -16,7 +16,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 
-from . import frames
+from . import collector, frames
 from .config import Settings
 
 log = logging.getLogger("server")
@@ -27,13 +27,19 @@ GRACEFUL_SECONDS = 6
 
 class CartServer(uvicorn.Server):
     """On SIGTERM: stop accepting, let the app drain (long-polls answer, in-flight mutations
-    commit, tabs get their acks and 1012), then uvicorn's own graceful shutdown."""
+    commit, tabs get their acks and 1012), then uvicorn's own graceful shutdown. Once
+    started, the garbage collector is set up for a long-lived process (server/collector.py)."""
 
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self.app = app
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        collector.start()  # what start-up made lives as long as the process
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        collector.stop()
         for server in self.servers:
             server.close()  # stop accepting before draining what is open
         drain: Callable[[], Awaitable[None]] | None = getattr(self.app.state, "drain", None)
@@ -93,6 +99,13 @@ class StallGuardedProtocol(WebSocketsSansIOProtocol):
         super().connection_lost(exc)
         if self._tab is not None:
             self._tab.lost()
+        # Two reference cycles would leave a closed connection (~45 objects) to the
+        # garbage collector: the scope's extension and this protocol, and websockets'
+        # parser generator and its protocol. Broken, reference counting frees it at once.
+        scope = getattr(self, "scope", None)  # made only when the handshake succeeded
+        if scope is not None:
+            scope["extensions"].pop(frames.EXTENSION, None)
+        self.conn.parser.close()
 
     # --- frames.Sink -------------------------------------------------------------------
 
