@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from msgspec import Raw, Struct
 
 from . import cart as domain
-from . import errors
+from . import errors, render
 from .cart import FINISHED, Abandon, Cart, Expire, Op, Status
 from .catalog import Catalog
 from .clock import iso, utcnow
@@ -71,7 +71,7 @@ class Room:
         self._shown_tabs = 0  # the count last sent to the tabs here
         self._changed: asyncio.Future[None] | None = None
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
-        self._items = domain.ItemDocs()
+        self._items = render.ItemDocs()
         # Shared by every tab and REST caller of the cart: more tabs, no more allowance.
         self.rate = TokenBucket(ctx.settings.cart_rate, ctx.settings.cart_burst)
         self._timer: asyncio.TimerHandle | None = None
@@ -108,7 +108,7 @@ class Room:
     def _render(self, cart: Cart) -> bytes:
         catalog = self.ctx.catalog
         items = self._items.render(cart, catalog.products, catalog.revision)
-        return encode(domain.cart_doc(cart, catalog.products, self.ctx.settings.currency, items))
+        return encode(render.cart_doc(cart, catalog.products, self.ctx.settings.currency, items))
 
     def snapshot_frame(self) -> str:
         return encode(SnapshotMsg(cart=Raw(self.document()))).decode()
@@ -274,7 +274,7 @@ class Room:
         settings = self.ctx.settings
         products = self.ctx.catalog.products
         new, change = domain.apply(self.cart, op, products, utcnow(), settings.abandon_after)
-        patch = encode(domain.patch_msg(new, change, products, origin)).decode()
+        patch = encode(render.patch_msg(new, change, products, origin)).decode()
         body = self._render(new) if respond else None
         extra = effects(new) if effects is not None else ()
         return CartWrite(new, self.cart.version, change, patch, key, body, extra)

@@ -15,7 +15,6 @@ from server.cart import (
     Cart,
     Change,
     ClearCart,
-    ItemDocs,
     Line,
     Op,
     Product,
@@ -24,12 +23,9 @@ from server.cart import (
     SetStatus,
     Status,
     apply,
-    cart_doc,
-    format_money,
-    item_doc,
-    patch_msg,
 )
 from server.protocol import MAX_LINES, MAX_QUANTITY, RemoveOp, StatusOp, UpsertOp
+from server.render import ItemDocs, cart_doc, format_money, item_doc, patch_msg
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 ABANDON_AFTER = 1800.0
