@@ -143,6 +143,16 @@ class TooManyConnections(CartError):
         return {"retry-after": "5"}
 
 
+class Unauthorized(CartError):
+    """A route that asks for a bearer token got none, or another."""
+
+    code = "unauthorized"
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"www-authenticate": "Bearer"}
+
+
 class TooManyCheckouts(CartError):
     """This client address holds as many stock reservations (open checkouts) as it may."""
 

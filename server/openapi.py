@@ -177,7 +177,8 @@ MUTATION_ERRORS = {
         "`invalid_request`: a malformed Idempotency-Key, or a body of the wrong shape."
     ),  # fmt: skip
     "429": _error(
-        "`rate_limited`: over the mutations per second of this cart; `retry_after`.",
+        "`rate_limited`: over the mutations per second of this cart, or over the new carts"
+        " per second of this address (a request naming no cart); `retry_after`.",
         _RETRY_AFTER,
     ),
     "503": _error("`unavailable`: the store could not commit; nothing changed, retry."),
@@ -262,6 +263,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": CART_OK,
                     "304": {"description": "Still at the version If-None-Match names."},
+                    "429": MUTATION_ERRORS["429"],
                 },
             }
         },
@@ -350,7 +352,11 @@ def _paths() -> dict[str, Any]:
                     ),
                     "412": MUTATION_ERRORS["412"],
                     "422": _error("`invalid_request`: a body of the wrong shape."),
-                    "429": MUTATION_ERRORS["429"],
+                    "429": _error(
+                        "`rate_limited` (as for any change), or `too_many_checkouts`: this"
+                        " address holds MAX_CHECKOUTS_PER_IP checkouts already.",
+                        _RETRY_AFTER,
+                    ),
                     "502": _error("`payment_provider_error`: the provider did not answer."),
                     "503": MUTATION_ERRORS["503"],
                 },
@@ -458,7 +464,11 @@ def _paths() -> dict[str, Any]:
                     "200": {
                         "description": "Counters, gauges, histograms.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "401": _error(
+                        "`unauthorized`: METRICS_TOKEN is set and no `Authorization: Bearer`"
+                        " with it was sent."
+                    ),
                 },
             }
         },

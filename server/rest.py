@@ -293,8 +293,8 @@ async def metrics(request: Request) -> Response:
         if scheme.lower() != "bearer":
             given = ""
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            return Response(
-                b"unauthorized", 401, {"www-authenticate": "Bearer"}, media_type="text/plain"
+            return error_response(
+                errors.Unauthorized("/metrics needs its bearer token"), request, None
             )
     text = svc.metrics.render()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

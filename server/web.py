@@ -153,7 +153,9 @@ def cart_response(
 
 def error_response(exc: errors.CartError, conn: HTTPConnection, ref: CartRef | None) -> Response:
     body = msgspec.json.encode(exc.body())
-    if ref is None:
+    # A fresh id refused by the rate limits is not handed out: kept, it would be a cart
+    # made past NEW_CART_RATE.
+    if ref is None or (ref.issued and isinstance(exc, errors.RateLimited)):
         response = Response(body, exc.status, media_type="application/json")
     else:
         response = cart_response(conn, body, ref, None, exc.status)

@@ -85,7 +85,11 @@ async def _serve(websocket: WebSocket, svc: Services) -> None:
     since = int(since_raw) if readable else None
 
     asked = svc.ids.resolve(params.get("cart"), websocket.cookies.get(COOKIE))
-    ref = await settle(websocket, svc, asked)
+    try:
+        ref = await settle(websocket, svc, asked)
+    except errors.RateLimited:
+        await _refuse(websocket, svc, CLOSE_TRY_AGAIN_LATER, "too many new carts from this address")
+        return
     if ref.cart_id != asked.cart_id:
         since = None  # moved on to another cart: its history is not this tab's; a snapshot
     headers = None
