@@ -99,6 +99,20 @@ class BadSignature(CartError):
     status = 400
 
 
+class IdempotencyKeyReused(CartError):
+    """An Idempotency-Key already used for another request (route or body) of this cart."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+
+class PaymentsUnavailable(CartError):
+    """No payment provider is configured (no Stripe key, demo payments off)."""
+
+    code = "payments_unavailable"
+    status = 503
+
+
 class PaymentProviderError(CartError):
     """The payment provider refused or did not answer; the reservation was released."""
 

@@ -148,6 +148,8 @@ class ServerProcess:
             "CART_SECRET": SECRET,
             "LOG_LEVEL": "info",
             "DEMO_CATALOG": "0" if catalog else "1",
+            # The suite pays with the demo provider on both stores; off is its own test.
+            "DEMO_PAYMENTS": "1",
             **UNLIMITED,
             **(env or {}),
         }
