@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -61,6 +62,22 @@ def _scheme(name: str, url: str, allowed: tuple[str, ...], example: str) -> str:
     return url
 
 
+def forwarded_allow_ips(raw: str) -> tuple[str, ...]:
+    """'*', or comma-separated addresses and networks: '10.0.0.1, 10.1.0.0/16'."""
+    entries = tuple(e.strip() for e in raw.split(",") if e.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                "FORWARDED_ALLOW_IPS must be '*' or IP addresses and networks (10.0.0.0/8),"
+                f" comma-separated; got {entry!r}"
+            ) from None
+    return entries
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///cart.db"
@@ -82,6 +99,15 @@ class Settings:
     ws_send_buffer: int = 256 * 1024
     max_tabs_per_cart: int = 20
     max_connections_per_ip: int = 100  # open WebSockets and long-polls from one address
+    # TCP connections of any kind from one address (idle, half-open, WebSocket); from
+    # the environment it defaults to twice MAX_CONNECTIONS_PER_IP.
+    max_sockets_per_ip: int = 200
+    header_timeout: float = 10.0  # a request line and headers must arrive within this
+    max_header_bytes: int = 32 * 1024  # request line plus headers; larger: 431
+    # Proxies whose X-Forwarded-For and -Proto are believed ('*': any peer), and how many
+    # stand in front of the server: the client is the entry that many from the right.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+    forwarded_hops: int = 1
     # Mutations per second (and burst) per cart, shared by its tabs and REST callers, and
     # per WebSocket connection. Far above what a person clicks; bots and loops hit them.
     cart_rate: float = 50.0
@@ -182,6 +208,16 @@ class Settings:
         if events_url and not events_secret:
             raise ConfigError("CART_EVENTS_WEBHOOK_URL is set: CART_EVENTS_SECRET must be too")
         redis = get("REDIS_URL", cls.redis_url)
+        header_timeout = duration("HEADER_TIMEOUT", cls.header_timeout)
+        if header_timeout <= 0:
+            raise ConfigError("HEADER_TIMEOUT must be more than 0 s")
+        connections = number("MAX_CONNECTIONS_PER_IP", cls.max_connections_per_ip)
+        sockets = number("MAX_SOCKETS_PER_IP", 2 * connections)
+        if sockets < connections:
+            raise ConfigError(
+                f"MAX_SOCKETS_PER_IP ({sockets}) must be at least MAX_CONNECTIONS_PER_IP"
+                f" ({connections}): every WebSocket and long-poll is a socket too"
+            )
         origins = tuple(
             o.strip().rstrip("/") for o in get("ALLOWED_ORIGINS", "").split(",") if o.strip()
         )
@@ -202,7 +238,12 @@ class Settings:
             ws_send_timeout=duration("WS_SEND_TIMEOUT", cls.ws_send_timeout),
             ws_send_buffer=number("WS_SEND_BUFFER", cls.ws_send_buffer),
             max_tabs_per_cart=number("MAX_TABS_PER_CART", cls.max_tabs_per_cart),
-            max_connections_per_ip=number("MAX_CONNECTIONS_PER_IP", cls.max_connections_per_ip),
+            max_connections_per_ip=connections,
+            max_sockets_per_ip=sockets,
+            header_timeout=header_timeout,
+            max_header_bytes=number("MAX_HEADER_BYTES", cls.max_header_bytes),
+            forwarded_allow_ips=forwarded_allow_ips(get("FORWARDED_ALLOW_IPS", "127.0.0.1")),
+            forwarded_hops=number("FORWARDED_HOPS", cls.forwarded_hops),
             cart_rate=rate("CART_RATE_LIMIT", cls.cart_rate),
             cart_burst=number("CART_RATE_BURST", cls.cart_burst),
             connection_rate=rate("CONNECTION_RATE_LIMIT", cls.connection_rate),
