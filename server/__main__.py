@@ -86,7 +86,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http=guarded_http(settings, sockets, ws),  # httptools, with header limits
+        http=guarded_http(settings, sockets, ws),  # httptools or h11, with header limits
         ws=ws,
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,  # frames are small; compressing each per tab costs more

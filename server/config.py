@@ -108,6 +108,7 @@ class Settings:
     # stand in front of the server: the client is the entry that many from the right.
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
     forwarded_hops: int = 1
+    http_parser: str = "httptools"  # or "h11": pure Python, slower; the same limits apply
     # Mutations per second (and burst) per cart, shared by its tabs and REST callers, and
     # per WebSocket connection. Far above what a person clicks; bots and loops hit them.
     cart_rate: float = 50.0
@@ -195,6 +196,9 @@ class Settings:
         if log_level not in {"critical", "error", "warning", "info", "debug", "trace"}:
             levels = "critical, error, warning, info, debug or trace"
             raise ConfigError(f"LOG_LEVEL must be {levels}, got {log_level!r}")
+        parser = get("HTTP_PARSER", cls.http_parser).lower()
+        if parser not in {"httptools", "h11"}:
+            raise ConfigError(f"HTTP_PARSER must be httptools or h11, got {parser!r}")
         price = get("CHECKOUT_PRICE", cls.checkout_price).lower()
         if price not in {"snapshot", "current"}:
             raise ConfigError(f"CHECKOUT_PRICE must be snapshot or current, got {price!r}")
@@ -244,6 +248,7 @@ class Settings:
             max_header_bytes=number("MAX_HEADER_BYTES", cls.max_header_bytes),
             forwarded_allow_ips=forwarded_allow_ips(get("FORWARDED_ALLOW_IPS", "127.0.0.1")),
             forwarded_hops=number("FORWARDED_HOPS", cls.forwarded_hops),
+            http_parser=parser,
             cart_rate=rate("CART_RATE_LIMIT", cls.cart_rate),
             cart_burst=number("CART_RATE_BURST", cls.cart_burst),
             connection_rate=rate("CONNECTION_RATE_LIMIT", cls.connection_rate),

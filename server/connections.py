@@ -24,8 +24,11 @@ import resource
 import time
 from typing import Any
 
+import h11
 import msgspec
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from .config import Settings
 from .forwarded import TrustedProxies
@@ -146,23 +149,32 @@ class ReleasedOnClose(asyncio.Protocol):
                 self.sockets.release(self._held)
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the guards above."""
+class HeadGuard(asyncio.Protocol):
+    """Mixed into uvicorn's HTTP protocols (before them): the guards above. The parser's
+    part is to say whether bytes now arriving belong to a request head."""
 
     sockets: Sockets
     ws: type[asyncio.Protocol] | None = None
     header_timeout = 10.0
     max_header_bytes = 32 * 1024
+    # uvicorn's, set by the protocol this is mixed into
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
+    server_state: ServerState
+    ws_protocol_class: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ws_protocol_class = self.ws
-        self._in_head = True  # bytes now arriving belong to a request line or headers
         self._head_bytes = 0  # of the current head, fed to the parser so far
         self._timer: asyncio.TimerHandle | None = None
         self._dropping = False  # answered and closing: what still arrives is not parsed
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def _awaiting_head(self) -> bool:
+        raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         refused = self.sockets.admit(transport, self.client[0] if self.client else "")
         if refused is not None:
@@ -177,43 +189,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         while data and not self._dropping:
-            if not self._in_head:  # a body: the app's limits apply
+            if not self._awaiting_head():  # a body: the app's limits apply
                 super().data_received(data)
                 return
-            # Never more than the limit to the parser: it copies headers as they grow.
+            # Never more than the limit to the parser (httptools copies a header each time
+            # a piece of it arrives).
             room = self.max_header_bytes - self._head_bytes
             piece, data = data[:room], data[room:]
             self._head_bytes += len(piece)
             if piece:
                 super().data_received(piece)
-            if self.transport.is_closing() or self.transport.get_protocol() is not self:
-                return  # answered and closed, or upgraded to a WebSocket
-            if self._in_head and self._head_bytes >= self.max_header_bytes:
+            if self.transport.get_protocol() is not self:
+                self._head_done()  # upgraded: the WebSocket protocol has it now
+                return
+            if self.transport.is_closing():
+                return
+            if not self._awaiting_head():
+                self._head_done()
+            elif self._head_bytes >= self.max_header_bytes:
                 limit = self.max_header_bytes
                 message = f"request line and headers over {limit} bytes"
                 self._answer(431, "headers_too_large", message, linger=True)
 
-    # Parser callbacks: where a head begins and ends.
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._timer is None:  # the first byte of a request after a keep-alive pause
-            self._start_timer()
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
+    def _head_done(self) -> None:
         self._cancel_timer()
-        self.sockets.set_waiting(self.transport, False)
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_head = True
         self._head_bytes = 0
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self.sockets.set_waiting(self.transport, True)
+        self.sockets.set_waiting(self.transport, False)
 
     def _start_timer(self) -> None:
         self._cancel_timer()
@@ -250,10 +251,67 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
+    """uvicorn's httptools protocol (the default), guarded; httptools says where a head
+    begins and ends through its callbacks."""
+
+    _in_head = True
+
+    def _awaiting_head(self) -> bool:
+        return self._in_head
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._timer is None:  # the first byte of a request after a keep-alive pause
+            self._start_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_done()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self.sockets.set_waiting(self.transport, True)
+
+
+class GuardedH11Protocol(HeadGuard, H11Protocol):
+    """uvicorn's h11 protocol, guarded; h11's state says whether a head is awaited."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Its own limit (uvicorn answers 400 past it) only backs ours up: pipelined
+        # requests wait in its buffer while one is answered.
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=2 * self.max_header_bytes)
+
+    def _awaiting_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may start a pipelined request already buffered
+        if not self.transport.is_closing() and self._awaiting_head():
+            self.sockets.set_waiting(self.transport, True)
+            if self._timer is None:
+                self._start_timer()
+
+
+PARSERS: dict[str, type[HeadGuard]] = {
+    "httptools": GuardedHttpToolsProtocol,
+    "h11": GuardedH11Protocol,
+}
+
+
 def guarded_http(
     settings: Settings, sockets: Sockets, ws: type[asyncio.Protocol]
-) -> type[GuardedHttpToolsProtocol]:
-    """The HTTP protocol class, configured: uvicorn instantiates it per connection."""
+) -> type[HeadGuard]:
+    """The HTTP protocol class (HTTP_PARSER), configured: uvicorn instantiates it per
+    connection."""
+    parser = PARSERS[settings.http_parser]
     released = type(ws.__name__, (ReleasedOnClose, ws), {"sockets": sockets})
     limits = {
         "sockets": sockets,
@@ -261,4 +319,4 @@ def guarded_http(
         "header_timeout": settings.header_timeout,
         "max_header_bytes": settings.max_header_bytes,
     }
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), limits)
+    return type(parser.__name__, (parser,), limits)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support import ServerProcess, Tab
 
@@ -19,6 +20,18 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 HALF = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # the blank line never comes
 # Loopback only, but not a trusted proxy: each 127.0.0.x is a client of its own.
 DIRECT = {"FORWARDED_ALLOW_IPS": "192.0.2.1"}
+PARSERS = ["httptools", "h11"]
+
+
+@pytest.fixture(scope="module", params=PARSERS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """This module's shared server, once per HTTP parser: the limits hold whichever runs."""
+    workdir = tmp_path_factory.mktemp(request.param)
+    proc = ServerProcess(workdir, {"HTTP_PARSER": request.param}).start()
+    yield proc
+    proc.stop()
 
 
 async def connect(server: ServerProcess, data: bytes = b"", source: str = "127.0.0.1") -> Conn:
@@ -135,10 +148,11 @@ async def test_an_untrusted_peer_s_forwarded_headers_are_ignored(
 # Item: request heads must arrive in time; every connection counts per address.
 
 
+@pytest.mark.parametrize("parser", PARSERS)
 async def test_a_head_that_does_not_finish_in_time_is_answered_408_and_closed(
-    make_server: Callable[..., ServerProcess],
+    make_server: Callable[..., ServerProcess], parser: str
 ) -> None:
-    server = make_server({**DIRECT, "HEADER_TIMEOUT": "500ms"}).start()
+    server = make_server({**DIRECT, "HEADER_TIMEOUT": "500ms", "HTTP_PARSER": parser}).start()
     half_line, half_head, silent = await asyncio.gather(
         connect(server, b"GET /heal"), connect(server, HALF), connect(server)
     )
@@ -165,10 +179,12 @@ async def test_a_head_that_does_not_finish_in_time_is_answered_408_and_closed(
     await tab.close()
 
 
+@pytest.mark.parametrize("parser", PARSERS)
 async def test_half_open_connections_count_per_address(
-    make_server: Callable[..., ServerProcess],
+    make_server: Callable[..., ServerProcess], parser: str
 ) -> None:
     limits = {"MAX_CONNECTIONS_PER_IP": "5", "MAX_SOCKETS_PER_IP": "10", "HEADER_TIMEOUT": "60s"}
+    limits["HTTP_PARSER"] = parser
     server = make_server({**DIRECT, **limits}).start()
     async with held([await connect(server, HALF[:30]) for _ in range(10)]) as half_open:
         assert await refused(await connect(server, HEALTHZ))
