@@ -97,6 +97,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         proxy_headers=False,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        server_header=False,  # names the software and version to anyone probing
     )
     redact_logs()  # after Config, which (re)configures uvicorn's loggers
     CartServer(config, app).run()
