@@ -163,6 +163,7 @@ class HeadGuard(asyncio.Protocol):
     client: tuple[str, int] | None
     server_state: ServerState
     ws_protocol_class: Any
+    cycle: Any  # the request being answered, if any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -211,6 +212,17 @@ class HeadGuard(asyncio.Protocol):
                 message = f"request line and headers over {limit} bytes"
                 self._answer(431, "headers_too_large", message, linger=True)
 
+    def _idle(self) -> bool:
+        """Waiting for a request head, with no response under way."""
+        return self._awaiting_head() and (self.cycle is None or self.cycle.response_complete)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing() and self._idle():
+            self.sockets.set_waiting(self.transport, True)
+            if self._timer is None:  # the next head is due within the timeout too
+                self._start_timer()
+
     def _head_done(self) -> None:
         self._cancel_timer()
         self._head_bytes = 0
@@ -229,7 +241,9 @@ class HeadGuard(asyncio.Protocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        if self._head_bytes == 0:  # nothing of a request at all: nothing to answer
+        if self._head_bytes == 0 or not self._idle():
+            # Nothing of a request at all, or a pipelined head behind a response still
+            # being sent: no answer of ours can go out, so just close.
             self.transport.close()
             return
         message = f"request headers not complete within {self.header_timeout:g} s"
@@ -274,11 +288,6 @@ class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self.sockets.set_waiting(self.transport, True)
-
 
 class GuardedH11Protocol(HeadGuard, H11Protocol):
     """uvicorn's h11 protocol, guarded; h11's state says whether a head is awaited."""
@@ -291,13 +300,6 @@ class GuardedH11Protocol(HeadGuard, H11Protocol):
 
     def _awaiting_head(self) -> bool:
         return self.conn.their_state is h11.IDLE
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()  # may start a pipelined request already buffered
-        if not self.transport.is_closing() and self._awaiting_head():
-            self.sockets.set_waiting(self.transport, True)
-            if self._timer is None:
-                self._start_timer()
 
 
 PARSERS: dict[str, type[HeadGuard]] = {

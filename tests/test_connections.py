@@ -80,8 +80,8 @@ async def held(conns: list[Conn]) -> AsyncIterator[list[Conn]]:
             writer.close()
 
 
-async def opened(server: ServerProcess, forwarded: str) -> Tab:
-    tab = await Tab.open(server, headers={"X-Forwarded-For": forwarded})
+async def opened(server: ServerProcess, forwarded: str | None = None) -> Tab:
+    tab = await Tab.open(server, headers={"X-Forwarded-For": forwarded} if forwarded else None)
     first = await tab.next()
     assert first["type"] == "snapshot", first
     return tab
@@ -160,6 +160,14 @@ async def test_a_head_that_does_not_finish_in_time_is_answered_408_and_closed(
     assert status == 408 and b"connection: close" in raw and b'"request_timeout"' in raw
     assert (await answer(half_head))[0] == 408
     assert await answer(silent) == (0, b"")  # nothing asked, nothing answered: closed
+    # On a kept-alive connection, the next head is due in time too.
+    reader, writer = await connect(server, HEALTHZ)
+    assert await first_response((reader, writer)) == 200
+    writer.write(HALF)
+    async with asyncio.timeout(15):
+        rest = await reader.read()  # the first answer's headers and body, then the 408
+    writer.close()
+    assert rest.count(b"HTTP/1.1 ") == 1 and b"HTTP/1.1 408 Request Timeout" in rest
     # A request whose head came in time may take longer than that (a long-poll).
     async with httpx.AsyncClient(base_url=server.url) as client:
         cart = await client.get("/api/cart")
@@ -270,3 +278,28 @@ async def test_a_websocket_with_large_headers_under_the_limit_opens(server: Serv
     tab = await Tab.open(server, headers=pads)
     assert (await tab.next())["type"] == "snapshot"
     await tab.close()
+
+
+async def test_a_websocket_counts_as_a_socket_until_it_closes(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    # After the upgrade the connection is the WebSocket protocol's; it gives the count back.
+    limits = {"MAX_CONNECTIONS_PER_IP": "2", "MAX_SOCKETS_PER_IP": "2", "HEADER_TIMEOUT": "1s"}
+    server = make_server({**DIRECT, **limits}).start()
+    tabs = [await opened(server) for _ in range(2)]
+    # Both sockets of 127.0.0.1 are WebSockets: a new one is refused, and the open tabs
+    # outlive the header timeout (a long-poll from elsewhere waits it out).
+    assert await refused(await connect(server, HEALTHZ))
+    elsewhere = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+    async with httpx.AsyncClient(base_url=server.url, transport=elsewhere) as other:
+        signed = (await other.get("/api/cart")).headers["x-cart-id"]
+        params = {"since": 0, "wait": 1.5}  # nothing changes: it waits it out
+        poll = await other.get("/api/cart/changes", params=params, headers={"X-Cart-Id": signed})
+    assert poll.status_code == 200
+    for tab in tabs:
+        await tab.send({"type": "ping"})
+        assert (await tab.next("pong"))["type"] == "pong"
+        await tab.close()
+    async with asyncio.timeout(10):
+        while await refused(await connect(server, HEALTHZ)):
+            pass
