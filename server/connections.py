@@ -175,6 +175,10 @@ class HeadGuard(asyncio.Protocol):
     def _awaiting_head(self) -> bool:
         raise NotImplementedError
 
+    def _head_started(self) -> bool:
+        """Some of the awaited head has arrived."""
+        raise NotImplementedError
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         refused = self.sockets.admit(transport, self.client[0] if self.client else "")
@@ -241,9 +245,7 @@ class HeadGuard(asyncio.Protocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        if self._head_bytes == 0 or not self._idle():
-            # Nothing of a request at all, or a pipelined head behind a response still
-            # being sent: no answer of ours can go out, so just close.
+        if not self._head_started():  # nothing of a request at all: nothing to answer
             self.transport.close()
             return
         message = f"request headers not complete within {self.header_timeout:g} s"
@@ -256,6 +258,11 @@ class HeadGuard(asyncio.Protocol):
         the answer before reading it."""
         self._dropping = True
         self._cancel_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head behind a response still being sent: no answer of ours can
+            # go out in the middle of it.
+            self.transport.close()
+            return
         headers = self.server_state.default_headers
         self.transport.write(http_response(status, code, message, headers))
         if linger and self.transport.can_write_eof():
@@ -270,17 +277,22 @@ class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
     begins and ends through its callbacks."""
 
     _in_head = True
+    _begun = False
 
     def _awaiting_head(self) -> bool:
         return self._in_head
 
+    def _head_started(self) -> bool:
+        return self._begun
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._timer is None:  # the first byte of a request after a keep-alive pause
+        self._begun = True
+        if self._timer is None:  # a pipelined request, behind one still being answered
             self._start_timer()
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head = self._begun = False
         self._head_done()
         super().on_headers_complete()
 
@@ -300,6 +312,9 @@ class GuardedH11Protocol(HeadGuard, H11Protocol):
 
     def _awaiting_head(self) -> bool:
         return self.conn.their_state is h11.IDLE
+
+    def _head_started(self) -> bool:
+        return bool(self.conn.trailing_data[0])  # what h11 holds of a head it awaits
 
 
 PARSERS: dict[str, type[HeadGuard]] = {
