@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import errors
 from .limits import AddressCount
+from .ws import SUBPROTOCOL
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -116,8 +117,11 @@ async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
     refusal = errors.TooManyConnections("too many connections from this address")
     if scope["type"] == "websocket":
         await receive()  # websocket.connect
-        # Accepted, then closed, as the app does: the client sees the code and the reason.
-        await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+        # Accepted, then closed, as the app does: the client sees the code and the reason
+        # (a browser that offered subprotocols fails a handshake that picks none).
+        offered = scope.get("subprotocols") or []
+        chosen = SUBPROTOCOL if SUBPROTOCOL in offered else None
+        await send({"type": "websocket.accept", "subprotocol": chosen, "headers": []})
         code = errors.CLOSE_POLICY_VIOLATION
         await send({"type": "websocket.close", "code": code, "reason": refusal.message})
         return

@@ -158,3 +158,34 @@ def test_capacity_keeps_a_margin() -> None:
     assert capacity(20_000) == 20_000 - 128
     assert capacity(256) == 128
     assert capacity(100) == 50
+
+
+async def test_a_proxied_websocket_over_the_limit_is_accepted_then_closed_1008() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the app never sees it")
+
+    count = AddressCount(1)
+    count.take("203.0.113.9")  # the client holds its one socket already
+    middleware = ProxyHeaders(app, TrustedProxies(["*"]), 1, count)
+    scope = {
+        "type": "websocket",
+        "client": ("10.0.0.1", 5000),
+        "scheme": "ws",
+        "headers": xff("6.6.6.6, 203.0.113.9"),
+        "subprotocols": ["cartsync", "cart-id.abc"],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await middleware(scope, receive, send)
+    # The subprotocol the browser offered is picked (else its handshake fails), never the
+    # one carrying the cart id; then the protocol's close code and reason.
+    assert sent[0] == {"type": "websocket.accept", "subprotocol": "cartsync", "headers": []}
+    assert sent[1]["type"] == "websocket.close" and sent[1]["code"] == 1008
+    assert sent[1]["reason"] == "too many connections from this address"
+    assert count.open == {"203.0.113.9": 1}
