@@ -232,7 +232,7 @@ async def test_half_open_connections_count_per_address(
 
 
 async def test_at_the_descriptor_limit_the_oldest_idle_connection_makes_room(
-    make_server: Callable[..., ServerProcess], tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     # 256 descriptors: 128 kept back for the server itself, 128 for clients.
     server = ServerProcess(tmp_path, {"HEADER_TIMEOUT": "60s"}, open_files=256).start()
