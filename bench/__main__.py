@@ -1,5 +1,6 @@
 """Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold;
-and the crash test, `python -m bench crash --kills 1000`.
+the crash test, `python -m bench crash --kills 1000`; and `attack`, half-open connections
+and a huge header from one address.
 
 Starts its own server (SQLite in a temp dir) unless given --url. Every run is bounded in
 count and time, and prints a human table and one JSON line (with the machine)."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cold, crash, fanout, floor, max, rest, side, tabs
+from . import attack, cold, crash, fanout, floor, max, rest, side, tabs
 from .harness import FloorServer, LocalServer, Target, raise_nofile
 
 MODES = {
@@ -19,6 +20,7 @@ MODES = {
     "tabs": (tabs, "N idle WebSockets: server RSS per tab, then fan-out beside them"),
     "cold": (cold, "time to the first snapshot of carts not in memory"),
     "crash": (crash, "SIGKILL under load, restart, check every acknowledged mutation"),
+    "attack": (attack, "half-open connections and a huge header: what others see meanwhile"),
     "floor": (floor, "serve the floor: the leanest in-memory server of the protocol"),
     "side": (side, "the issue's figures for this server and the floor, alternating: ratios"),
 }

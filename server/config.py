@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -61,6 +62,22 @@ def _scheme(name: str, url: str, allowed: tuple[str, ...], example: str) -> str:
     return url
 
 
+def forwarded_allow_ips(raw: str) -> tuple[str, ...]:
+    """'*', or comma-separated addresses and networks: '10.0.0.1, 10.1.0.0/16'."""
+    entries = tuple(e.strip() for e in raw.split(",") if e.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                "FORWARDED_ALLOW_IPS must be '*' or IP addresses and networks (10.0.0.0/8),"
+                f" comma-separated; got {entry!r}"
+            ) from None
+    return entries
+
+
 @dataclass(frozen=True)
 class Settings:
     # URLs may carry a password: never in a repr (settings are logged at trace level).
@@ -73,6 +90,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     # Host headers accepted (starlette's TrustedHostMiddleware); empty: any.
     allowed_hosts: tuple[str, ...] = ()
+    # The path prefix the server lives under behind a reverse proxy ("/cart"); "" at /.
+    root_path: str = ""
     # Bearer token /metrics asks for; empty: /metrics is open.
     metrics_token: str = field(default="", repr=False)
     currency: str = "usd"
@@ -87,6 +106,16 @@ class Settings:
     ws_send_buffer: int = 256 * 1024
     max_tabs_per_cart: int = 20
     max_connections_per_ip: int = 100  # open WebSockets and long-polls from one address
+    # TCP connections of any kind from one address (idle, half-open, WebSocket); from
+    # the environment it defaults to twice MAX_CONNECTIONS_PER_IP.
+    max_sockets_per_ip: int = 200
+    header_timeout: float = 10.0  # a request line and headers must arrive within this
+    max_header_bytes: int = 32 * 1024  # request line plus headers; larger: 431
+    # Proxies whose X-Forwarded-For and -Proto are believed ('*': any peer), and how many
+    # stand in front of the server: the client is the entry that many from the right.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+    forwarded_hops: int = 1
+    http_parser: str = "httptools"  # or "h11": pure Python, slower; the same limits apply
     # Checkouts holding stock at once per client address: one address cannot hoard it.
     max_checkouts_per_ip: int = 10
     # New carts per second (and burst) per client address: far above the first visits of
@@ -120,7 +149,10 @@ class Settings:
     # Tab counts of other processes not refreshed within this are dropped (a process that
     # died); each process refreshes its own every third of it.
     presence_ttl_seconds: float = 30.0
+    # The demo catalog and demo payments: on by default only where a first run happens
+    # (SQLite, not on a platform); a PostgreSQL store or DYNO needs them asked for.
     demo_catalog: bool = True
+    demo_payments: bool = True
     access_log: bool = False
     log_level: str = "info"
     # Checkout. Without a Stripe key the built-in demo payment provider is used.
@@ -181,6 +213,9 @@ class Settings:
         if log_level not in {"critical", "error", "warning", "info", "debug", "trace"}:
             levels = "critical, error, warning, info, debug or trace"
             raise ConfigError(f"LOG_LEVEL must be {levels}, got {log_level!r}")
+        parser = get("HTTP_PARSER", cls.http_parser).lower()
+        if parser not in {"httptools", "h11"}:
+            raise ConfigError(f"HTTP_PARSER must be httptools or h11, got {parser!r}")
         price = get("CHECKOUT_PRICE", cls.checkout_price).lower()
         if price not in {"snapshot", "current"}:
             raise ConfigError(f"CHECKOUT_PRICE must be snapshot or current, got {price!r}")
@@ -194,26 +229,45 @@ class Settings:
         if events_url and not events_secret:
             raise ConfigError("CART_EVENTS_WEBHOOK_URL is set: CART_EVENTS_SECRET must be too")
         redis = get("REDIS_URL", cls.redis_url)
+        database_url = _scheme(
+            "DATABASE_URL",
+            get("DATABASE_URL", cls.database_url),
+            DATABASE_SCHEMES,
+            "sqlite:///path or postgresql://user:password@host/db",
+        )
+        # A local first run gets a working demo; a deploy that forgot its Stripe key must
+        # not let anyone "pay", nor show made-up products.
+        first_run = database_url.lower().startswith("sqlite") and not env.get("DYNO")
+        header_timeout = duration("HEADER_TIMEOUT", cls.header_timeout)
+        if header_timeout <= 0:
+            raise ConfigError("HEADER_TIMEOUT must be more than 0 s")
+        connections = number("MAX_CONNECTIONS_PER_IP", cls.max_connections_per_ip)
+        sockets = number("MAX_SOCKETS_PER_IP", 2 * connections)
+        if sockets < connections:
+            raise ConfigError(
+                f"MAX_SOCKETS_PER_IP ({sockets}) must be at least MAX_CONNECTIONS_PER_IP"
+                f" ({connections}): every WebSocket and long-poll is a socket too"
+            )
         public_url = get("PUBLIC_URL", "").rstrip("/")
         if public_url and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", public_url):
             raise ConfigError(f"PUBLIC_URL must be an http:// or https:// URL, got {public_url!r}")
         if env.get("STRIPE_SECRET_KEY", "").strip() and not public_url:
             # Stripe's success and cancel URLs are absolute: never built from a Host header.
             raise ConfigError("STRIPE_SECRET_KEY is set: PUBLIC_URL must be too (https://shop…)")
+        root_path = get("ROOT_PATH", "").rstrip("/")
+        plain = re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", root_path)
+        if root_path and (not plain or {".", ".."} & set(root_path.split("/"))):
+            raise ConfigError(f"ROOT_PATH must be a path like /cart, got {root_path!r}")
         hosts = tuple(h.strip().lower() for h in get("ALLOWED_HOSTS", "").split(",") if h.strip())
         origins = tuple(
             o.strip().rstrip("/") for o in get("ALLOWED_ORIGINS", "").split(",") if o.strip()
         )
         return cls(
-            database_url=_scheme(
-                "DATABASE_URL",
-                get("DATABASE_URL", cls.database_url),
-                DATABASE_SCHEMES,
-                "sqlite:///path or postgresql://user:password@host/db",
-            ),
+            database_url=database_url,
             secret=env.get("CART_SECRET", ""),
             allowed_origins=origins,
             allowed_hosts=hosts,
+            root_path=root_path,
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
             currency=get("CURRENCY", cls.currency).lower(),
             max_body_bytes=number("MAX_BODY_BYTES", cls.max_body_bytes),
@@ -223,7 +277,13 @@ class Settings:
             ws_send_timeout=duration("WS_SEND_TIMEOUT", cls.ws_send_timeout),
             ws_send_buffer=number("WS_SEND_BUFFER", cls.ws_send_buffer),
             max_tabs_per_cart=number("MAX_TABS_PER_CART", cls.max_tabs_per_cart),
-            max_connections_per_ip=number("MAX_CONNECTIONS_PER_IP", cls.max_connections_per_ip),
+            max_connections_per_ip=connections,
+            max_sockets_per_ip=sockets,
+            header_timeout=header_timeout,
+            max_header_bytes=number("MAX_HEADER_BYTES", cls.max_header_bytes),
+            forwarded_allow_ips=forwarded_allow_ips(get("FORWARDED_ALLOW_IPS", "127.0.0.1")),
+            forwarded_hops=number("FORWARDED_HOPS", cls.forwarded_hops),
+            http_parser=parser,
             max_checkouts_per_ip=number("MAX_CHECKOUTS_PER_IP", cls.max_checkouts_per_ip),
             new_cart_rate=rate("NEW_CART_RATE", cls.new_cart_rate),
             new_cart_burst=number("NEW_CART_BURST", cls.new_cart_burst),
@@ -247,7 +307,8 @@ class Settings:
             redis_verify_tls=flag("REDIS_VERIFY_TLS", cls.redis_verify_tls),
             bus_check_seconds=duration("BUS_CHECK", cls.bus_check_seconds),
             presence_ttl_seconds=duration("PRESENCE_TTL", cls.presence_ttl_seconds),
-            demo_catalog=flag("DEMO_CATALOG", cls.demo_catalog),
+            demo_catalog=flag("DEMO_CATALOG", first_run),
+            demo_payments=flag("DEMO_PAYMENTS", first_run),
             access_log=flag("ACCESS_LOG", cls.access_log),
             log_level=log_level,
             stripe_secret_key=env.get("STRIPE_SECRET_KEY", "").strip(),

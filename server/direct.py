@@ -41,9 +41,13 @@ def route(scope: Scope) -> ASGIApp | None:
     """The handler of a mutation route, or None: Starlette serves everything else (other
     methods too, with its 405 and Allow)."""
     kind = scope["type"]
-    if kind not in ("http", "websocket") or scope.get("root_path"):
-        return None  # lifespan; or mounted under a prefix: Starlette's router knows it
-    path = scope["path"]
+    if kind not in ("http", "websocket"):
+        return None
+    path, root = scope["path"], scope.get("root_path", "")
+    if root:  # ROOT_PATH: the routes are under it, as Starlette's router reads them
+        if not path.startswith(root + "/"):
+            return None
+        path = path[len(root) :]
     if kind == "websocket":
         return _socket if path == SOCKET else None
     if path == ITEMS:

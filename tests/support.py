@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -138,8 +139,15 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m server` in a child process on its own SQLite file."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None, catalog: bool = True):
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        catalog: bool = True,
+        open_files: int | None = None,  # RLIMIT_NOFILE (soft and hard) of the process
+    ):
         self.workdir = workdir
+        self.open_files = open_files
         self.db = workdir / "cart.db"
         self.port = free_port()
         self.env = {
@@ -148,6 +156,8 @@ class ServerProcess:
             "CART_SECRET": SECRET,
             "LOG_LEVEL": "info",
             "DEMO_CATALOG": "0" if catalog else "1",
+            # The suite pays with the demo provider on both stores; off is its own test.
+            "DEMO_PAYMENTS": "1",
             **UNLIMITED,
             **(env or {}),
         }
@@ -185,6 +195,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=None if self.open_files is None else self._limit_open_files,
         )
 
         def pump(stream: Iterable[str]) -> None:
@@ -200,6 +211,10 @@ class ServerProcess:
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(self.lines))
         return self
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.proc is None:
@@ -390,14 +405,16 @@ class TcpProxy:
 class RedisServer:
     """A private redis-server on a free port that a test may kill and start again."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         if shutil.which("redis-server") is None:
@@ -410,6 +427,7 @@ class RedisServer:
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", str(self.workdir),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
