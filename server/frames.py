@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Protocol
 
-from .errors import CLOSE_REASONS, CLOSE_TRY_AGAIN_LATER
+from .errors import CLOSE_TRY_AGAIN_LATER, REASON_FOR_CLOSE
 
 # The ASGI scope extension under which the serving layer offers a connection's Sink.
 EXTENSION = "cartsync.frames"
@@ -101,7 +101,7 @@ class Tab:
         self.close_code = code
         if not flush:
             self._out = None
-        self._end = (code, CLOSE_REASONS.get(code, ""))
+        self._end = (code, REASON_FOR_CLOSE.get(code, ""))
         self._flush()
 
     def _flush(self) -> None:
