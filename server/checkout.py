@@ -1,11 +1,13 @@
 """Checkout: lock the cart and reserve its stock in one transaction, open a payment
 session, and settle it (order or release) exactly once, whoever reports the outcome first:
-webhook, the demo page, a cancel, or the sweeper. Every transition runs under the cart's
-room lock and records what it did in the same transaction as its effect."""
+webhook, the demo page, a cancel, or the sweeper. Every transition runs in a transaction of
+the cart's room and records what it did in the same commit as its effect. The payment
+provider is never asked inside one: a slow answer would hold up every tab of the cart."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from datetime import timedelta
@@ -20,7 +22,7 @@ from .config import Settings
 from .hub import Hub
 from .metrics import Metrics
 from .payments import PaymentProvider, PaymentRequest
-from .room import Room
+from .room import Room, Transaction
 from .store import (
     AttachSession,
     Checkout,
@@ -42,6 +44,7 @@ from .store import (
 
 log = logging.getLogger("server.checkout")
 SWEEP_BATCH = 100
+ATTEMPTS = 5  # a cancel waits for a session being opened, then looks again
 
 
 class Started(Struct, frozen=True):
@@ -82,6 +85,8 @@ class Checkouts:
         self.settings = settings
         self.metrics = metrics
         self._sweeper: asyncio.Task[None] | None = None
+        # Sessions being opened here, by checkout id: a second press waits for the first.
+        self._opening: dict[str, asyncio.Future[Started]] = {}
 
     # --- the shopper -----------------------------------------------------------------
 
@@ -96,34 +101,41 @@ class Checkouts:
             raise errors.PaymentsUnavailable(
                 "this shop takes no payments yet: set STRIPE_SECRET_KEY (or DEMO_PAYMENTS=1)"
             )
-        async with room.lock:
-            if room.cart.status is Status.CHECKING_OUT:
-                existing = await self.store.open_checkout(room.cart.id)
-                if existing is not None:
-                    return await self._open_session(room, existing)
-            checkout_id = str(uuid.uuid4())
-            reserved: list[Checkout] = []
+        async with room.transaction() as tx:
+            checkout = None
+            if tx.cart.status is Status.CHECKING_OUT:
+                checkout = await self.store.open_checkout(tx.cart.id)
+            if checkout is None:
+                checkout = await self._reserve(tx, base_version, address)
+        # The provider is asked with the cart unlocked: it stays checking_out, so the
+        # other tabs' edits are refused at once (cart_locked) rather than kept waiting.
+        return await self._session(checkout)
 
-            def reserve(new: Cart) -> tuple[Effect, ...]:
-                reserved[:] = [self._checkout(checkout_id, new)]
-                return (Reserve(reserved[0], address, self.settings.max_checkouts_per_ip),)
+    async def _reserve(
+        self, tx: Transaction, base_version: int | None, address: str | None
+    ) -> Checkout:
+        checkout_id = str(uuid.uuid4())
+        reserved: list[Checkout] = []
 
-            try:
-                await room.apply_locked(StartCheckout(), base_version=base_version, effects=reserve)
-            except ShortStock as short:
-                self.metrics.inc("cart_checkouts_total", result="insufficient_stock")
-                raise errors.InsufficientStock(
-                    "some lines are no longer in stock", lines=short.lines
-                ) from None
-            except TooManyHolds:
-                self.metrics.inc("cart_checkouts_total", result="too_many_checkouts")
-                raise errors.TooManyCheckouts(
-                    "this address holds as many checkouts as it may; pay for or cancel one"
-                ) from None
-            checkout = reserved[0]
-            self._adjust(checkout.lines, -1)
-            self.metrics.inc("cart_checkouts_total", result="reserved")
-            return await self._open_session(room, checkout)
+        def reserve(new: Cart) -> tuple[Effect, ...]:
+            reserved[:] = [self._checkout(checkout_id, new)]
+            return (Reserve(reserved[0], address, self.settings.max_checkouts_per_ip),)
+
+        try:
+            await tx.apply(StartCheckout(), base_version=base_version, effects=reserve)
+        except ShortStock as short:
+            self.metrics.inc("cart_checkouts_total", result="insufficient_stock")
+            raise errors.InsufficientStock(
+                "some lines are no longer in stock", lines=short.lines
+            ) from None
+        except TooManyHolds:
+            self.metrics.inc("cart_checkouts_total", result="too_many_checkouts")
+            raise errors.TooManyCheckouts(
+                "this address holds as many checkouts as it may; pay for or cancel one"
+            ) from None
+        self._adjust(reserved[0].lines, -1)
+        self.metrics.inc("cart_checkouts_total", result="reserved")
+        return reserved[0]
 
     def _checkout(self, checkout_id: str, cart: Cart) -> Checkout:
         products = self.catalog.products
@@ -150,9 +162,25 @@ class Checkouts:
             expires_at=utcnow() + timedelta(seconds=self.settings.checkout_expires),
         )
 
-    async def _open_session(self, room: Room, checkout: Checkout) -> Started:
+    async def _session(self, checkout: Checkout) -> Started:
+        """The checkout's payment session: the one recorded, the one this process is
+        opening (two tabs pressing together wait for the same answer), or a new one."""
         if checkout.session_id is not None and checkout.url is not None:
             return Started(checkout.url, checkout.session_id)
+        opening = self._opening.get(checkout.id)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open_session(checkout))
+            self._opening[checkout.id] = opening
+            opening.add_done_callback(lambda done: self._opened(checkout.id, done))
+        # Shielded: a shopper who goes away mid-request leaves no hold without a session.
+        return await asyncio.shield(opening)
+
+    def _opened(self, checkout_id: str, done: asyncio.Future[Started]) -> None:
+        del self._opening[checkout_id]
+        if not done.cancelled():
+            done.exception()  # retrieved: a caller that went away is not told
+
+    async def _open_session(self, checkout: Checkout) -> Started:
         public = self.public_url
         request = PaymentRequest(
             checkout=checkout,
@@ -172,13 +200,25 @@ class Checkouts:
             session = await self.provider.create(request)
         except Exception as exc:  # nothing was charged: give the stock back, unlock
             log.warning("payment provider refused a checkout of cart %s: %s", checkout.cart_id, exc)
-            await self._release(room, checkout, None)
+            async with self.hub.use(checkout.cart_id) as room, room.transaction() as tx:
+                await self._release(tx, checkout, None)
             self.metrics.inc("cart_checkouts_total", result="provider_error")
             raise errors.PaymentProviderError(
                 "the payment provider could not start a payment; nothing was charged"
             ) from None
-        await self.store.record(AttachSession(checkout.id, session.id, session.url))
-        return Started(session.url, session.id)
+        async with self.hub.use(checkout.cart_id) as room, room.transaction():
+            now = await self.store.load_checkout(checkout.id)
+            await self.store.record(AttachSession(checkout.id, session.id, session.url))
+        if now is not None and now.status == "reserved":
+            return Started(session.url, session.id)
+        # Cancelled through another process while the provider answered: the session
+        # must not take money for stock that went back.
+        log.warning("checkout of cart %s was cancelled while it opened", checkout.cart_id)
+        with contextlib.suppress(Exception):
+            await self.provider.expire(session.id)
+        raise errors.PaymentProviderError(
+            "the checkout was cancelled while the payment opened; nothing was charged"
+        )
 
     @property
     def public_url(self) -> str:
@@ -212,19 +252,38 @@ class Checkouts:
         """Give the stock back and unlock the cart, unless the payment went through.
         With `checkout_id`, only if that checkout is still the cart's open one (a page
         left open on an older checkout must not cancel a newer one)."""
-        async with room.lock:
-            if room.cart.status is not Status.CHECKING_OUT:
-                return  # nothing to cancel: asking twice is not an error
-            checkout = await self.store.open_checkout(room.cart.id)
-            if checkout is None:  # cannot happen (one transaction), but never stay locked
-                await room.apply_locked(SetStatus(Status.ACTIVE))
+        for _ in range(ATTEMPTS):
+            async with room.transaction() as tx:
+                if tx.cart.status is not Status.CHECKING_OUT:
+                    return  # nothing to cancel: asking twice is not an error
+                checkout = await self.store.open_checkout(tx.cart.id)
+                if checkout is None:  # cannot happen (one transaction), but never stay locked
+                    await tx.apply(SetStatus(Status.ACTIVE))
+                    return
+                if checkout_id is not None and checkout.id != checkout_id:
+                    return
+                opening = self._opening.get(checkout.id)
+                if opening is None and checkout.session_id is None:  # no session to close
+                    await self._release(tx, checkout, None)
+                    self.metrics.inc("cart_checkouts_total", result="cancelled")
+                    return
+            if opening is None:
+                break
+            # Its session is being opened: cancel that session once it exists.
+            await asyncio.wait([opening])
+        else:
+            raise errors.Unavailable("the checkout kept changing while cancelling; try again")
+        # Asked with the cart unlocked (it stays checking_out, so edits are refused
+        # meanwhile), then settled under the lock again: whoever got there first wins.
+        assert checkout.session_id is not None
+        if not await self._expire(checkout):
+            raise errors.CheckoutCompleted("the payment went through; the order stands")
+        async with room.transaction() as tx:
+            # Settled meanwhile (a webhook, the sweeper, the demo page's Pay): as if this
+            # cancel had come second, nothing is left to do.
+            if not await self._release(tx, checkout, None):
                 return
-            if checkout_id is not None and checkout.id != checkout_id:
-                return
-            if checkout.session_id is not None and not await self._expire(checkout):
-                raise errors.CheckoutCompleted("the payment went through; the order stands")
-            await self._release(room, checkout, None)
-            self.metrics.inc("cart_checkouts_total", result="cancelled")
+        self.metrics.inc("cart_checkouts_total", result="cancelled")
 
     async def _expire(self, checkout: Checkout) -> bool:
         assert checkout.session_id is not None
@@ -263,7 +322,7 @@ class Checkouts:
             log.warning("payment event %s names no checkout of its provider", kind)
             await self._record(event)
             return None
-        async with self.hub.use(checkout.cart_id) as room, room.lock:
+        async with self.hub.use(checkout.cart_id) as room, room.transaction() as tx:
             checkout = await self.store.load_checkout(checkout_id)  # as of now, locked
             assert checkout is not None
             try:
@@ -273,22 +332,22 @@ class Checkouts:
                     await self._record(event)  # nothing left to do
                     return checkout.status
                 if outcome.paid:
-                    await self._fulfil(room, checkout, outcome, event)
+                    await self._fulfil(tx, checkout, outcome, event)
                     return "paid"
-                await self._release(room, checkout, event)
+                await self._release(tx, checkout, event)
                 return "released"
             except DuplicateEvent:
                 return checkout.status
 
     async def _fulfil(
-        self, room: Room, checkout: Checkout, outcome: Outcome, event: RecordEvent
+        self, tx: Transaction, checkout: Checkout, outcome: Outcome, event: RecordEvent
     ) -> None:
         products = self.catalog.products
         order = Order(
             id=str(uuid.uuid4()),
             checkout_id=checkout.id,
             cart_id=checkout.cart_id,
-            user_id=room.cart.user_id,
+            user_id=tx.cart.user_id,
             session_id=checkout.session_id,
             payment_intent=outcome.payment_intent,
             amount_total_cents=(
@@ -307,16 +366,14 @@ class Checkouts:
             ),
         )
         effects: tuple[Effect, ...] = (Fulfil(order), event)
-        if checkout.status == "reserved" and room.cart.status is Status.CHECKING_OUT:
+        if checkout.status == "reserved" and tx.cart.status is Status.CHECKING_OUT:
             # Every tab moves on to the same fresh cart (the room sends `moved`); a user's
             # is stored now so that their next login finds it.
             successor = str(uuid.uuid4())
-            if room.cart.user_id is not None:
+            if tx.cart.user_id is not None:
                 expires = utcnow() + timedelta(seconds=self.settings.cart_ttl)
-                effects += (CreateCart(successor, room.cart.user_id, expires),)
-            await room.apply_locked(
-                SetStatus(Status.CHECKED_OUT, successor), effects=lambda _: effects
-            )
+                effects += (CreateCart(successor, tx.cart.user_id, expires),)
+            await tx.apply(SetStatus(Status.CHECKED_OUT, successor), effects=lambda _: effects)
         else:
             # Paid after the reservation went back (cancel or expiry raced the payment):
             # the money is taken, so the order stands; the cart has moved on already.
@@ -326,18 +383,22 @@ class Checkouts:
                 self._adjust(checkout.lines, -1)
         self.metrics.inc("cart_checkouts_total", result="paid")
 
-    async def _release(self, room: Room, checkout: Checkout, event: RecordEvent | None) -> None:
+    async def _release(
+        self, tx: Transaction, checkout: Checkout, event: RecordEvent | None
+    ) -> bool:
+        """Give a reserved checkout's stock back; False if it was settled already."""
         effects: tuple[Effect, ...] = (Release(checkout.id),) + ((event,) if event else ())
         try:
-            if room.cart.status is Status.CHECKING_OUT:
-                await room.apply_locked(SetStatus(Status.ACTIVE), effects=lambda _: effects)
+            if tx.cart.status is Status.CHECKING_OUT:
+                await tx.apply(SetStatus(Status.ACTIVE), effects=lambda _: effects)
             else:
                 await self.store.record(*effects)
         except CheckoutMoved:
-            return
+            return False
         self._adjust(checkout.lines, +1)
         if event is not None:
             self.metrics.inc("cart_checkouts_total", result="expired")
+        return True
 
     async def _record(self, event: RecordEvent) -> None:
         try:

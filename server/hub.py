@@ -133,10 +133,7 @@ class Hub:
         idle = [
             cart_id
             for cart_id, room in self.rooms.items()
-            if room.refs == 0
-            and not room.tabs
-            and not room.lock.locked()
-            and room.last_used < cutoff
+            if room.refs == 0 and not room.tabs and not room.busy and room.last_used < cutoff
         ]
         for cart_id in idle:
             self.rooms.pop(cart_id).close()
@@ -328,7 +325,7 @@ class Hub:
         for room in rooms:
             room.wake()
         for room in rooms:
-            async with room.lock:  # FIFO: every mutation already waiting goes first
+            async with room.transaction():  # FIFO: every mutation already waiting goes first
                 pass
         tabs = [tab for room in rooms for tab in room.tabs]
         for tab in tabs:

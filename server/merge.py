@@ -11,7 +11,7 @@ from . import errors
 from .cart import FINISHED, MUTABLE, Absorb, SetStatus, Status
 from .hub import Hub
 from .identity import CartIds, CartRef
-from .store import StaleVersion
+from .room import commit_together, together
 
 log = logging.getLogger("server.merge")
 ATTEMPTS = 5
@@ -29,8 +29,7 @@ async def login(hub: Hub, ids: CartIds, ref: CartRef, user_id: str) -> CartRef:
                 await source.catch_up()
                 continue
             async with hub.use(target_id) as target:
-                first, second = sorted((source, target), key=lambda room: room.cart.id)
-                async with first.lock, second.lock:
+                async with together(source, target) as (src, tgt):
                     if target.cart.user_id not in (None, user_id) or target.cart.status in FINISHED:
                         continue  # the user's cart moved on while we looked: look again
                     for room, whose in ((source, "this"), (target, "the user's")):
@@ -44,28 +43,16 @@ async def login(hub: Hub, ids: CartIds, ref: CartRef, user_id: str) -> CartRef:
                     # on a shared computer one user's cart is never poured into another's.
                     mergeable = source.cart.user_id is None and source.cart.status in MUTABLE
                     lines = source.cart.lines if mergeable else ()
-                    absorb = None
+                    writes = []
                     if lines or target.cart.user_id != user_id:  # else nothing to change
-                        absorb = target.prepare(Absorb(lines, user_id))
-                    retire = None
+                        writes.append((tgt, tgt.prepare(Absorb(lines, user_id))))
                     if mergeable and (source.cart.version > 0 or source.tabs):
                         # Its tabs (and later requests for it) move on to the user's cart.
-                        retire = source.prepare(SetStatus(Status.MERGED, target.cart.id))
-                    writes = [w for w in (absorb, retire) if w is not None]
-                    if not writes:
-                        return _ref(ids, target.cart.id)
-                    try:
-                        await hub.store.commit(*writes)
-                    except StaleVersion:
+                        writes.append((src, src.prepare(SetStatus(Status.MERGED, target.cart.id))))
+                    if writes and not await commit_together(*writes):
                         # Another process changed one of them, or another device made the
                         # user's cart first: read again and start over.
-                        await source.catch_up_locked()
-                        await target.catch_up_locked()
                         continue
-                    if absorb is not None:
-                        target.accept(absorb)
-                    if retire is not None:
-                        source.accept(retire)  # its tabs get `moved`
                     return _ref(ids, target.cart.id)
     raise errors.Unavailable("the carts kept changing while logging in; try again")
 

@@ -8,11 +8,12 @@ Every mutation takes the same path: lock -> apply (pure) -> commit (durable) -> 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 
 from msgspec import Raw, Struct
@@ -60,7 +61,7 @@ class RoomContext(Struct, frozen=True):
 class Room:
     def __init__(self, cart_id: str, stored: StoredCart | None, ctx: RoomContext) -> None:
         self.ctx = ctx
-        self.lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # taken here only: transaction(), together(), submit()
         self.tabs: set[Tab] = set()
         self.refs = 0  # requests and sockets using the room; it is never evicted while > 0
         self.last_used = time.monotonic()
@@ -92,6 +93,11 @@ class Room:
     @property
     def version(self) -> int:
         return self.cart.version
+
+    @property
+    def busy(self) -> bool:
+        """A mutation holds the cart, or waits for it."""
+        return self._lock.locked()
 
     # --- reading ---------------------------------------------------------------------
 
@@ -202,8 +208,8 @@ class Room:
         """Apply one mutation in this cart's order; returns once it is durably committed
         and broadcast. Raises CartError (nothing changed) or Unavailable (nothing stored).
         `request`, a digest of what was asked, refuses a key reused for something else."""
-        async with self.lock:
-            return await self.apply_locked(
+        async with self._lock:
+            return await self._apply(
                 op,
                 origin=origin,
                 key=key,
@@ -212,7 +218,14 @@ class Room:
                 request=request,
             )
 
-    async def apply_locked(
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """This cart to itself for the block: several steps (read, apply, store) with no
+        other mutation between them. Keep network calls out: every tab waits meanwhile."""
+        async with self._lock:
+            yield Transaction(self)
+
+    async def _apply(
         self,
         op: Op,
         *,
@@ -223,10 +236,8 @@ class Room:
         effects: Callable[[Cart], tuple[Effect, ...]] | None = None,
         request: str | None = None,
     ) -> Outcome:
-        """submit() for a caller already holding the lock. `effects` gives the rows to
-        write in the same transaction, from the cart as it will be (asked again after a
-        catch-up)."""
-        assert self.lock.locked()
+        """submit() for a caller holding the lock. `effects` gives the rows to write in
+        the same transaction, from the cart as it will be (asked again after a catch-up)."""
         hold = False
         for _ in range(COMMIT_ATTEMPTS):
             if key is not None and key in self.keys:
@@ -387,10 +398,10 @@ class Room:
         mutation; checked again after a catch-up, so it fires once per idle period even
         with several processes); True if it did."""
         settings = self.ctx.settings
-        async with self.lock:
+        async with self._lock:
             for op in (Expire(settings.cart_ttl, str(uuid.uuid4())), Abandon()):
                 try:
-                    await self.apply_locked(op, effects=self._event)
+                    await self._apply(op, effects=self._event)
                 except errors.NotDue:
                     continue
                 return True
@@ -437,11 +448,10 @@ class Room:
 
     async def catch_up(self) -> None:
         """Bring the room up to what the store holds (another process committed)."""
-        async with self.lock:
-            await self.catch_up_locked()
+        async with self._lock:
+            await self._catch_up()
 
-    async def catch_up_locked(self) -> None:
-        """catch_up() for a caller holding the lock."""
+    async def _catch_up(self) -> None:
         self._adopt(await self.ctx.store.load_cart(self.cart.id, self._keys_since()))
 
     def _keys_since(self) -> datetime:
@@ -461,3 +471,53 @@ class Room:
         self.wake()
         if not was_finished:
             self._moved()  # finished in another process: these tabs follow too
+
+
+class Transaction:
+    """What the holder of a room's lock may do; made by Room.transaction() and together()."""
+
+    def __init__(self, room: Room) -> None:
+        self._room = room
+
+    @property
+    def cart(self) -> Cart:
+        return self._room.cart
+
+    async def apply(
+        self,
+        op: Op,
+        *,
+        base_version: int | None = None,
+        effects: Callable[[Cart], tuple[Effect, ...]] | None = None,
+    ) -> Outcome:
+        """Room.submit() inside the transaction, with rows written in the same commit."""
+        return await self._room._apply(op, base_version=base_version, effects=effects)
+
+    def prepare(self, op: Op) -> CartWrite:
+        """The write applying `op` now would commit, for commit_together()."""
+        return self._room.prepare(op)
+
+
+@contextlib.asynccontextmanager
+async def together(a: Room, b: Room) -> AsyncIterator[tuple[Transaction, Transaction]]:
+    """Two carts to themselves, locked in cart id order: two callers that take the same
+    pair the other way round (two logins crossing) never deadlock."""
+    first, second = sorted((a, b), key=lambda room: room.cart.id)
+    async with first._lock, second._lock:
+        yield Transaction(a), Transaction(b)
+
+
+async def commit_together(*writes: tuple[Transaction, CartWrite]) -> bool:
+    """Commit writes to several locked carts in one store transaction, then take each
+    into its room in the order given. False if another process changed one of them
+    first: every room named is brought up to date, and nothing was written."""
+    store = writes[0][0]._room.ctx.store
+    try:
+        await store.commit(*(write for _, write in writes))
+    except StaleVersion:
+        for tx, _ in writes:
+            await tx._room._catch_up()
+        return False
+    for tx, write in writes:
+        tx._room.accept(write)
+    return True

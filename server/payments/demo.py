@@ -16,8 +16,9 @@ class DemoProvider:
         )
 
     async def expire(self, session_id: str) -> bool:
-        # The page pays only a checkout still reserved, decided under the same room
-        # lock as this cancel: whichever comes second finds it settled. Nothing to stop.
+        # The page pays only a checkout still reserved, and a cancel releases only one
+        # not paid, each decided under the cart's lock: whichever comes second finds it
+        # settled. Nothing to stop.
         return True
 
     async def state(self, session_id: str) -> SessionState:
