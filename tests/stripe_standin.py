@@ -38,6 +38,7 @@ class StandIn:
     # connection unanswered), "drop_after_create" (make the session, then drop the answer).
     create_failures: list[str] = field(default_factory=list)
     create_delay: float = 0.0
+    expire_delay: float = 0.0  # seconds before an expire request is handled
     clock_skew: float = 0.0  # seconds this "Stripe" runs ahead of the server's clock
     outage: bool = False  # every request answered 503, telling the library not to retry
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -86,6 +87,10 @@ class StandIn:
                 r for r in self.requests if r.method == "POST" and r.path == "/v1/checkout/sessions"
             ]
 
+    def expires(self) -> list[Recorded]:
+        with self.lock:
+            return [r for r in self.requests if r.method == "POST" and r.path.endswith("/expire")]
+
     def pay(self, session_id: str, amount_total: int | None = None) -> dict[str, Any]:
         """The shopper paid on Stripe's page: the session is complete."""
         with self.lock:
@@ -118,6 +123,8 @@ class StandIn:
         if h.command == "POST" and parts == ["v1", "checkout", "sessions"]:
             return self._create(h, form, headers.get("idempotency-key"))
         if parts[:3] == ["v1", "checkout", "sessions"] and len(parts) >= 4:
+            if h.command == "POST" and parts[4:] == ["expire"] and self.expire_delay:
+                time.sleep(self.expire_delay)  # not under the lock: other requests go on
             with self.lock:
                 session = self.sessions.get(parts[3])
                 if session is None:

@@ -27,7 +27,7 @@ from tests.checkout_support import (
     stock,
 )
 from tests.stripe_standin import StandIn, event, signature
-from tests.support import ServerProcess, rest
+from tests.support import ServerProcess, Tab, rest
 
 KEY = "sk_test_standin"
 WEBHOOK_SECRET = "whsec_test"
@@ -74,6 +74,7 @@ def servers() -> Iterator[list[ServerProcess]]:
 def clean_standin(standin: StandIn) -> None:
     standin.create_failures.clear()
     standin.create_delay = 0.0
+    standin.expire_delay = 0.0
     standin.clock_skew = 0.0
     standin.outage = False
 
@@ -479,6 +480,99 @@ async def test_stripe_unreachable_keeps_the_hold_and_says_so(
         standin.outage = False
         assert (await client.post("/api/cart/checkout/cancel")).status_code == 200
         assert stock(server, "s-11") == 5
+
+
+# --- a slow Stripe holds up no other tab ------------------------------------------------
+
+SLOW = 3.0  # seconds the stand-in takes to answer: far past what another tab may wait
+ANSWERED_WITHIN = 0.1  # a bound on blocking, not a speed figure: the lock is not held
+
+
+async def test_a_slow_create_holds_up_no_other_tab_of_the_cart(
+    server: ServerProcess, standin: StandIn
+) -> None:
+    client, signed_id, _ = await cart_with(server, [("s-12", 1)])
+    other = rest(server, signed_id)
+    tab = await Tab.open(server, signed_id)
+    async with client, other:
+        try:
+            assert (await tab.next())["type"] == "snapshot"
+            assert (await other.get("/api/cart")).status_code == 200  # connected beforehand
+            before = len(standin.creates())
+            standin.create_delay = SLOW
+            pressing = asyncio.create_task(checkout(client))
+            # Stripe has the request (the stock is reserved and committed by then).
+            await eventually(lambda: len(standin.creates()), lambda n: n > before)
+            async with asyncio.timeout(ANSWERED_WITHIN):
+                edit = await other.post("/api/cart/items", json={"product_id": "p-001"})
+            assert edit.status_code == 409 and edit.json()["error"]["code"] == "cart_locked"
+            async with asyncio.timeout(ANSWERED_WITHIN):
+                await tab.send({"type": "add", "id": "m1", "product_id": "p-001", "quantity": 1})
+                error = await tab.next("error")
+            assert (error["id"], error["code"]) == ("m1", "cart_locked")
+            async with asyncio.timeout(ANSWERED_WITHIN):
+                read = await other.get("/api/cart")
+            assert read.json()["status"] == "checking_out"
+            assert not pressing.done()  # all the while, Stripe had not answered
+            response = await pressing
+            assert response.status_code == 200, response.text
+            assert response.json()["session_id"] in standin.sessions
+            assert len(standin.creates()) == before + 1
+            assert stock(server, "s-12") == 4
+        finally:
+            await tab.close()
+
+
+async def test_a_slow_expire_on_cancel_holds_up_no_other_tab_of_the_cart(
+    server: ServerProcess, standin: StandIn
+) -> None:
+    client, signed_id, doc = await cart_with(server, [("s-13", 2)])
+    other = rest(server, signed_id)
+    async with client, other:
+        started = (await checkout(client)).json()
+        assert (await other.get("/api/cart")).status_code == 200  # connected beforehand
+        before = len(standin.expires())
+        standin.expire_delay = SLOW
+        cancelling = asyncio.create_task(client.post("/api/cart/checkout/cancel"))
+        await eventually(lambda: len(standin.expires()), lambda n: n > before)
+        async with asyncio.timeout(ANSWERED_WITHIN):
+            edit = await other.patch("/api/cart/items/s-13", json={"quantity": 1})
+        # Still checking out until Stripe says the session can no longer be paid.
+        assert edit.status_code == 409 and edit.json()["error"]["code"] == "cart_locked"
+        assert stock(server, "s-13") == 3
+        assert not cancelling.done()
+        cancelled = await cancelling
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "active"
+        assert standin.sessions[started["session_id"]]["status"] == "expired"
+        assert stock(server, "s-13") == 5
+        assert [c[1] for c in checkouts_of(server, doc["id"])] == ["released"]
+        edit = await other.patch("/api/cart/items/s-13", json={"quantity": 1})
+        assert edit.status_code == 200, edit.text
+
+
+async def test_a_cancel_while_the_session_opens_closes_that_session(
+    server: ServerProcess, standin: StandIn
+) -> None:
+    """Cancel from another tab while Stripe is still making the session: the cancel
+    waits for that session and expires it, so it can never take money for stock that
+    went back; the press that opened it is answered with it."""
+    client, signed_id, doc = await cart_with(server, [("s-14", 1)])
+    other = rest(server, signed_id)
+    async with client, other:
+        before = len(standin.creates())
+        standin.create_delay = 1.0
+        pressing = asyncio.create_task(checkout(client))
+        await eventually(lambda: len(standin.creates()), lambda n: n > before)
+        cancelled = await other.post("/api/cart/checkout/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "active"
+        response = await pressing
+        assert response.status_code == 200, response.text
+        assert len(standin.creates()) == before + 1
+        assert standin.sessions[response.json()["session_id"]]["status"] == "expired"
+        assert [c[1] for c in checkouts_of(server, doc["id"])] == ["released"]
+        assert stock(server, "s-14") == 5
 
 
 # --- the sweeper asks Stripe ----------------------------------------------------------
