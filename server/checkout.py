@@ -22,7 +22,7 @@ from .config import Settings
 from .hub import Hub
 from .metrics import Metrics
 from .payments import PaymentProvider, PaymentRequest
-from .room import Room, Transaction
+from .room import Room
 from .store import (
     AttachSession,
     Checkout,
@@ -41,6 +41,7 @@ from .store import (
     Store,
     TooManyHolds,
 )
+from .transaction import Transaction
 
 log = logging.getLogger("server.checkout")
 SWEEP_BATCH = 100

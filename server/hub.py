@@ -173,7 +173,7 @@ class Hub:
                 self._heard_while_loading[message.cart_id] = max(seen, message.version)
             return
         if message.tabs is not None:
-            if room.heard(message.origin, message.tabs, time.monotonic()) and room.tabs:
+            if room.presence.heard(message.origin, message.tabs, time.monotonic()) and room.tabs:
                 self._present(room.cart.id, room.version, len(room.tabs))  # meet the newcomer
         if message.version <= room.version:
             return
@@ -234,8 +234,8 @@ class Hub:
         for room in list(self.rooms.values()):
             if room.tabs:
                 self._present(room.cart.id, room.version, len(room.tabs))
-            if room.elsewhere:
-                room.forget_before(cutoff)
+            if room.presence.elsewhere:
+                room.presence.forget_before(cutoff)
 
     # --- timers of carts not in memory ------------------------------------------------
 

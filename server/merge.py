@@ -11,7 +11,7 @@ from . import errors
 from .cart import FINISHED, MUTABLE, Absorb, SetStatus, Status
 from .hub import Hub
 from .identity import CartIds, CartRef
-from .room import commit_together, together
+from .transaction import commit_together, together
 
 log = logging.getLogger("server.merge")
 ATTEMPTS = 5

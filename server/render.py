@@ -7,7 +7,18 @@ from collections.abc import Mapping
 
 from .cart import Cart, Change, Line, Product
 from .clock import iso
-from .protocol import CartDoc, ItemDoc, PatchMsg, PatchOp, RemoveOp, StatusOp, UpsertOp
+from .protocol import (
+    CartDoc,
+    CartEventDoc,
+    EventItem,
+    ItemDoc,
+    PatchMsg,
+    PatchOp,
+    RemoveOp,
+    StatusOp,
+    UpsertOp,
+    encode,
+)
 
 _SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "cad": "CA$", "aud": "A$"}
 _ZERO_DECIMAL = {"jpy", "krw", "vnd", "clp", "isk", "huf"}
@@ -93,4 +104,21 @@ def patch_msg(
         item_count=cart.item_count,
         subtotal_cents=cart.subtotal_cents,
         origin=origin,
+    )
+
+
+def cart_event(cart: Cart, currency: str) -> bytes:
+    """The outbox event a status change emits, as its payload."""
+    return encode(
+        CartEventDoc(
+            type=cart.status.value,
+            cart_id=cart.id,
+            user_id=cart.user_id,
+            version=cart.version,
+            item_count=cart.item_count,
+            subtotal_cents=cart.subtotal_cents,
+            currency=currency,
+            items=[EventItem(x.product_id, x.quantity, x.unit_price_cents) for x in cart.lines],
+            at=iso(cart.updated_at),
+        )
     )

@@ -1,15 +1,17 @@
 """One room per cart in memory: the authoritative cart, the lock that puts every mutation
-of it in one order, the open tabs, and the recent patches for ?since= resume.
+of it in one order, and the recent patches for ?since= resume. Who has it open lives in
+presence.py, the abandonment timer in timer.py.
 
 Every mutation takes the same path: lock -> apply (pure) -> commit (durable) -> accept
 (memory, tabs, other processes) -> answer. Nothing is sent before the commit returns.
+The lock is taken in this module only (and by transaction.together() for two rooms):
+callers that need several steps in one order use Room.transaction().
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 import uuid
 from collections import deque
@@ -22,23 +24,21 @@ from . import cart as domain
 from . import errors, render
 from .cart import FINISHED, Abandon, Cart, Expire, Op, Status
 from .catalog import Catalog
-from .clock import iso, utcnow
+from .clock import utcnow
 from .config import Settings
-from .frames import Tab, broadcast
+from .frames import Tab
 from .limits import TokenBucket
 from .metrics import Metrics
-from .protocol import CartEventDoc, EventItem, MovedMsg, PresenceMsg, SnapshotMsg, encode
+from .presence import Presence
+from .protocol import MovedMsg, SnapshotMsg, encode
 from .store import AlreadyApplied, CartWrite, Effect, Emit, StaleVersion, Store, StoredCart
-
-log = logging.getLogger("server.room")
+from .timer import AbandonTimer
+from .transaction import Transaction
 
 # Mutation ids kept in memory per room for the fast path; older ones are still refused
 # by the store's primary key, so the cap costs a round trip, never a double apply.
 MEMORY_KEYS = 1000
 COMMIT_ATTEMPTS = 10
-# Event loops may run a timer slightly before the wall clock reaches its deadline (uvloop
-# rounds to milliseconds); a timer a few milliseconds late finds the cart due.
-TIMER_SLACK = 0.005
 
 
 class Outcome(Struct, frozen=True):
@@ -61,25 +61,19 @@ class RoomContext(Struct, frozen=True):
 class Room:
     def __init__(self, cart_id: str, stored: StoredCart | None, ctx: RoomContext) -> None:
         self.ctx = ctx
-        self._lock = asyncio.Lock()  # taken here only: transaction(), together(), submit()
-        self.tabs: set[Tab] = set()
+        self._lock = asyncio.Lock()  # see the module docstring: taken here only
+        self.presence = Presence(ctx.metrics)
         self.refs = 0  # requests and sockets using the room; it is never evicted while > 0
         self.last_used = time.monotonic()
         self.history: deque[tuple[int, str]] = deque(maxlen=ctx.settings.patch_history)
         self.keys: dict[str, int] = {}
-        # Tabs of this cart open in other processes: process id -> (count, when heard).
-        self.elsewhere: dict[str, tuple[int, float]] = {}
-        self._shown_tabs = 0  # the count last sent to the tabs here
         self._changed: asyncio.Future[None] | None = None
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
         self._items = render.ItemDocs()
         # Shared by every tab and REST caller of the cart: more tabs, no more allowance.
         self.rate = TokenBucket(ctx.settings.cart_rate, ctx.settings.cart_burst)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: datetime | None = None  # the abandon_at the timer was armed for
-        self._due: asyncio.Task[None] | None = None
-        self._closed = False  # left memory: arms no timer any more
         self.cart = Cart(id=cart_id, updated_at=utcnow())
+        self.timer = AbandonTimer(lambda: self.cart, self.run_due)
         if stored is not None:
             self._load(stored)
 
@@ -88,7 +82,7 @@ class Room:
         self.history.clear()
         self.history.extend(stored.patches)
         self.keys = dict(list(stored.keys.items())[-MEMORY_KEYS:])
-        self._arm()
+        self.timer.arm()
 
     @property
     def version(self) -> int:
@@ -140,6 +134,11 @@ class Room:
 
     # --- tabs ------------------------------------------------------------------------
 
+    @property
+    def tabs(self) -> set[Tab]:
+        """The tabs of this cart open in this process."""
+        return self.presence.tabs
+
     def join(self, tab: Tab, since: int | None) -> None:
         """Register a tab and queue what it lacks: the patches after `since`, or a snapshot.
         Synchronous, so no patch can slip between what it is sent and its registration."""
@@ -149,49 +148,17 @@ class Room:
         else:
             for frame in frames:
                 tab.send(frame.encode())
-        self.tabs.add(tab)
-        self._presence(always=True)
+        self.presence.add(tab)
         self.ctx.present(self.cart.id, self.cart.version, len(self.tabs))
 
     def leave(self, tab: Tab) -> None:
-        self.tabs.discard(tab)
+        self.presence.remove(tab)
         self.last_used = time.monotonic()
-        self._presence(always=True)
         self.ctx.present(self.cart.id, self.cart.version, len(self.tabs))
-
-    @property
-    def tab_count(self) -> int:
-        """Open tabs of this cart in every process."""
-        return len(self.tabs) + sum(count for count, _ in self.elsewhere.values())
-
-    def heard(self, process: str, tabs: int, now: float) -> bool:
-        """Another process's tab count; True if that process was not known here before."""
-        new = process not in self.elsewhere
-        if tabs > 0:
-            self.elsewhere[process] = (tabs, now)
-        else:
-            self.elsewhere.pop(process, None)
-        self._presence()
-        return new
-
-    def forget_before(self, cutoff: float) -> None:
-        """Drop the counts of processes not heard from since `cutoff` (gone, or cut off)."""
-        for process, (_, heard) in list(self.elsewhere.items()):
-            if heard < cutoff:
-                del self.elsewhere[process]
-        self._presence()
-
-    def _presence(self, always: bool = False) -> None:
-        count = self.tab_count
-        if count == self._shown_tabs and not always:
-            return
-        self._shown_tabs = count
-        broadcast(self.tabs, encode(PresenceMsg(tabs=count)))
 
     def broadcast(self, message: str | bytes) -> None:
         """One message to every tab: encoded and framed once, the same bytes for all."""
-        broadcast(self.tabs, message.encode() if isinstance(message, str) else message)
-        self.ctx.metrics.inc("cart_patches_sent_total", len(self.tabs))
+        self.presence.broadcast(message.encode() if isinstance(message, str) else message)
 
     # --- mutating --------------------------------------------------------------------
 
@@ -340,7 +307,7 @@ class Room:
         self.last_used = time.monotonic()
         self.broadcast(patch)
         self.wake()
-        self._arm()
+        self.timer.arm()
         self._moved()
 
     def _moved(self) -> None:
@@ -352,46 +319,7 @@ class Room:
         elif self.cart.status in FINISHED and successor:
             self.broadcast(encode(MovedMsg(cart_id=self.ctx.sign(successor))))
 
-    # --- timers ----------------------------------------------------------------------
-
-    def _arm(self) -> None:
-        """(Re)start the abandonment timer for the cart's stored abandon_at. The sweeper
-        covers carts whose room is not in memory, so this is only the prompt path."""
-        at = self.cart.abandon_at
-        if self._closed or at is None or self.cart.status is not Status.ACTIVE:
-            self._disarm()
-            return
-        if not self.cart.lines:
-            self._disarm()
-            return
-        if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
-            # Every edit moves the deadline later: the armed timer fires first and looks
-            # again, rather than a timer being replaced on every mutation.
-            return
-        self._disarm()
-        delay = max(0.0, (at - utcnow()).total_seconds()) + TIMER_SLACK
-        self._timer_at = at
-        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _fire(self) -> None:
-        self._timer = None
-        at = self.cart.abandon_at
-        if at is not None and self._timer_at is not None and at > self._timer_at:
-            self._arm()  # edited since it was armed: not due yet
-            return
-        if self._due is None or self._due.done():
-            self._due = asyncio.create_task(self._on_timer())
-
-    async def _on_timer(self) -> None:
-        try:
-            await self.run_due()
-        except Exception:  # not re-armed: the sweeper tries again on its next round
-            log.exception("abandonment timer of cart %s failed", self.cart.id)
+    # --- deadlines -------------------------------------------------------------------
 
     async def run_due(self) -> bool:
         """Expire or abandon the cart if it is due (in this cart's order, like any other
@@ -407,30 +335,17 @@ class Room:
                 return True
             # Not due (yet): if the wall clock was set back, wait for the deadline again
             # rather than leave the cart to the next sweep.
-            self._arm()
+            self.timer.arm()
         return False
 
     def _event(self, new: Cart) -> tuple[Effect, ...]:
         """The outbox event a timer's status change emits."""
-        payload = encode(
-            CartEventDoc(
-                type=new.status.value,
-                cart_id=new.id,
-                user_id=new.user_id,
-                version=new.version,
-                item_count=new.item_count,
-                subtotal_cents=new.subtotal_cents,
-                currency=self.ctx.settings.currency,
-                items=[EventItem(x.product_id, x.quantity, x.unit_price_cents) for x in new.lines],
-                at=iso(new.updated_at),
-            )
-        )
+        payload = render.cart_event(new, self.ctx.settings.currency)
         return (Emit(new.id, new.status.value, payload),)
 
     def close(self) -> None:
         """Stop the timer: the room is leaving memory (the sweeper takes over)."""
-        self._closed = True
-        self._disarm()
+        self.timer.close()
 
     def receive(self, cart: Cart, patch: str, key: str | None) -> bool:
         """A commit another process made and published: taken if it is the next version.
@@ -471,53 +386,3 @@ class Room:
         self.wake()
         if not was_finished:
             self._moved()  # finished in another process: these tabs follow too
-
-
-class Transaction:
-    """What the holder of a room's lock may do; made by Room.transaction() and together()."""
-
-    def __init__(self, room: Room) -> None:
-        self._room = room
-
-    @property
-    def cart(self) -> Cart:
-        return self._room.cart
-
-    async def apply(
-        self,
-        op: Op,
-        *,
-        base_version: int | None = None,
-        effects: Callable[[Cart], tuple[Effect, ...]] | None = None,
-    ) -> Outcome:
-        """Room.submit() inside the transaction, with rows written in the same commit."""
-        return await self._room._apply(op, base_version=base_version, effects=effects)
-
-    def prepare(self, op: Op) -> CartWrite:
-        """The write applying `op` now would commit, for commit_together()."""
-        return self._room.prepare(op)
-
-
-@contextlib.asynccontextmanager
-async def together(a: Room, b: Room) -> AsyncIterator[tuple[Transaction, Transaction]]:
-    """Two carts to themselves, locked in cart id order: two callers that take the same
-    pair the other way round (two logins crossing) never deadlock."""
-    first, second = sorted((a, b), key=lambda room: room.cart.id)
-    async with first._lock, second._lock:
-        yield Transaction(a), Transaction(b)
-
-
-async def commit_together(*writes: tuple[Transaction, CartWrite]) -> bool:
-    """Commit writes to several locked carts in one store transaction, then take each
-    into its room in the order given. False if another process changed one of them
-    first: every room named is brought up to date, and nothing was written."""
-    store = writes[0][0]._room.ctx.store
-    try:
-        await store.commit(*(write for _, write in writes))
-    except StaleVersion:
-        for tx, _ in writes:
-            await tx._room._catch_up()
-        return False
-    for tx, write in writes:
-        tx._room.accept(write)
-    return True

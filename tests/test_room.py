@@ -281,13 +281,13 @@ async def test_presence_counts_the_tabs_of_every_hub(make_hub: Any) -> None:
         room_b.join(tab_b, None)
         await presence_reaches(tab_b, 3)
         await presence_reaches(tab_a1, 3)
-        assert room_a.tab_count == room_b.tab_count == 3
+        assert room_a.presence.count == room_b.presence.count == 3
         room_a.leave(tab_a2)
         await presence_reaches(tab_b, 2)
         # A process not heard from for PRESENCE_TTL is gone (killed, or cut off).
-        room_b.forget_before(time.monotonic() + 1)
+        room_b.presence.forget_before(time.monotonic() + 1)
         assert (await next_frame(tab_b, "presence"))["tabs"] == 1
-        assert room_b.tab_count == 1
+        assert room_b.presence.count == 1
 
 
 async def test_a_lost_bus_message_is_repaired_by_the_version_check(

@@ -57,12 +57,12 @@ async def test_a_timer_that_runs_early_arms_itself_again(make_hub: Any) -> None:
         # What an event loop that rounds timers (uvloop) may do: run it before the wall
         # clock reaches the deadline. The cart is not due yet; it must still be abandoned
         # on time, not left to the next sweep.
-        timer = room._timer
+        timer = room.timer.handle
         assert timer is not None
         timer.cancel()  # the loop's handle is spent once it has run...
-        room._fire()  # ...and this is what it runs
-        assert room._due is not None
-        await room._due
+        room.timer.fire()  # ...and this is what it runs
+        assert room.timer.task is not None
+        await room.timer.task
         assert room.cart.status is Status.ACTIVE
         waited = await wait_status(hub, "c", Status.ABANDONED, 2.0)
         assert waited < 0.5
@@ -74,11 +74,11 @@ async def test_edits_keep_one_timer_and_the_cart_is_abandoned_after_the_last(
     hub = await make_hub(abandon_after=0.4)
     async with hub.use("c") as room:
         await room.submit(AddItem("p-1", 1))
-        armed = room._timer
+        armed = room.timer.handle
         for _ in range(3):  # each edit moves the deadline; the timer armed first stays
             await asyncio.sleep(0.1)
             await room.submit(AddItem("p-1", 1))
-            assert room._timer is armed
+            assert room.timer.handle is armed
         last_edit = time.monotonic()
         await wait_status(hub, "c", Status.ABANDONED, 2.0)
         # Not at the first deadline (0.4 s after the first add): 0.4 s after the last edit.
@@ -90,9 +90,9 @@ async def test_an_evicted_room_keeps_no_timer(make_hub: Any) -> None:
     async with hub.use("c") as room:
         await room.submit(AddItem("p-1", 1))
     assert await hub.evict_idle() == 1
-    assert room._timer is None
+    assert room.timer.handle is None
     assert not await room.run_due()  # a late timer task on the evicted room: not re-armed
-    assert room._timer is None
+    assert room.timer.handle is None
     await asyncio.sleep(0.3)
     # Nothing fired in memory: the store still says active, for the sweeper to handle.
     stored = await hub.store.load_cart("c", room.cart.updated_at)
