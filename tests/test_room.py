@@ -3,11 +3,13 @@ several hubs on one store act like several processes."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from server.hub import Hub
 from server.metrics import Metrics
 from server.store import Store, open_store
 from server.store.sqlite import SQLiteStore
+from server.transaction import commit_together, together
 from tests.support import REDIS_URL, require_redis
 
 PRODUCTS = [Product(f"p-{n}", f"SKU-{n}", f"Product {n}", 100 * n, 10_000) for n in range(1, 6)]
@@ -120,6 +123,72 @@ async def test_concurrent_submits_get_contiguous_versions_in_one_order(make_hub:
     patches = [f for f in await frames(tab) if f["type"] == "patch"]
     assert [p["version"] for p in patches] == list(range(1, 101))
     assert room.cart.item_count == 100 and patches[-1]["item_count"] == 100
+
+
+async def test_a_transaction_keeps_every_other_mutation_out_until_it_ends(
+    make_hub: Any,
+) -> None:
+    hub = await make_hub()
+    async with hub.use("tx") as room:
+        async with room.transaction() as tx:
+            await tx.apply(AddItem("p-1", 1))
+            waiting = asyncio.create_task(room.submit(AddItem("p-2", 1)))
+            await asyncio.sleep(0)  # the submit runs up to the lock and waits there
+            assert room.busy and not waiting.done()
+            await tx.apply(SetQuantity("p-1", 3))  # nothing came between the two steps
+            assert [line.product_id for line in tx.cart.lines] == ["p-1"]
+        assert (await waiting).version == 3
+        assert not room.busy
+
+
+async def test_transactions_of_two_rooms_taken_crosswise_never_deadlock(make_hub: Any) -> None:
+    hub = await make_hub()
+    async with hub.use("pair-a") as a, hub.use("pair-b") as b:
+
+        async def move(source: Any, target: Any) -> None:
+            for _ in range(20):
+                async with together(source, target) as (src, tgt):
+                    await asyncio.sleep(0)  # the other pair is now waiting for its locks
+                    assert await commit_together(
+                        (tgt, tgt.prepare(AddItem("p-1", 1))),
+                        (src, src.prepare(AddItem("p-2", 1))),
+                    )
+
+        async with asyncio.timeout(10):
+            await asyncio.gather(move(a, b), move(b, a))
+        assert a.version == b.version == 40
+        assert a.cart.item_count == b.cart.item_count == 40
+
+
+async def test_a_joint_commit_another_process_overtook_writes_nothing_and_catches_up(
+    make_hub: Any,
+) -> None:
+    one, other = await make_hub(), await make_hub()
+    async with one.use("j-a") as a, one.use("j-b") as b, other.use("j-b") as b_there:
+        await a.submit(AddItem("p-1", 1))
+        async with together(a, b) as (tx_a, tx_b):
+            writes = (
+                (tx_a, tx_a.prepare(AddItem("p-1", 1))),
+                (tx_b, tx_b.prepare(AddItem("p-2", 1))),
+            )
+            await b_there.submit(AddItem("p-3", 1))  # "another process" commits b first
+            assert not await commit_together(*writes)
+            assert (a.version, b.version) == (1, 1)  # nothing of the joint commit landed
+            assert [line.product_id for line in b.cart.lines] == ["p-3"]  # read again
+        stored = await one.store.load_cart("j-a", a.cart.updated_at)
+        assert stored is not None and stored.cart.version == 1
+
+
+def test_the_room_lock_is_taken_in_room_and_transaction_only() -> None:
+    server = Path(__file__).resolve().parent.parent / "server"
+    owners = {"room.py", "transaction.py"}
+    takers = {
+        str(path.relative_to(server))
+        for path in server.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in ("lock", "_lock")
+    }
+    assert takers <= owners and "room.py" in takers
 
 
 # It fills a SQLite file; PostgreSQL out of reach is in test_store and test_scale.
