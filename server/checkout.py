@@ -210,7 +210,7 @@ class Checkouts:
         async with self.hub.use(checkout.cart_id) as room, room.transaction():
             now = await self.store.load_checkout(checkout.id)
             await self.store.record(AttachSession(checkout.id, session.id, session.url))
-        if now is not None and now.status == "reserved":
+        if now is not None and now.status != "released":
             return Started(session.url, session.id)
         # Cancelled through another process while the provider answered: the session
         # must not take money for stock that went back.
@@ -476,4 +476,7 @@ class Checkouts:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        # Sessions still opening for shoppers who went away: recorded (or released)
+        # before the provider's client closes under them.
+        await asyncio.gather(*self._opening.values(), return_exceptions=True)
         await self.provider.close()
