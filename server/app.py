@@ -13,7 +13,8 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from . import errors, openapi, payment_pages, rest, ws
+from . import admin, errors, openapi, payment_pages, rest, ws
+from .admin import AdminGate
 from .bus import open_bus
 from .catalog import Catalog
 from .checkout import Checkouts
@@ -66,7 +67,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             connections = ConnectionCounter(settings.max_connections_per_ip)
             metrics.gauge("cart_long_lived_connections", connections.total)
             app.state.drain = hub.drain  # called by serving.CartServer on shutdown
-            services = Services(settings, hub, ids, store, metrics, checkouts, auth, connections)
+            gate = AdminGate(settings.admin_token) if settings.admin_token else None
+            services = Services(
+                settings, hub, ids, store, metrics, checkouts, auth, connections, gate
+            )
             yield {"services": services}
         finally:
             await outbox.close()
@@ -95,6 +99,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/cart/checkout/confirm", rest.checkout_confirm, methods=["POST"]),
         Route("/api/cart/login", rest.login, methods=["POST"]),
         Route("/api/demo/login", rest.demo_login, methods=["POST"]),
+        Route("/api/admin/products", admin.bulk_products, methods=["POST"]),
+        Route("/api/admin/products/{product_id}", admin.put_product, methods=["PUT"]),
+        Route("/api/admin/products/{product_id}", admin.patch_product, methods=["PATCH"]),
+        Route("/api/admin/orders", admin.list_orders),
+        Route("/api/admin/orders/{order_id}", admin.get_order),
         Route("/api/webhooks/stripe", payment_pages.stripe_webhook, methods=["POST"]),
         Route("/checkout/demo/{checkout_id}", payment_pages.demo_page),
         Route("/checkout/demo/{checkout_id}/pay", payment_pages.demo_pay, methods=["POST"]),

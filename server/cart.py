@@ -44,8 +44,9 @@ class Product(Struct, frozen=True):
     sku: str
     name: str
     price_cents: int
-    stock: int
+    stock: int  # units that can still be reserved now
     image_url: str | None = None
+    active: bool = True  # False: archived, not addable, lines holding it are unavailable
 
 
 class Line(Struct, frozen=True):
@@ -182,6 +183,12 @@ def apply(
             )
         if not cart.lines:
             raise errors.EmptyCart("the cart is empty; add something before checking out")
+        gone = [line.product_id for line in cart.lines if not _available(line, catalog)]
+        if gone:
+            raise errors.ProductUnavailable(
+                "some lines hold products that are no longer available; remove them first",
+                lines=[{"product_id": product_id} for product_id in gone],
+            )
         lines, change = cart.lines, Change(status=Status.CHECKING_OUT)
         status = Status.CHECKING_OUT
     else:
@@ -228,6 +235,10 @@ def _edit(
                 raise errors.UnknownProduct(
                     f"no product with id {product_id!r}", product_id=product_id
                 )
+            if not product.active:
+                raise errors.ProductUnavailable(
+                    f"{product.name} is no longer available", product_id=product_id
+                )
             existing = cart.line(product_id)
             held = existing.quantity if existing else 0
             available = max(0, min(product.stock, MAX_QUANTITY) - held)
@@ -266,6 +277,10 @@ def _edit(
             if existing is None:
                 raise errors.NotInCart(f"{product_id!r} is not in the cart", product_id=product_id)
             product = catalog.get(product_id)
+            if quantity > existing.quantity and product is not None and not product.active:
+                raise errors.ProductUnavailable(
+                    f"{product.name} is no longer available", product_id=product_id
+                )
             # Lowering a quantity is always allowed, even when stock fell below it meanwhile.
             if quantity > existing.quantity and (product is None or quantity > product.stock):
                 stock = product.stock if product else 0
@@ -321,6 +336,11 @@ def _absorb(
     return tuple(lines), Change(upserted=tuple(upserted.values()))
 
 
+def _available(line: Line, catalog: Mapping[str, Product]) -> bool:
+    product = catalog.get(line.product_id)
+    return product is not None and product.active
+
+
 def _earlier(a: Line, b: Line) -> Line:
     if a.added_at is not None and (b.added_at is None or a.added_at < b.added_at):
         return a
@@ -359,6 +379,7 @@ def item_doc(line: Line, catalog: Mapping[str, Product]) -> ItemDoc:
         line_total_cents=line.quantity * line.unit_price_cents,
         image_url=product.image_url if product else None,
         current_price_cents=product.price_cents if product else line.unit_price_cents,
+        available=product is not None and product.active,
     )
 
 

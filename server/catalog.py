@@ -1,40 +1,61 @@
-"""The product catalog held in memory; the store is the truth and is re-read every few
-seconds, so an import or a price change made by another process shows up on its own."""
+"""The product catalog held in memory; the store is the truth. Each process re-reads the
+products changed since its last look every CATALOG_REFRESH, and at once when another
+process says on the bus that it changed some; changes are told to whoever listens (the
+hub, which tells the tabs of the carts holding them)."""
 
 from __future__ import annotations
 
-from msgspec import structs
+from collections.abc import Callable
+from datetime import timedelta
 
 from .cart import Product
+from .clock import iso, utcnow
 from .protocol import ProductDoc, encode
 from .store import Store
+
+# A product row's updated_at is taken before its transaction commits, so a refresh may
+# see rows stamped earlier than rows it has seen. It reads back this far, whatever the
+# rows say, and never further: an import of 50,000 rows at one instant is re-read for
+# this long, not on every refresh after.
+LATE_COMMIT = timedelta(seconds=60)
 
 
 class Catalog:
     def __init__(self) -> None:
         self.products: dict[str, Product] = {}
         self.revision = 0  # bumped on every change: cached cart documents depend on prices
-        self._seen = ""  # high-water mark of products.updated_at already read
+        self._seen = ""  # products updated before this were read already
         self._doc: bytes | None = None
+        self.listeners: list[Callable[[list[Product]], None]] = []
 
-    async def refresh(self, store: Store) -> bool:
-        """Read products changed since the last refresh; True if anything differed."""
-        products, self._seen = await store.load_products(self._seen)
+    async def refresh(self, store: Store) -> list[Product]:
+        """Read products changed since the last refresh; those that differed."""
+        started = iso(utcnow() - LATE_COMMIT)
+        products, latest = await store.load_products(self._seen)
+        self._seen = max(latest, started) if self._seen else latest
         return self.update(products)
 
-    def update(self, products: list[Product]) -> bool:
+    def update(self, products: list[Product]) -> list[Product]:
+        """Take these products as they are now; those that differed, told to listeners."""
         changed = [p for p in products if self.products.get(p.id) != p]
         if not changed:
-            return False
+            return []
         for product in changed:
             self.products[product.id] = product
         self.revision += 1
         self._doc = None
-        return True
+        for listener in self.listeners:
+            listener(changed)
+        return changed
 
     def products_doc(self) -> bytes:
         """GET /api/products, encoded once per catalog revision."""
         if self._doc is None:
             products = sorted(self.products.values(), key=lambda p: p.id)
-            self._doc = encode({"products": [ProductDoc(**structs.asdict(p)) for p in products]})
+            listed = [product_doc(p) for p in products if p.active]
+            self._doc = encode({"products": listed})
         return self._doc
+
+
+def product_doc(p: Product) -> ProductDoc:
+    return ProductDoc(p.id, p.sku, p.name, p.price_cents, p.stock, p.image_url)

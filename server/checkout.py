@@ -316,9 +316,10 @@ class Checkouts:
             pass
 
     def _adjust(self, lines: tuple[CheckoutLine, ...], sign: int) -> None:
-        """Show reserved or returned stock at once; the periodic refresh confirms it."""
+        """Show reserved or returned stock at once (here, and to the tabs of every cart
+        holding these products); other processes re-read it from the store."""
         products = self.catalog.products
-        self.catalog.update(
+        self.hub.catalog_changed(
             [
                 structs.replace(
                     products[x.product_id],

@@ -65,6 +65,28 @@ class UnknownProduct(CartError):
     status = 404
 
 
+class ProductUnavailable(CartError):
+    """The product is archived (`active: false`): not addable, not checked out."""
+
+    code = "product_unavailable"
+    status = 409
+
+
+class Unauthorized(CartError):
+    """The admin API without `Authorization: Bearer <ADMIN_TOKEN>`, or with another token."""
+
+    code = "unauthorized"
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"www-authenticate": 'Bearer realm="cartsync admin"'}
+
+
+class UnknownOrder(CartError):
+    code = "unknown_order"
+    status = 404
+
+
 class NotInCart(CartError):
     code = "not_in_cart"
     status = 404

@@ -15,7 +15,7 @@ import msgspec
 
 from . import errors
 from .bus import RESYNC, Bus
-from .cart import Cart
+from .cart import Cart, Product
 from .catalog import Catalog
 from .clock import utcnow
 from .config import Settings
@@ -41,8 +41,16 @@ class BusMessage(msgspec.Struct, frozen=True, array_like=True):
     tabs: int | None = None  # presence: the sender's open tabs of this cart
 
 
+class CatalogNews(msgspec.Struct, frozen=True, array_like=True):
+    """Products changed in the store: every other process re-reads them now."""
+
+    origin: str
+
+
 _bus_decoder = msgspec.msgpack.Decoder(BusMessage)
+_news_decoder = msgspec.msgpack.Decoder(CatalogNews)
 _bus_encode = msgspec.msgpack.Encoder().encode
+CATALOG_CHANNEL = "catalog"
 
 
 def channel(cart_id: str) -> str:
@@ -83,6 +91,9 @@ class Hub:
             self.draining,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._catalog_reread: asyncio.Task[None] | None = None
+        self._catalog_again = False  # news came while a re-read was running
+        catalog.listeners.append(self._tell_rooms)
         metrics.gauge("cart_rooms_loaded", lambda: len(self.rooms))
         metrics.gauge("cart_ws_connections", lambda: sum(len(r.tabs) for r in self.rooms.values()))
 
@@ -159,6 +170,16 @@ class Hub:
         async for name, data in self.bus.listen():
             if name == RESYNC:
                 self._resync()
+                self._reread_catalog()
+                continue
+            if name == CATALOG_CHANNEL:
+                try:
+                    news = _news_decoder.decode(data)
+                except msgspec.DecodeError:
+                    log.warning("ignored an undecodable catalog message")
+                    continue
+                if news.origin != self.id:
+                    self._reread_catalog()
                 continue
             try:
                 message = _bus_decoder.decode(data)
@@ -240,6 +261,42 @@ class Hub:
             if room.elsewhere:
                 room.forget_before(cutoff)
 
+    # --- the catalog -----------------------------------------------------------------
+
+    def catalog_changed(self, products: list[Product]) -> None:
+        """This process wrote these products to the store: take them now, and have every
+        other process re-read the store."""
+        self.catalog.update(products)
+        self.bus.publish(CATALOG_CHANNEL, _bus_encode(CatalogNews(self.id)))
+
+    def _tell_rooms(self, changed: list[Product]) -> None:
+        """The catalog changed (here, in the store, or through another process): the tabs
+        of every cart holding one of these products hear of it."""
+        by_id = {product.id: product for product in changed}
+        for room in self.rooms.values():
+            room.catalog_changed(by_id)
+
+    def _reread_catalog(self) -> None:
+        """Re-read changed products soon: one read at a time, one more if news came
+        during it."""
+        if self._catalog_reread is not None:
+            self._catalog_again = True
+            return
+        self._catalog_reread = asyncio.create_task(self._reread())
+
+    async def _reread(self) -> None:
+        try:
+            while True:
+                self._catalog_again = False
+                try:
+                    await self.catalog.refresh(self.store)
+                except Exception as exc:  # the periodic refresh tries again
+                    log.warning("could not re-read the catalog: %s", exc)
+                if not self._catalog_again:
+                    return
+        finally:
+            self._catalog_reread = None
+
     # --- timers of carts not in memory ------------------------------------------------
 
     async def sweep(self) -> int:
@@ -273,6 +330,7 @@ class Hub:
     # --- background work -------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.bus.subscribe(CATALOG_CHANNEL)
         await self.catalog.refresh(self.store)
         self._spawn(self._listen())
         self._spawn(self._sweep_now_and_every(self.sweep_period()))
@@ -336,6 +394,8 @@ class Hub:
         await asyncio.gather(*(tab.done.wait() for tab in tabs))
 
     async def close(self) -> None:
+        if self._catalog_reread is not None:
+            self._tasks.add(self._catalog_reread)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

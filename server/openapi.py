@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from .admin import AdminProduct, BulkBody, BulkResult, OrderPage, ProductBody, ProductPatch
 from .checkout import Started
 from .protocol import (
     MAX_QUANTITY,
@@ -53,6 +54,7 @@ class Health(Struct):
 
 _STRUCTS = [Products, CartDoc, AddItemBody, SetQuantityBody, Changes, Snapshot]
 _STRUCTS += [Started, EmptyBody, LoginBody, DemoLoginBody, DemoToken, Health]
+_STRUCTS += [ProductBody, ProductPatch, BulkBody, AdminProduct, BulkResult, OrderPage]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -467,6 +469,8 @@ def _paths() -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
+    from .openapi_admin import admin_paths  # it builds on the shapes above
+
     _, components = msgspec.json.schema_components(
         _STRUCTS, ref_template="#/components/schemas/{name}"
     )
@@ -480,8 +484,17 @@ def document() -> dict[str, Any]:
             "error has the `Error` shape. The WebSocket (`GET /api/cart/ws`) is described in "
             "PROTOCOL.md.",
         },
-        "paths": _paths(),
-        "components": {"schemas": components},
+        "paths": {**_paths(), **admin_paths()},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "ADMIN_TOKEN: the admin API (`/api/admin/`) only.",
+                }
+            },
+        },
     }
 
 

@@ -24,6 +24,7 @@ from . import (
     Release,
     Reserve,
     ShortStock,
+    order_event,
 )
 
 
@@ -225,3 +226,5 @@ async def _fulfil(conn: asyncpg.Connection, order: Order, now: str) -> None:
             for x in order.lines
         ],
     )
+    # The shop's backend hears of the order from the outbox, written in this transaction.
+    await apply_effects(conn, (order_event(order, status, now),), now)

@@ -29,6 +29,7 @@ from ..cart import Cart, Line, Product, Status
 from ..clock import iso, parse_iso, utcnow
 from ..config import SCHEMA_PATH, Settings, sqlite_path
 from ..metrics import Metrics
+from ..protocol import OrderDoc
 from . import (
     AlreadyApplied,
     CartEvent,
@@ -37,10 +38,14 @@ from . import (
     CheckoutLine,
     Effect,
     Held,
+    ProductChange,
+    ProductConflict,
     StaleVersion,
     StoredCart,
+    product_from_row,
 )
 from .sqlite_effects import apply_effects, checkout_from_row
+from .sqlite_shop import change_product, list_orders, load_order
 
 log = logging.getLogger("server.store")
 T = TypeVar("T")
@@ -48,6 +53,10 @@ Job = Callable[[sqlite3.Connection], Any]
 PRUNE_BATCH = 500
 # Carts held (see hold) by database file: a commit to a held cart waits for the hold to end.
 _held: dict[tuple[str, str], asyncio.Event] = {}
+# A column added to schema.sql's products after databases were made without it.
+ADD_ACTIVE = (
+    "ALTER TABLE products ADD COLUMN active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1))"
+)
 
 
 class SQLiteStore:
@@ -84,6 +93,10 @@ class SQLiteStore:
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")  # validated in Settings
         conn.execute("PRAGMA foreign_keys = ON")
         conn.executescript("BEGIN IMMEDIATE;\n" + SCHEMA_PATH.read_text() + "\nCOMMIT;")
+        # SQLite has no ADD COLUMN IF NOT EXISTS: look first (CREATE TABLE IF NOT EXISTS
+        # leaves the tables of older databases as they were).
+        if "active" not in {row[1] for row in conn.execute("PRAGMA table_info(products)")}:
+            conn.execute(ADD_ACTIVE)
         self._writer = conn
 
     # --- the writer: group commit ----------------------------------------------------
@@ -282,6 +295,17 @@ class SQLiteStore:
     async def upsert_products(self, products: list[Product]) -> tuple[int, int]:
         return await self._write(partial(_upsert_products, products, iso(utcnow())))
 
+    async def change_product(self, product_id: str, change: ProductChange) -> Product:
+        return await self._write(partial(change_product, product_id, change, iso(utcnow())))
+
+    async def list_orders(
+        self, status: str | None, limit: int, after: tuple[str, str] | None
+    ) -> list[OrderDoc]:
+        return await list_orders(self._read, status, limit, after)
+
+    async def load_order(self, order_id: str) -> OrderDoc | None:
+        return await load_order(self._read, order_id)
+
     # --- reads -----------------------------------------------------------------------
 
     async def load_cart(self, cart_id: str, keys_since: datetime) -> StoredCart | None:
@@ -401,12 +425,12 @@ class SQLiteStore:
 
     async def load_products(self, changed_since: str = "") -> tuple[list[Product], str]:
         rows = await self._read(
-            "SELECT id, sku, name, price_cents, stock, image_url, updated_at FROM products"
-            " WHERE updated_at >= ? ORDER BY id",
+            "SELECT id, sku, name, price_cents, stock, image_url, active, updated_at"
+            " FROM products WHERE updated_at >= ? ORDER BY id",
             (changed_since,),
         )
-        latest = max((row[6] for row in rows), default=changed_since)
-        return [Product(*row[:6]) for row in rows], latest
+        latest = max((row[7] for row in rows), default=changed_since)
+        return [product_from_row(row) for row in rows], latest
 
     async def versions(self, cart_ids: list[str]) -> dict[str, int]:
         if not cart_ids:
@@ -471,20 +495,20 @@ def _upsert_products(
         try:
             cur = conn.execute(
                 "UPDATE products SET sku = ?, name = ?, price_cents = ?, stock = ?, image_url = ?,"
-                " updated_at = ? WHERE id = ?",
-                (p.sku, p.name, p.price_cents, p.stock, p.image_url, now, p.id),
+                " active = ?, updated_at = ? WHERE id = ?",
+                (p.sku, p.name, p.price_cents, p.stock, p.image_url, int(p.active), now, p.id),
             )
             if cur.rowcount:
                 updated += 1
                 continue
             conn.execute(
-                "INSERT INTO products (id, sku, name, price_cents, stock, image_url, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (p.id, p.sku, p.name, p.price_cents, p.stock, p.image_url, now, now),
+                "INSERT INTO products (id, sku, name, price_cents, stock, image_url, active,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (p.id, p.sku, p.name, p.price_cents, p.stock, p.image_url, int(p.active), now, now),
             )
             inserted += 1
         except sqlite3.IntegrityError as exc:
-            raise ValueError(f"product {p.id!r} (sku {p.sku!r}): {exc}") from None
+            raise ProductConflict(p.id, f"product {p.id!r} (sku {p.sku!r}): {exc}") from None
     return inserted, updated
 
 

@@ -22,6 +22,7 @@ from . import (
     Release,
     Reserve,
     ShortStock,
+    order_event,
 )
 
 
@@ -194,3 +195,5 @@ def _fulfil(order: Order, now: str, conn: sqlite3.Connection) -> None:
             for x in order.lines
         ],
     )
+    # The shop's backend hears of the order from the outbox, written in this transaction.
+    apply_effects((order_event(order, status, now),), now, conn)
