@@ -48,7 +48,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # a bulk upsert of a large catalog; the caller
 MAX_BULK = 10_000
 ORDER_STATUSES = ("paid", "needs_review")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
-_BEARER = re.compile(r"^Bearer[ \t]+(\S+)[ \t]*$", re.IGNORECASE)
+_BEARER = re.compile(r"Bearer[ \t]+(\S+)[ \t]*", re.IGNORECASE)  # fullmatch only
 
 
 # --- bodies ----------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class AdminGate:
                 f"too many wrong tokens from this address; try again in {seconds} s",
                 retry_after=seconds,
             )
-        match = _BEARER.match(request.headers.get("authorization", ""))
+        match = _BEARER.fullmatch(request.headers.get("authorization", ""))
         presented = hashlib.sha256(match.group(1).encode() if match else b"").digest()
         if match and hmac.compare_digest(presented, self._digest):
             return

@@ -16,7 +16,7 @@ Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
 QuantityOrZero = Annotated[int, Meta(ge=0, le=MAX_QUANTITY)]
 Version = Annotated[int, Meta(ge=0)]
 # A product as the shop defines it (catalog files, the admin API).
-ProductKey = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^\S+$")]
+ProductKey = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^\S+\Z")]
 Sku = Annotated[str, Meta(min_length=1, max_length=64)]
 ProductName = Annotated[str, Meta(min_length=1, max_length=200)]
 PriceCents = Annotated[int, Meta(ge=0, le=100_000_000)]
@@ -86,7 +86,7 @@ class LoginBody(Struct, frozen=True):
 
 
 class DemoLoginBody(Struct, frozen=True):
-    user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+    user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}\Z")]
 
 
 add_item_decoder = msgspec.json.Decoder(AddItemBody)
@@ -178,7 +178,10 @@ class PresenceMsg(_ServerMessage, tag="presence"):
 
 
 class MovedMsg(_ServerMessage, tag="moved"):
-    cart_id: str
+    # The signed id of the cart to go on with; null after a login merged this cart: the
+    # tab reconnects with its own credential, which names the user's cart only in the
+    # browser that logged in (a copied anonymous id never leads into an account).
+    cart_id: str | None
 
 
 class PongMsg(_ServerMessage, tag="pong"):
@@ -257,7 +260,8 @@ server_message_decoder = msgspec.json.Decoder(ServerMessage)
 
 encode = msgspec.json.Encoder().encode
 # What decoding untrusted JSON may raise: deep nesting overflows the recursion limit.
-DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+# Invalid UTF-8 inside a JSON string is a UnicodeDecodeError, not a DecodeError.
+DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 
 def error_frame(msg_id: str | None, code: str, message: str, details: dict[str, Any]) -> bytes:

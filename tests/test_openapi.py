@@ -14,7 +14,8 @@ from starlette.routing import Route
 
 from server.app import create_app
 from server.config import Settings
-from tests.support import ServerProcess, test_catalog
+from tests import support
+from tests.support import ServerProcess
 
 EXAMPLES = 25
 ADMIN_TOKEN = "schemathesis-admin-token-0123456789"
@@ -96,7 +97,7 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(
     # The token went with the requests: the admin routes ran, and made products.
     with sqlite3.connect(server.db) as db:
         (count,) = db.execute("SELECT count(*) FROM products").fetchone()
-    assert count > len(test_catalog())
+    assert count > len(support.test_catalog())
 
 
 # --- what schemathesis found, pinned ---------------------------------------------------

@@ -40,6 +40,7 @@ from ..config import SCHEMA_PATH, Settings
 from ..metrics import Metrics
 from ..protocol import OrderDoc
 from . import (
+    ANSWERS_PER_CART,
     AlreadyApplied,
     CartEvent,
     CartWrite,
@@ -58,6 +59,10 @@ from .postgres_shop import change_product, read_order, read_orders
 
 log = logging.getLogger("server.store")
 PRUNE_BATCH = 500
+FORGET_OLD_ANSWERS = (
+    "UPDATE applied_mutations SET response = NULL"
+    " WHERE cart_id = $1 AND version <= $2 AND response IS NOT NULL"
+)
 # Whatever stops a statement from reaching the database or finishing there.
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 ACQUIRE_TIMEOUT = 5.0  # a pool exhausted or a database unreachable for this long: Unavailable
@@ -217,6 +222,8 @@ class PostgresStore:
                     write.key,
                 )
                 raise AlreadyApplied(version)
+            if write.response is not None:
+                await conn.execute(FORGET_OLD_ANSWERS, cart.id, cart.version - ANSWERS_PER_CART)
         if write.change.upserted:
             await conn.executemany(
                 "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position,"
