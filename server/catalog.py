@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from .cart import Product
 from .clock import iso, utcnow
-from .protocol import ProductDoc, encode
+from .listing import Listing
 from .store import Store
 
 # A product row's updated_at is taken before its transaction commits, so a refresh may
@@ -25,7 +25,7 @@ class Catalog:
         self.products: dict[str, Product] = {}
         self.revision = 0  # bumped on every change: cached cart documents depend on prices
         self._seen = ""  # products updated before this were read already
-        self._doc: bytes | None = None
+        self._listing: tuple[int, Listing] | None = None
         self.listeners: list[Callable[[list[Product]], None]] = []
 
     async def refresh(self, store: Store) -> list[Product]:
@@ -43,19 +43,12 @@ class Catalog:
         for product in changed:
             self.products[product.id] = product
         self.revision += 1
-        self._doc = None
         for listener in self.listeners:
             listener(changed)
         return changed
 
-    def products_doc(self) -> bytes:
-        """GET /api/products, encoded once per catalog revision."""
-        if self._doc is None:
-            products = sorted(self.products.values(), key=lambda p: p.id)
-            listed = [product_doc(p) for p in products if p.active]
-            self._doc = encode({"products": listed})
-        return self._doc
-
-
-def product_doc(p: Product) -> ProductDoc:
-    return ProductDoc(p.id, p.sku, p.name, p.price_cents, p.stock, p.image_url)
+    def listing(self) -> Listing:
+        """What GET /api/products serves, made once per catalog revision."""
+        if self._listing is None or self._listing[0] != self.revision:
+            self._listing = (self.revision, Listing(self.products))
+        return self._listing[1]
