@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         metrics = Metrics()
+        warn_ephemeral_disk(settings)
         ids = CartIds(load_secret(settings))
         store = await open_store(settings, metrics)
         try:
@@ -130,6 +131,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: server_error,
         },
     )
+
+
+def warn_ephemeral_disk(settings: Settings) -> None:
+    """On a Heroku dyno the filesystem is wiped at every restart (at least daily): a
+    SQLite store loses every cart and order with it. Said loudly, once, at start."""
+    if settings.dyno and settings.database_url.startswith("sqlite:"):
+        log.warning(
+            "!!! DYNO=%s with a SQLite store: this dyno's filesystem is wiped on every"
+            " restart, and every cart, order and product in %s goes with it. Add Heroku"
+            " Postgres (heroku addons:create heroku-postgresql:essential-0 sets"
+            " DATABASE_URL), even for a single dyno. !!!",
+            settings.dyno,
+            settings.database_url,
+        )
 
 
 def auth_secret(settings: Settings, ids: CartIds) -> str:

@@ -140,6 +140,7 @@ class Settings:
     events_secret: str = field(default="", repr=False)
     # The shop's backend: bearer token of /api/admin/. Empty: the admin API answers 404.
     admin_token: str = field(default="", repr=False)
+    dyno: str = ""  # set by Heroku (web.1, …): its filesystem is wiped on every restart
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -274,4 +275,5 @@ class Settings:
             events_webhook_url=events_url,
             events_secret=events_secret,
             admin_token=admin_token,
+            dyno=get("DYNO", ""),
         )

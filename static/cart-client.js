@@ -130,6 +130,7 @@ export class CartClient {
    *  browser revalidates with the ETag, so an unchanged catalog costs a 304.
    *  Returns {products, next}. */
   async loadProducts({ ids, limit, after } = {}) {
+    if (ids && !ids.length) return { products: [], next: null };
     const url = new URL("/api/products", this.base);
     if (ids) url.searchParams.set("ids", ids.join(","));
     if (limit) url.searchParams.set("limit", String(limit));
