@@ -1,4 +1,5 @@
-"""Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold;
+"""Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold,
+catalog;
 and the crash test, `python -m bench crash --kills 1000`.
 
 Starts its own server (SQLite in a temp dir) unless given --url. Every run is bounded in
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cold, crash, fanout, max, rest, tabs
+from . import catalog, cold, crash, fanout, max, rest, tabs
 from .harness import LocalServer, Target, raise_nofile
 
 MODES = {
@@ -19,6 +20,7 @@ MODES = {
     "tabs": (tabs, "N idle WebSockets: server RSS per tab, then fan-out beside them"),
     "cold": (cold, "time to the first snapshot of carts not in memory"),
     "crash": (crash, "SIGKILL under load, restart, check every acknowledged mutation"),
+    "catalog": (catalog, "a large catalog: listing sizes and times, change -> tabs latency"),
 }
 
 
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     module.check(parser, args)
     if any("=" not in item for item in args.server_env):
         parser.error("--server-env takes NAME=VALUE")
-    env = dict(item.split("=", 1) for item in args.server_env)
+    # A mode's own server settings (the admin token), then the caller's.
+    env = {**getattr(module, "SERVER_ENV", {})}
+    env |= dict(item.split("=", 1) for item in args.server_env)
 
     raise_nofile()
     if getattr(module, "OWN_SERVER", False):

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from .cart import Product
 from .clock import iso, utcnow
-from .listing import Listing
+from .listing import Shelf
 from .store import Store
 
 # A product row's updated_at is taken before its transaction commits, so a refresh may
@@ -25,7 +25,7 @@ class Catalog:
         self.products: dict[str, Product] = {}
         self.revision = 0  # bumped on every change: cached cart documents depend on prices
         self._seen = ""  # products updated before this were read already
-        self._listing: tuple[int, Listing] | None = None
+        self.shelf = Shelf()  # what GET /api/products lists
         self.listeners: list[Callable[[list[Product]], None]] = []
 
     async def refresh(self, store: Store) -> list[Product]:
@@ -42,13 +42,8 @@ class Catalog:
             return []
         for product in changed:
             self.products[product.id] = product
+        self.shelf.update(changed)
         self.revision += 1
         for listener in self.listeners:
             listener(changed)
         return changed
-
-    def listing(self) -> Listing:
-        """What GET /api/products serves, made once per catalog revision."""
-        if self._listing is None or self._listing[0] != self.revision:
-            self._listing = (self.revision, Listing(self.products))
-        return self._listing[1]

@@ -49,7 +49,7 @@ def _ref(request: Request, svc: Services) -> CartRef:
 async def products(request: Request) -> Response:
     """The catalog: whole, ?ids=a,b or a page (?limit=&after=); ETag, gzip if large."""
     try:
-        return listing.answer(services(request).hub.catalog.listing(), request)
+        return await listing.answer(services(request).hub.catalog.shelf, request)
     except errors.CartError as exc:
         return error_response(exc, request, None)
 

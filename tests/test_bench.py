@@ -108,3 +108,13 @@ def test_cold_waits_for_an_external_server_to_evict(
     result = bench(*against(server), "cold", "--carts", "3", "--lines", "2", "--evict-wait", "20")
     assert result["confirmed_cold"] is True and result["rooms_loaded_before_measuring"] == 0
     assert result["wrong_snapshots"] == 0
+
+
+def test_catalog_loads_lists_and_times_a_change_to_the_tabs() -> None:
+    args = ("--products", "300", "--requests", "3", "--changes", "3", "--carts", "2", "--tabs", "2")
+    result = bench("catalog", *args)
+    assert result["listed"] == 300 + 100  # the bench server's own catalog, and these
+    assert 0 < result["whole_gzip_bytes"] < result["whole_bytes"]
+    assert result["tabs"] == 4 and result["changes"] == 3
+    for kind in ("whole_ms", "whole_304_ms", "page_100_ms", "ids_20_ms", "change_to_all_tabs_ms"):
+        assert 0 < result[kind]["p50"] <= result[kind]["max"], kind

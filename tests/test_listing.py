@@ -99,3 +99,28 @@ async def test_pages_walk_the_whole_catalog_in_id_order(server: ServerProcess) -
     }
     for bad in ("0", "1001", "x", "-1"):
         assert (await get(server, limit=bad)).status_code == 422, bad
+
+
+async def test_the_shelf_keeps_id_order_through_small_and_large_changes() -> None:
+    from server.cart import Product
+    from server.listing import RESORT_OVER, Shelf, product_doc
+    from server.protocol import encode
+
+    def made(n: int, **fields: Any) -> Product:
+        return Product(**{"id": f"x-{n:04d}", "sku": f"S{n}", "name": f"N{n}",
+                          "price_cents": n, "stock": n, **fields})  # fmt: skip
+
+    shelf = Shelf()
+    current = {p.id: p for p in (made(n) for n in range(0, 2 * RESORT_OVER, 2))}
+    shelf.update(list(current.values()))  # many at once: sorted
+    for change in ([made(5)], [made(4, active=False), made(7, price_cents=1)], [made(3)]):
+        shelf.update(change)  # a few at a time: inserted and removed in place
+        for p in change:
+            current[p.id] = p
+        listed = [p for _, p in sorted(current.items()) if p.active]
+        assert shelf.ids == [p.id for p in listed]
+        whole = await shelf.whole()
+        assert whole.body == encode({"products": [product_doc(p) for p in listed]})
+    page = shelf.page("x-0004", 2)
+    expected = [product_doc(current["x-0005"]), product_doc(current["x-0006"])]
+    assert page.body == encode({"products": expected, "next": "x-0006"})
