@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .payments import PaymentProvider, PaymentRequest
 from .room import Room
 from .store import (
+    Archived,
     AttachSession,
     Checkout,
     CheckoutLine,
@@ -106,6 +107,13 @@ class Checkouts:
 
             try:
                 await room.apply_locked(StartCheckout(), base_version=base_version, effects=reserve)
+            except Archived as archived:
+                # Archived in another process a moment ago: this one's catalog follows.
+                self.hub.reread_catalog()
+                raise errors.ProductUnavailable(
+                    "some lines hold products that are no longer available; remove them first",
+                    lines=[{"product_id": product_id} for product_id in archived.product_ids],
+                ) from None
             except ShortStock as short:
                 self.metrics.inc("cart_checkouts_total", result="insufficient_stock")
                 raise errors.InsufficientStock(

@@ -170,7 +170,7 @@ class Hub:
         async for name, data in self.bus.listen():
             if name == RESYNC:
                 self._resync()
-                self._reread_catalog()
+                self.reread_catalog()
                 continue
             if name == CATALOG_CHANNEL:
                 try:
@@ -179,7 +179,7 @@ class Hub:
                     log.warning("ignored an undecodable catalog message")
                     continue
                 if news.origin != self.id:
-                    self._reread_catalog()
+                    self.reread_catalog()
                 continue
             try:
                 message = _bus_decoder.decode(data)
@@ -276,7 +276,7 @@ class Hub:
         for room in self.rooms.values():
             room.catalog_changed(by_id)
 
-    def _reread_catalog(self) -> None:
+    def reread_catalog(self) -> None:
         """Re-read changed products soon: one read at a time, one more if news came
         during it."""
         if self._catalog_reread is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.checkout_support import eventually
 from tests.support import ServerProcess, db_query, rest, sign
 
 TOKEN = "admin-token-for-tests-0123456789"
@@ -378,3 +379,27 @@ async def test_orders_newest_first_paged_filtered_and_one_by_id(shop: ServerProc
             refused = await client.get("/api/admin/orders", params=params)
             assert refused.status_code == 422, params
             assert refused.json()["error"]["code"] == "invalid_request"
+
+
+async def test_a_checkout_in_a_process_that_has_not_heard_of_the_archiving_is_refused(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    # Two processes on one SQLite file with no bus between them, re-reading the catalog
+    # only every minute: the second still lists the product when the first archives it.
+    env = {"ADMIN_TOKEN": TOKEN, "CATALOG_REFRESH": "60s"}
+    first = make_server(env).start()
+    second = make_server(env, catalog=False).start()
+    async with rest(second) as shopper:
+        added = await shopper.post("/api/cart/items", json={"product_id": "p-040"})
+        signed = added.headers["x-cart-id"]
+        async with admin(first) as client:
+            await client.patch("/api/admin/products/p-040", json={"active": False})
+        assert "p-040" in await listed(second)  # not heard of yet
+        refused = await shopper.post("/api/cart/checkout", headers={"X-Cart-Id": signed})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["lines"] == [{"product_id": "p-040"}]
+        # The refusal made it look again (long before its next periodic look).
+        await eventually(lambda: listed(second), lambda found: "p-040" not in found, 10)
+        cart = (await shopper.get("/api/cart", headers={"X-Cart-Id": signed})).json()
+        assert cart["status"] == "active" and cart["items"][0]["available"] is False
+    assert await stock_in_store(first, "p-040") == 100_000

@@ -28,6 +28,7 @@ from server.config import Settings
 from server.metrics import Metrics
 from server.protocol import encode
 from server.store import (
+    Archived,
     AttachSession,
     CartWrite,
     Checkout,
@@ -38,6 +39,7 @@ from server.store import (
     Fulfil,
     Order,
     OrderLine,
+    ProductChange,
     RecordEvent,
     Release,
     Reserve,
@@ -170,6 +172,21 @@ async def test_a_short_line_reserves_nothing_and_stores_no_cart_change(
     assert await query(
         database_url, "SELECT COUNT(*) FROM checkout_items WHERE checkout_id = 'co-1'"
     ) == [(0,)]
+
+
+async def test_a_line_of_an_archived_product_reserves_nothing(
+    store: Store, database_url: str
+) -> None:
+    cart = await cart_holding(store, "c1", [("tee", 2), ("mug", 1)])
+    await store.change_product("mug", ProductChange(active=False))
+    with pytest.raises(Archived) as archived:
+        await reserve(store, cart, "co-1")
+    assert archived.value.product_ids == ["mug"]
+    assert await stocks(database_url) == {"tee": 5, "mug": 2, "pen": 100}
+    assert await store.load_checkout("co-1") is None
+    await store.change_product("mug", ProductChange(active=True))
+    await reserve(store, cart, "co-1")
+    assert await stocks(database_url) == {"tee": 3, "mug": 1, "pen": 100}
 
 
 async def test_concurrent_reservations_never_oversell(

@@ -34,6 +34,14 @@ class ShortStock(Exception):
         self.lines = lines  # [{"product_id", "requested", "available"}]
 
 
+class Archived(Exception):
+    """A reservation found lines of archived products (`active` 0); nothing was reserved."""
+
+    def __init__(self, product_ids: list[str]) -> None:
+        super().__init__(product_ids)
+        self.product_ids = product_ids
+
+
 class ProductConflict(ValueError):
     """A product the store refused (its SKU belongs to another product); nothing stored."""
 

@@ -10,6 +10,7 @@ import asyncpg
 
 from ..clock import iso, parse_iso
 from . import (
+    Archived,
     AttachSession,
     Checkout,
     CheckoutLine,
@@ -167,6 +168,12 @@ async def _hold(conn: asyncpg.Connection, checkout_id: str, holder: str, cap: in
 
 
 async def _reserve(conn: asyncpg.Connection, checkout: Checkout, now: str) -> None:
+    archived = await conn.fetch(
+        "SELECT id FROM products WHERE active = 0 AND id = ANY($1::text[])",
+        [x.product_id for x in checkout.lines],
+    )
+    if archived:
+        raise Archived(sorted(row[0] for row in archived))
     short = await _take_stock(conn, checkout.lines, now)
     if short:
         raise ShortStock(short)  # the transaction rolls the other lines back
