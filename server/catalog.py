@@ -13,11 +13,12 @@ from .clock import iso, utcnow
 from .listing import Shelf
 from .store import Store
 
-# A product row's updated_at is taken before its transaction commits, so a refresh may
-# see rows stamped earlier than rows it has seen. It reads back this far, whatever the
-# rows say, and never further: an import of 50,000 rows at one instant is re-read for
-# this long, not on every refresh after.
-LATE_COMMIT = timedelta(seconds=60)
+# A product row's updated_at is taken before its transaction commits (up to the store's
+# 5 s wait for a connection and a statement or two later), so a refresh may see rows
+# stamped earlier than rows it has seen. It reads back this far, whatever the rows say,
+# and never further: an import of 50,000 rows at one instant is re-read for this long,
+# not on every refresh after. (Other processes' changes come by id over the bus.)
+LATE_COMMIT = timedelta(seconds=15)
 
 
 class Catalog:

@@ -45,12 +45,16 @@ class CatalogNews(msgspec.Struct, frozen=True, array_like=True):
     """Products changed in the store: every other process re-reads them now."""
 
     origin: str
+    # The products changed, when they are few: read by id. None (an import): every
+    # product changed lately is read.
+    product_ids: list[str] | None = None
 
 
 _bus_decoder = msgspec.msgpack.Decoder(BusMessage)
 _news_decoder = msgspec.msgpack.Decoder(CatalogNews)
 _bus_encode = msgspec.msgpack.Encoder().encode
 CATALOG_CHANNEL = "catalog"
+NEWS_IDS = 100  # a change of more products than this is news without their ids
 
 
 def channel(cart_id: str) -> str:
@@ -92,7 +96,8 @@ class Hub:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._catalog_reread: asyncio.Task[None] | None = None
-        self._catalog_again = False  # news came while a re-read was running
+        # Products to re-read (None: all changed lately), gathered while a read runs.
+        self._catalog_wanted: set[str] | None = set()
         catalog.listeners.append(self._tell_rooms)
         metrics.gauge("cart_rooms_loaded", lambda: len(self.rooms))
         metrics.gauge("cart_ws_connections", lambda: sum(len(r.tabs) for r in self.rooms.values()))
@@ -179,7 +184,7 @@ class Hub:
                     log.warning("ignored an undecodable catalog message")
                     continue
                 if news.origin != self.id:
-                    self.reread_catalog()
+                    self.reread_catalog(news.product_ids)
                 continue
             try:
                 message = _bus_decoder.decode(data)
@@ -267,7 +272,8 @@ class Hub:
         """This process wrote these products to the store: take them now, and have every
         other process re-read the store."""
         self.catalog.update(products)
-        self.bus.publish(CATALOG_CHANNEL, _bus_encode(CatalogNews(self.id)))
+        ids = [p.id for p in products] if len(products) <= NEWS_IDS else None
+        self.bus.publish(CATALOG_CHANNEL, _bus_encode(CatalogNews(self.id, ids)))
 
     def _tell_rooms(self, changed: list[Product]) -> None:
         """The catalog changed (here, in the store, or through another process): the tabs
@@ -276,24 +282,28 @@ class Hub:
         for room in self.rooms.values():
             room.catalog_changed(by_id)
 
-    def reread_catalog(self) -> None:
-        """Re-read changed products soon: one read at a time, one more if news came
-        during it."""
-        if self._catalog_reread is not None:
-            self._catalog_again = True
-            return
-        self._catalog_reread = asyncio.create_task(self._reread())
+    def reread_catalog(self, product_ids: list[str] | None = None) -> None:
+        """Re-read these products (None: all changed lately) soon; one read at a time,
+        and one more for what was asked meanwhile."""
+        if self._catalog_wanted is not None:
+            if product_ids is None:
+                self._catalog_wanted = None
+            else:
+                self._catalog_wanted.update(product_ids)
+        if self._catalog_reread is None:
+            self._catalog_reread = asyncio.create_task(self._reread())
 
     async def _reread(self) -> None:
         try:
-            while True:
-                self._catalog_again = False
+            while self._catalog_wanted is None or self._catalog_wanted:
+                wanted, self._catalog_wanted = self._catalog_wanted, set()
                 try:
-                    await self.catalog.refresh(self.store)
+                    if wanted is None:
+                        await self.catalog.refresh(self.store)
+                    else:
+                        self.catalog.update(await self.store.products_by_id(sorted(wanted)))
                 except Exception as exc:  # the periodic refresh tries again
                     log.warning("could not re-read the catalog: %s", exc)
-                if not self._catalog_again:
-                    return
         finally:
             self._catalog_reread = None
 

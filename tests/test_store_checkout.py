@@ -189,6 +189,15 @@ async def test_a_line_of_an_archived_product_reserves_nothing(
     assert await stocks(database_url) == {"tee": 3, "mug": 1, "pen": 100}
 
 
+async def test_products_are_read_by_id_as_stored_now(store: Store) -> None:
+    await store.change_product("mug", ProductChange(stock_delta=-1, active=False))
+    found = {p.id: p for p in await store.products_by_id(["mug", "nope", "tee"])}
+    assert found == {
+        "mug": Product("mug", "MUG", "Mug", 500, 1, None, False),
+        "tee": Product("tee", "TEE", "Tee", 2000, 5),
+    }
+
+
 async def test_concurrent_reservations_never_oversell(
     store: Store, database_url: str, metrics: Metrics
 ) -> None:

@@ -299,6 +299,9 @@ class Store(Protocol):
         """Products updated at or after `changed_since` (all by default), and the latest
         updated_at among them: the `changed_since` for the next call."""
 
+    async def products_by_id(self, product_ids: list[str]) -> list[Product]:
+        """These products as stored now (unknown ids left out)."""
+
     async def upsert_products(self, products: list[Product]) -> tuple[int, int]:
         """Insert or update products in one transaction; (inserted, updated). Raises
         ProductConflict (nothing stored)."""

@@ -91,6 +91,7 @@ ADDED_COLUMNS = (
 # The partial unique index that keeps one open cart per user: its violation means another
 # device made the user's cart first (StaleVersion), unlike any other unique violation.
 USER_OPEN = "idx_cart_sessions_user_open"
+RESTAMP_AFTER = 1.0  # seconds an import may take before its rows are stamped again
 
 
 class PostgresStore:
@@ -432,8 +433,18 @@ class PostgresStore:
         latest = max((row[7] for row in rows), default=changed_since)
         return [product_from_row(row) for row in rows], latest
 
+    async def products_by_id(self, product_ids: list[str]) -> list[Product]:
+        async with self._connection("read products") as conn:
+            rows = await conn.fetch(
+                "SELECT id, sku, name, price_cents, stock, image_url, active FROM products"
+                " WHERE id = ANY($1::text[])",
+                product_ids,
+            )
+        return [product_from_row(row) for row in rows]
+
     async def upsert_products(self, products: list[Product]) -> tuple[int, int]:
         now = iso(utcnow())
+        started = time.monotonic()
         inserted = updated = 0
         async with self._connection("store products") as conn, conn.transaction():
             await conn.execute(
@@ -476,6 +487,14 @@ class PostgresStore:
                 except asyncpg.IntegrityConstraintViolationError as exc:
                     message = f"product {p.id!r} (sku {p.sku!r}): {exc}"
                     raise ProductConflict(p.id, message) from None
+            if time.monotonic() - started > RESTAMP_AFTER:
+                # Stamped again just before the commit: a long import would otherwise
+                # commit rows stamped long before, which other processes' refreshes passed.
+                await conn.execute(
+                    "UPDATE products SET updated_at = $1 WHERE id = ANY($2::text[])",
+                    iso(utcnow()),
+                    [p.id for p in products],
+                )
         return inserted, updated
 
     async def change_product(self, product_id: str, change: ProductChange) -> Product:

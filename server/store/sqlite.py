@@ -439,6 +439,14 @@ class SQLiteStore:
         latest = max((row[7] for row in rows), default=changed_since)
         return [product_from_row(row) for row in rows], latest
 
+    async def products_by_id(self, product_ids: list[str]) -> list[Product]:
+        rows = await self._read(
+            "SELECT id, sku, name, price_cents, stock, image_url, active FROM products"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(product_ids),),
+        )
+        return [product_from_row(row) for row in rows]
+
     async def versions(self, cart_ids: list[str]) -> dict[str, int]:
         if not cart_ids:
             return {}
