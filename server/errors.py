@@ -72,16 +72,6 @@ class ProductUnavailable(CartError):
     status = 409
 
 
-class Unauthorized(CartError):
-    """The admin API without `Authorization: Bearer <ADMIN_TOKEN>`, or with another token."""
-
-    code = "unauthorized"
-    status = 401
-
-    def headers(self) -> dict[str, str]:
-        return {"www-authenticate": 'Bearer realm="cartsync admin"'}
-
-
 class UnknownOrder(CartError):
     code = "unknown_order"
     status = 404
@@ -119,6 +109,20 @@ class BadSignature(CartError):
 
     code = "bad_signature"
     status = 400
+
+
+class IdempotencyKeyReused(CartError):
+    """An Idempotency-Key already used for another request (route or body) of this cart."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+
+class PaymentsUnavailable(CartError):
+    """No payment provider is configured (no Stripe key, demo payments off)."""
+
+    code = "payments_unavailable"
+    status = 503
 
 
 class PaymentProviderError(CartError):
@@ -163,6 +167,16 @@ class TooManyConnections(CartError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": "5"}
+
+
+class Unauthorized(CartError):
+    """A route that asks for a bearer token got none, or another."""
+
+    code = "unauthorized"
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"www-authenticate": "Bearer"}
 
 
 class TooManyCheckouts(CartError):

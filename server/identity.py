@@ -64,10 +64,15 @@ class CartIds:
         return self.new()
 
 
-def set_cookie_header(signed: str, secure: bool) -> str:
-    # Lax, not Strict: the cart must survive the top-level navigation back from a payment page.
-    flags = f"; HttpOnly; SameSite=Lax; Path=/; Max-Age={COOKIE_MAX_AGE}"
-    return f"{COOKIE}={signed}{flags}{'; Secure' if secure else ''}"
+def set_cookie_header(signed: str, secure: bool, cross_site: bool = False, path: str = "/") -> str:
+    """The cart cookie. Lax, not Strict: the cart must survive the top-level navigation
+    back from a payment page. A page on another site (the shop's own domain, embedding
+    the client) gets one only over HTTPS: `SameSite=None; Secure`, and `Partitioned` so
+    that browsers blocking third-party cookies keep it too, under that shop's site."""
+    flags = f"; HttpOnly; Path={path}; Max-Age={COOKIE_MAX_AGE}"
+    if cross_site and secure:
+        return f"{COOKIE}={signed}{flags}; SameSite=None; Secure; Partitioned"
+    return f"{COOKIE}={signed}{flags}; SameSite=Lax{'; Secure' if secure else ''}"
 
 
 def load_secret(settings: Settings) -> str:

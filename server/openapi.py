@@ -144,8 +144,14 @@ _CART_HEADERS = {
     "X-Cart-Id": {"description": "The signed cart id.", "schema": {"type": "string"}},
     "ETag": {"description": 'The cart version, `"<version>"`.', "schema": {"type": "string"}},
     "Set-Cookie": {
-        "description": "`cart_id=<signed id>; HttpOnly; SameSite=Lax; Path=/; "
-        "Max-Age=2592000` (plus `Secure` over https).",
+        "description": "`cart_id=<signed id>; HttpOnly; Path=/; Max-Age=2592000; "
+        "SameSite=Lax` (plus `Secure` over https); for a page on another site over https "
+        "(`Sec-Fetch-Site: cross-site`): `SameSite=None; Secure; Partitioned`.",
+        "schema": {"type": "string"},
+    },
+    "Idempotent-Replayed": {
+        "description": "`true` on the answer to a repeated Idempotency-Key: nothing was"
+        " applied now.",
         "schema": {"type": "string"},
     },
 }
@@ -177,10 +183,12 @@ MUTATION_ERRORS = {
     ),
     "412": _error("`version_conflict`: If-Match names an old version; `version`, `cart`."),
     "422": _error(
-        "`invalid_request`: a malformed Idempotency-Key, or a body of the wrong shape."
+        "`invalid_request`: a malformed Idempotency-Key, or a body of the wrong shape;"
+        " `idempotency_key_reused`: the key was used for another request of this cart."
     ),  # fmt: skip
     "429": _error(
-        "`rate_limited`: over the mutations per second of this cart; `retry_after`.",
+        "`rate_limited`: over the mutations per second of this cart, or over the new carts"
+        " per second of this address (a request naming no cart); `retry_after`.",
         _RETRY_AFTER,
     ),
     "503": _error("`unavailable`: the store could not commit; nothing changed, retry."),
@@ -307,6 +315,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": CART_OK,
                     "304": {"description": "Still at the version If-None-Match names."},
+                    "429": MUTATION_ERRORS["429"],
                 },
             }
         },
@@ -395,9 +404,16 @@ def _paths() -> dict[str, Any]:
                     ),
                     "412": MUTATION_ERRORS["412"],
                     "422": _error("`invalid_request`: a body of the wrong shape."),
-                    "429": MUTATION_ERRORS["429"],
+                    "429": _error(
+                        "`rate_limited` (as for any change), or `too_many_checkouts`: this"
+                        " address holds MAX_CHECKOUTS_PER_IP checkouts already.",
+                        _RETRY_AFTER,
+                    ),
                     "502": _error("`payment_provider_error`: the provider did not answer."),
-                    "503": MUTATION_ERRORS["503"],
+                    "503": _error(
+                        "`unavailable`: the store could not commit; `payments_unavailable`:"
+                        " no payment provider is configured."
+                    ),
                 },
             }
         },
@@ -503,7 +519,11 @@ def _paths() -> dict[str, Any]:
                     "200": {
                         "description": "Counters, gauges, histograms.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "401": _error(
+                        "`unauthorized`: METRICS_TOKEN is set and no `Authorization: Bearer`"
+                        " with it was sent."
+                    ),
                 },
             }
         },

@@ -14,7 +14,8 @@ const BADGE = {
 // ?transport=poll (or ws) picks the transport, e.g. to try the long-poll fallback by hand.
 const params = new URLSearchParams(location.search);
 const transport = ["ws", "poll"].includes(params.get("transport")) ? params.get("transport") : "auto";
-const client = new CartClient({ transport });
+// The page is served under the server's ROOT_PATH: <base href> names it, and so the API.
+const client = new CartClient({ transport, baseUrl: document.baseURI });
 const PAGE = 24; // products per page of the grid: the page loads only what it shows
 let products = new Map();
 let productList = [];
@@ -198,7 +199,8 @@ function renderCart(reset = false) {
 function renderStatus(status) {
   $("#badge").dataset.state = status;
   $("#badge-text").textContent = BADGE[status] || status;
-  if (status === Status.POLLING) $("#presence").hidden = true;
+  // Presence is what the server last said: stale once the connection is gone.
+  if (status !== Status.LIVE) $("#presence").hidden = true;
   renderCart();
 }
 
@@ -301,7 +303,7 @@ $("#login").addEventListener("submit", async (ev) => {
   if (!user) return;
   $("#login-submit").disabled = true;
   try {
-    const res = await fetch("/api/demo/login", {
+    const res = await fetch("api/demo/login", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ user }),
@@ -336,6 +338,7 @@ async function start() {
   else if (outcome === "cancelled") banner("Checkout cancelled: your cart is as you left it.");
   if (outcome) {
     params.delete("checkout");
+    params.delete("session_id"); // said once; not left in the address bar or history
     const rest = params.toString();
     history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
   }
@@ -343,6 +346,9 @@ async function start() {
   renderCart();
   // Stripe's webhook may lag the shopper's return: ask the server to settle now.
   if (outcome === "success") client.confirmCheckout().catch(() => {});
+  // Back from the provider's cancel link: give the stock back and unlock the cart now,
+  // not when the reservation expires.
+  if (outcome === "cancelled") client.cancelCheckout().catch(() => {});
   const cartReady = client.start();
   await loadPage();
   await cartReady;
