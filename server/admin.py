@@ -158,9 +158,12 @@ def _admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             if svc.admin is None:
                 raise errors.NotFound(f"{request.url.path}: the admin API is off (no ADMIN_TOKEN)")
             svc.admin.check(request)
-            return await handler(request, svc)
+            response = await handler(request, svc)
         except errors.CartError as exc:
+            svc.metrics.inc("cart_admin_requests_total", result=exc.code)
             return error_response(exc, request, None)
+        svc.metrics.inc("cart_admin_requests_total", result="ok")
+        return response
 
     endpoint.__name__ = handler.__name__
     return endpoint

@@ -225,7 +225,10 @@ class Room:
         held = [changed[x.product_id] for x in self.cart.lines if x.product_id in changed]
         if held:
             items = [CatalogItem(p.id, p.name, p.price_cents, p.stock, p.active) for p in held]
-            self.broadcast(encode(CatalogMsg(products=items)).decode())
+            frame = encode(CatalogMsg(products=items)).decode()
+            for tab in self.tabs:
+                tab.send(frame)
+            self.ctx.metrics.inc("cart_catalog_frames_total", len(self.tabs))
 
     def broadcast(self, frame: str) -> None:
         """Queue one encoded frame to every tab: encoded once, the same bytes for all."""

@@ -107,6 +107,11 @@ async def test_a_change_reaches_only_the_tabs_of_carts_holding_the_product(
         "type": "catalog",
         "products": [item("p-003", 3, stock=99_999)],
     }
+    async with rest(server) as client:
+        metrics = (await client.get("/metrics")).text
+    # Two messages to each of the holder's two tabs, one to the bystander's.
+    assert "cart_catalog_frames_total 5" in metrics, metrics
+    assert 'cart_admin_requests_total{result="ok"} 3' in metrics
     for tab in [*tabs, bystander]:
         await tab.close()
 
