@@ -69,10 +69,12 @@ def set_cookie_header(signed: str, secure: bool, cross_site: bool = False, path:
     back from a payment page. A page on another site (the shop's own domain, embedding
     the client) gets one only over HTTPS: `SameSite=None; Secure`, and `Partitioned` so
     that browsers blocking third-party cookies keep it too, under that shop's site."""
-    flags = f"; HttpOnly; Path={path}; Max-Age={COOKIE_MAX_AGE}"
     if cross_site and secure:
-        return f"{COOKIE}={signed}{flags}; SameSite=None; Secure; Partitioned"
-    return f"{COOKIE}={signed}{flags}; SameSite=Lax{'; Secure' if secure else ''}"
+        same_site, tail = "None", "; Secure; Partitioned"
+    else:
+        same_site, tail = "Lax", "; Secure" if secure else ""
+    flags = f"; HttpOnly; SameSite={same_site}; Path={path}; Max-Age={COOKIE_MAX_AGE}"
+    return f"{COOKIE}={signed}{flags}{tail}"
 
 
 def load_secret(settings: Settings) -> str:

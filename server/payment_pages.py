@@ -145,7 +145,8 @@ async def demo_page(request: Request) -> Response:
     buttons = (
         f'<form method="post" action="{action}/pay"><button id="pay" type="submit">'
         f"Pay {format_money(checkout.amount_cents, currency)}</button></form>"
-        f'<form method="post" action="{action}/cancel"><button id="cancel" type="submit">'
+        f'<form method="post" action="{action}/cancel">'
+        '<button id="cancel" class="secondary" type="submit">'
         "Cancel and return to the shop</button></form>"
         if open_
         else f'<p id="closed">This checkout is {checkout.status}.</p>'

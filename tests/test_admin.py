@@ -5,12 +5,17 @@ movements under concurrency, archived products through add and checkout, and ord
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from server.cart import Product
+from server.config import Settings
+from server.store import ProductChange, open_store
 from tests.checkout_support import eventually
 from tests.support import ServerProcess, db_query, rest, sign
 
@@ -403,3 +408,22 @@ async def test_a_checkout_in_a_process_that_has_not_heard_of_the_archiving_is_re
         cart = (await shopper.get("/api/cart", headers={"X-Cart-Id": signed})).json()
         assert cart["status"] == "active" and cart["items"][0]["available"] is False
     assert await stock_in_store(first, "p-040") == 100_000
+
+
+async def test_a_database_made_before_archiving_gains_the_active_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # products as schema.sql made them before `active`
+        db.execute(
+            "CREATE TABLE products (id TEXT PRIMARY KEY, sku TEXT NOT NULL UNIQUE,"
+            " name TEXT NOT NULL, price_cents INTEGER NOT NULL, stock INTEGER NOT NULL,"
+            " image_url TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+        )
+        db.execute("INSERT INTO products VALUES ('old', 'OLD', 'Old', 1, 2, NULL, 'x', 'x')")
+    store = await open_store(Settings(database_url=f"sqlite:///{path}"))
+    try:
+        products, _ = await store.load_products()
+        assert products == [Product("old", "OLD", "Old", 1, 2, None, True)]
+        archived = await store.change_product("old", ProductChange(active=False))
+        assert archived.active is False
+    finally:
+        await store.close()

@@ -52,12 +52,6 @@ log = logging.getLogger("server.store")
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 PRUNE_BATCH = 500
-# Columns added after a table was first made: CREATE TABLE IF NOT EXISTS leaves an older
-# file's table as it is.
-ADDED_COLUMNS = (
-    ("applied_mutations", "request", "TEXT"),
-    ("products", "active", "INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1))"),
-)
 FORGET_OLD_ANSWERS = (
     "UPDATE applied_mutations SET response = NULL"
     " WHERE cart_id = ? AND version <= ? AND response IS NOT NULL"
@@ -582,12 +576,22 @@ def _claim_events(now: str, until: str, limit: int, conn: sqlite3.Connection) ->
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:
-    for table, column, kind in ADDED_COLUMNS:
-        # PRAGMA takes no parameters; the names are the literals above.
-        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        if column not in present:
-            try:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            except sqlite3.OperationalError as exc:  # another process added it first
-                if "duplicate column" not in str(exc):
-                    raise
+    """Columns added after a table was first made: CREATE TABLE IF NOT EXISTS leaves an
+    older file's table as it is."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(applied_mutations)")}
+    if "request" not in columns:
+        try:
+            conn.execute("ALTER TABLE applied_mutations ADD COLUMN request TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(products)")}
+    if "active" not in columns:
+        try:
+            conn.execute(
+                "ALTER TABLE products ADD COLUMN active INTEGER NOT NULL DEFAULT 1"
+                " CHECK (active IN (0, 1))"
+            )
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
