@@ -235,10 +235,7 @@ def _edit(
                 raise errors.UnknownProduct(
                     f"no product with id {product_id!r}", product_id=product_id
                 )
-            if not product.active:
-                raise errors.ProductUnavailable(
-                    f"{product.name} is no longer available", product_id=product_id
-                )
+            _check_active(product)
             existing = cart.line(product_id)
             held = existing.quantity if existing else 0
             available = max(0, min(product.stock, MAX_QUANTITY) - held)
@@ -277,10 +274,8 @@ def _edit(
             if existing is None:
                 raise errors.NotInCart(f"{product_id!r} is not in the cart", product_id=product_id)
             product = catalog.get(product_id)
-            if quantity > existing.quantity and product is not None and not product.active:
-                raise errors.ProductUnavailable(
-                    f"{product.name} is no longer available", product_id=product_id
-                )
+            if quantity > existing.quantity and product is not None:
+                _check_active(product)  # lowering is always allowed, raising is not
             # Lowering a quantity is always allowed, even when stock fell below it meanwhile.
             if quantity > existing.quantity and (product is None or quantity > product.stock):
                 stock = product.stock if product else 0
@@ -334,6 +329,12 @@ def _absorb(
             lines[index] = new
         upserted[new.product_id] = new
     return tuple(lines), Change(upserted=tuple(upserted.values()))
+
+
+def _check_active(product: Product) -> None:
+    if not product.active:
+        message = f"{product.name} is no longer available"
+        raise errors.ProductUnavailable(message, product_id=product.id)
 
 
 def _available(line: Line, catalog: Mapping[str, Product]) -> bool:

@@ -113,7 +113,7 @@ class Checkouts:
                 await room.apply_locked(StartCheckout(), base_version=base_version, effects=reserve)
             except Archived as archived:
                 # Archived in another process a moment ago: this one's catalog follows.
-                self.hub.reread_catalog(archived.product_ids)
+                self.catalog.reread(self.store, archived.product_ids)
                 raise errors.ProductUnavailable(
                     "some lines hold products that are no longer available; remove them first",
                     lines=[{"product_id": product_id} for product_id in archived.product_ids],

@@ -95,9 +95,6 @@ class Hub:
             self.draining,
         )
         self._tasks: set[asyncio.Task[None]] = set()
-        self._catalog_reread: asyncio.Task[None] | None = None
-        # Products to re-read (None: all changed lately), gathered while a read runs.
-        self._catalog_wanted: set[str] | None = set()
         catalog.listeners.append(self._tell_rooms)
         metrics.gauge("cart_rooms_loaded", lambda: len(self.rooms))
         metrics.gauge("cart_ws_connections", lambda: sum(len(r.tabs) for r in self.rooms.values()))
@@ -175,7 +172,7 @@ class Hub:
         async for name, data in self.bus.listen():
             if name == RESYNC:
                 self._resync()
-                self.reread_catalog()
+                self.catalog.reread(self.store)
                 continue
             if name == CATALOG_CHANNEL:
                 try:
@@ -184,7 +181,7 @@ class Hub:
                     log.warning("ignored an undecodable catalog message")
                     continue
                 if news.origin != self.id:
-                    self.reread_catalog(news.product_ids)
+                    self.catalog.reread(self.store, news.product_ids)
                 continue
             try:
                 message = _bus_decoder.decode(data)
@@ -281,31 +278,6 @@ class Hub:
         by_id = {product.id: product for product in changed}
         for room in self.rooms.values():
             room.catalog_changed(by_id)
-
-    def reread_catalog(self, product_ids: list[str] | None = None) -> None:
-        """Re-read these products (None: all changed lately) soon; one read at a time,
-        and one more for what was asked meanwhile."""
-        if self._catalog_wanted is not None:
-            if product_ids is None:
-                self._catalog_wanted = None
-            else:
-                self._catalog_wanted.update(product_ids)
-        if self._catalog_reread is None:
-            self._catalog_reread = asyncio.create_task(self._reread())
-
-    async def _reread(self) -> None:
-        try:
-            while self._catalog_wanted is None or self._catalog_wanted:
-                wanted, self._catalog_wanted = self._catalog_wanted, set()
-                try:
-                    if wanted is None:
-                        await self.catalog.refresh(self.store)
-                    else:
-                        self.catalog.update(await self.store.products_by_id(sorted(wanted)))
-                except Exception as exc:  # the periodic refresh tries again
-                    log.warning("could not re-read the catalog: %s", exc)
-        finally:
-            self._catalog_reread = None
 
     # --- timers of carts not in memory ------------------------------------------------
 
@@ -404,8 +376,7 @@ class Hub:
         await asyncio.gather(*(tab.done.wait() for tab in tabs))
 
     async def close(self) -> None:
-        if self._catalog_reread is not None:
-            self._tasks.add(self._catalog_reread)
+        await self.catalog.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -253,59 +253,9 @@ def _checkout_step(name: str, summary: str, conflict: str) -> dict[str, Any]:
     }
 
 
-LISTING_PARAMETERS = [
-    {
-        "name": "ids",
-        "in": "query",
-        "required": False,
-        "description": "Comma-separated product ids (1 to 100): just these, in this order.",
-        "schema": {"type": "string"},
-    },
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "description": "A page of this many (1 to 1000; 100 with only `after`).",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-    },
-    {
-        "name": "after",
-        "in": "query",
-        "required": False,
-        "description": "The page after this product id (the previous page's `next`).",
-        "schema": {"type": "string"},
-    },
-    {
-        "name": "If-None-Match",
-        "in": "header",
-        "required": False,
-        "description": "The ETag held: 304 while the answer is the same.",
-        "schema": {"type": "string"},
-    },
-]
-
-
 def _paths() -> dict[str, Any]:
     not_in_cart = _error("`not_in_cart`: the cart has no line for this product.")
     return {
-        "/api/products": {
-            "get": {
-                "operationId": "listProducts",
-                "summary": "The catalog (archived products left out): whole, by ids, or paged.",
-                "tags": ["catalog"],
-                "parameters": LISTING_PARAMETERS,
-                "responses": {
-                    "200": _json(
-                        _ref("Products"),
-                        "Every product, the ones named, or a page in id order with `next`"
-                        " (gzip when large and accepted).",
-                        {"ETag": {"description": "Of this answer.", "schema": {"type": "string"}}},
-                    ),
-                    "304": {"description": "Still what If-None-Match names."},
-                    "422": _error("`invalid_request`: a bad `ids`, `limit` or `after`."),
-                },
-            }
-        },
         "/api/cart": {
             "get": {
                 "operationId": "getCart",
@@ -532,7 +482,7 @@ def _paths() -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
-    from .openapi_admin import admin_paths  # it builds on the shapes above
+    from .openapi_shop import shop_paths  # it builds on the shapes above
 
     _, components = msgspec.json.schema_components(
         _STRUCTS, ref_template="#/components/schemas/{name}"
@@ -547,7 +497,7 @@ def document() -> dict[str, Any]:
             "error has the `Error` shape. The WebSocket (`GET /api/cart/ws`) is described in "
             "PROTOCOL.md.",
         },
-        "paths": {**_paths(), **admin_paths()},
+        "paths": {**shop_paths(), **_paths()},
         "components": {
             "schemas": components,
             "securitySchemes": {

@@ -1,5 +1,6 @@
-"""The admin API (/api/admin/) in the OpenAPI document: the shop's backend's routes,
-behind the `adminToken` bearer scheme."""
+"""The shop's side of the OpenAPI document: the catalog as shoppers list it, and the
+admin API (/api/admin/), the shop's backend's routes behind the `adminToken` bearer
+scheme."""
 
 from __future__ import annotations
 
@@ -16,6 +17,38 @@ from .openapi import (
     _json,
     _ref,
 )
+
+LISTING_PARAMETERS = [
+    {
+        "name": "ids",
+        "in": "query",
+        "required": False,
+        "description": "Comma-separated product ids (1 to 100): just these, in this order.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "A page of this many (1 to 1000; 100 with only `after`).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The page after this product id (the previous page's `next`).",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "description": "The ETag held: 304 while the answer is the same.",
+        "schema": {"type": "string"},
+    },
+]
+
 
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 ADMIN_ERRORS = {
@@ -50,10 +83,28 @@ def _admin(name: str, summary: str, responses: dict[str, Any], **extra: Any) -> 
     }
 
 
-def admin_paths() -> dict[str, Any]:
+def shop_paths() -> dict[str, Any]:
     product = _json(_ref("AdminProduct"), "The product as stored now.")
     bad_product = _error("`invalid_request`: a body of the wrong shape, or a SKU taken.")
     return {
+        "/api/products": {
+            "get": {
+                "operationId": "listProducts",
+                "summary": "The catalog (archived products left out): whole, by ids, or paged.",
+                "tags": ["catalog"],
+                "parameters": LISTING_PARAMETERS,
+                "responses": {
+                    "200": _json(
+                        _ref("Products"),
+                        "Every product, the ones named, or a page in id order with `next`"
+                        " (gzip when large and accepted).",
+                        {"ETag": {"description": "Of this answer.", "schema": {"type": "string"}}},
+                    ),
+                    "304": {"description": "Still what If-None-Match names."},
+                    "422": _error("`invalid_request`: a bad `ids`, `limit` or `after`."),
+                },
+            }
+        },
         "/api/admin/products": {
             "post": _admin(
                 "upsertProducts",
