@@ -1,8 +1,8 @@
-"""The REST API of PROTOCOL.md as an OpenAPI 3.1 document, served at /openapi.json.
+"""The REST API of docs/PROTOCOL.md as an OpenAPI 3.1 document, served at /openapi.json.
 
 Bodies are the msgspec Structs the server itself decodes and encodes (their JSON schema
 comes from msgspec), so the document cannot drift from the wire types; the paths, headers
-and error statuses are written out here. The WebSocket is described in PROTOCOL.md only:
+and error statuses are written out here. The WebSocket is described in docs/PROTOCOL.md only:
 OpenAPI has no way to say it."""
 
 from __future__ import annotations
@@ -493,9 +493,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "Cart sync",
             "version": "1",
-            "description": "Real-time shopping carts: the REST half of PROTOCOL.md v1. Every "
+            "description": "Real-time shopping carts: the REST half of docs/PROTOCOL.md. Every "
             "error has the `Error` shape. The WebSocket (`GET /api/cart/ws`) is described in "
-            "PROTOCOL.md.",
+            "docs/PROTOCOL.md in the repository.",
         },
         "paths": {**shop_paths(), **_paths()},
         "components": {

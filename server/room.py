@@ -364,7 +364,9 @@ class Room:
                 raise errors.IdempotencyKeyReused(
                     "this Idempotency-Key was used for another request; nothing changed"
                 )
-        return Outcome(version, body or (self.document() if respond else None), replayed=True)
+        if respond and body is None:  # its answer is no longer kept: the cart as it is now
+            return Outcome(self.cart.version, self.document(), replayed=True)
+        return Outcome(version, body, replayed=True)
 
     def _accept(self, new: Cart, patch: str, key: str | None) -> None:
         self.cart = new

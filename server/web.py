@@ -165,9 +165,9 @@ def cart_response(
 
 def error_response(exc: errors.CartError, conn: HTTPConnection, ref: CartRef | None) -> Response:
     body = msgspec.json.encode(exc.body())
-    # A fresh id refused by the rate limits is not handed out: kept, it would be a cart
-    # made past NEW_CART_RATE.
-    if ref is None or (ref.issued and isinstance(exc, errors.RateLimited)):
+    # A fresh id is handed out only with a cart: kept from a refusal, it would be a cart
+    # made past NEW_CART_RATE (a request refused before that count was taken).
+    if ref is None or ref.issued:
         response = Response(body, exc.status, media_type="application/json")
     else:
         response = cart_response(conn, body, ref, None, exc.status)

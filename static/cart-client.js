@@ -1,4 +1,4 @@
-// cart-client.js: a dependency-free browser client for the cart sync protocol (PROTOCOL.md v1).
+// cart-client.js: a dependency-free browser client for the cart sync protocol (docs/PROTOCOL.md).
 //
 //   import { CartClient } from "/static/cart-client.js";
 //   const client = new CartClient();

@@ -178,6 +178,11 @@ async def test_new_carts_from_one_address_are_rate_limited(
         assert refused.json()["error"]["code"] == "rate_limited"
         assert int(refused.headers["retry-after"]) >= 1
         assert "x-cart-id" not in refused.headers  # no cart was made for it
+        # Nor for a request refused before a cart is made (it would be one for later).
+        client.cookies.clear()
+        broken = await client.post("/api/cart/items", content=b"{not json")
+        assert broken.status_code == 400
+        assert "x-cart-id" not in broken.headers and "set-cookie" not in broken.headers
         # A shopper who has a cart keeps using it.
         client.headers["X-Cart-Id"] = answers[0].headers["x-cart-id"]
         assert (await client.post("/api/cart/items", json={"product_id": "p-002"})).is_success
@@ -245,6 +250,7 @@ async def test_idempotent_answers_are_kept_for_the_last_versions_only_and_never_
             "/api/cart/items", json={"product_id": "p-001"}, headers={"Idempotency-Key": "k-0"}
         )
         assert replay.status_code == 200 and replay.json() == now
+        assert replay.headers["etag"] == f'"{now["version"]}"'
         # A recent key still gets its own first answer.
         last = ANSWERS_PER_CART + 9
         recent = await client.post(
