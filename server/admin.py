@@ -142,10 +142,14 @@ class AdminGate:
         raise errors.Unauthorized("this API needs Authorization: Bearer <ADMIN_TOKEN>")
 
     def _forget_whole(self) -> None:
+        """Keep at most TRACKED_ADDRESSES: first those whose allowance is whole again,
+        then the oldest (wrong tokens from that many addresses are a flood, not a guess)."""
         if len(self.failures) >= TRACKED_ADDRESSES:
             for address, bucket in list(self.failures.items()):
                 if bucket.wait(FAILURE_BURST) == 0:
                     del self.failures[address]
+        while len(self.failures) >= TRACKED_ADDRESSES:
+            del self.failures[next(iter(self.failures))]
 
 
 Handler = Callable[[Request, Services], Awaitable[Response]]

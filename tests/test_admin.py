@@ -427,3 +427,26 @@ async def test_a_database_made_before_archiving_gains_the_active_column(tmp_path
         assert archived.active is False
     finally:
         await store.close()
+
+
+def test_the_failure_budget_remembers_a_bounded_number_of_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from starlette.requests import Request
+
+    from server import admin as admin_module
+    from server import errors
+
+    monkeypatch.setattr(admin_module, "TRACKED_ADDRESSES", 5)
+    gate = admin_module.AdminGate(TOKEN)
+
+    def request(address: str, token: str) -> Request:
+        headers = [(b"authorization", f"Bearer {token}".encode())]
+        return Request({"type": "http", "headers": headers, "client": (address, 1)})
+
+    for n in range(12):
+        with pytest.raises(errors.Unauthorized):
+            gate.check(request(f"10.0.0.{n}", "wrong-token-wrong-token"))
+        assert len(gate.failures) <= 5
+    gate.check(request("10.0.0.99", TOKEN))  # the right token passes, and is not counted
+    assert "10.0.0.99" not in gate.failures
