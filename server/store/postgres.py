@@ -49,13 +49,12 @@ from . import (
     Effect,
     Held,
     ProductChange,
-    ProductConflict,
     StaleVersion,
     StoredCart,
     product_from_row,
 )
 from .postgres_effects import apply_effects, checkout_from_row, rowcount
-from .postgres_shop import change_product, read_order, read_orders
+from .postgres_shop import change_product, read_order, read_orders, upsert_products
 
 log = logging.getLogger("server.store")
 PRUNE_BATCH = 500
@@ -450,48 +449,13 @@ class PostgresStore:
     async def upsert_products(self, products: list[Product]) -> tuple[int, int]:
         now = iso(utcnow())
         started = time.monotonic()
-        inserted = updated = 0
         async with self._connection("store products") as conn, conn.transaction():
             await conn.execute(
                 "UPDATE products SET sku = $1 || id WHERE id = ANY($2::text[])",
                 SKU_PARK,
                 [p.id for p in products],
             )
-            for p in products:
-                try:
-                    status = await conn.execute(
-                        "UPDATE products SET sku = $1, name = $2, price_cents = $3, stock = $4,"
-                        " image_url = $5, active = $6, updated_at = $7 WHERE id = $8",
-                        p.sku,
-                        p.name,
-                        p.price_cents,
-                        p.stock,
-                        p.image_url,
-                        int(p.active),
-                        now,
-                        p.id,
-                    )
-                    if rowcount(status):
-                        updated += 1
-                        continue
-                    await conn.execute(
-                        "INSERT INTO products (id, sku, name, price_cents, stock, image_url,"
-                        " active, created_at, updated_at)"
-                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                        p.id,
-                        p.sku,
-                        p.name,
-                        p.price_cents,
-                        p.stock,
-                        p.image_url,
-                        int(p.active),
-                        now,
-                        now,
-                    )
-                    inserted += 1
-                except asyncpg.IntegrityConstraintViolationError as exc:
-                    message = f"product {p.id!r} (sku {p.sku!r}): {exc}"
-                    raise ProductConflict(p.id, message) from None
+            inserted, updated = await upsert_products(conn, products, now)
             if time.monotonic() - started > RESTAMP_AFTER:
                 # Stamped again just before the commit: a long import would otherwise
                 # commit rows stamped long before, which other processes' refreshes passed.
