@@ -1,6 +1,6 @@
 """Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold,
-catalog;
-and the crash test, `python -m bench crash --kills 1000`.
+catalog; the crash test, `python -m bench crash --kills 1000`; and `attack`, half-open
+connections and a huge header from one address.
 
 Starts its own server (SQLite in a temp dir) unless given --url. Every run is bounded in
 count and time, and prints a human table and one JSON line (with the machine)."""
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import catalog, cold, crash, fanout, max, rest, tabs
+from . import attack, catalog, cold, crash, fanout, max, rest, tabs
 from .harness import LocalServer, Target, raise_nofile
 
 MODES = {
@@ -21,6 +21,7 @@ MODES = {
     "cold": (cold, "time to the first snapshot of carts not in memory"),
     "crash": (crash, "SIGKILL under load, restart, check every acknowledged mutation"),
     "catalog": (catalog, "a large catalog: listing sizes and times, change -> tabs latency"),
+    "attack": (attack, "half-open connections and a huge header: what others see meanwhile"),
 }
 
 
