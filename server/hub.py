@@ -57,6 +57,12 @@ CATALOG_CHANNEL = "catalog"
 NEWS_IDS = 100  # a change of more products than this is news without their ids
 
 
+def catalog_news(origin: str, product_ids: list[str]) -> tuple[str, bytes]:
+    """(channel, message) telling every process to re-read these products."""
+    ids = product_ids if len(product_ids) <= NEWS_IDS else None
+    return CATALOG_CHANNEL, _bus_encode(CatalogNews(origin, ids))
+
+
 def channel(cart_id: str) -> str:
     return f"cart:{cart_id}"
 
@@ -269,8 +275,7 @@ class Hub:
         """This process wrote these products to the store: take them now, and have every
         other process re-read the store."""
         self.catalog.update(products)
-        ids = [p.id for p in products] if len(products) <= NEWS_IDS else None
-        self.bus.publish(CATALOG_CHANNEL, _bus_encode(CatalogNews(self.id, ids)))
+        self.bus.publish(*catalog_news(self.id, [p.id for p in products]))
 
     def _tell_rooms(self, changed: list[Product]) -> None:
         """The catalog changed (here, in the store, or through another process): the tabs
