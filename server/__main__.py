@@ -132,7 +132,26 @@ async def _import(settings: Settings, path: Path) -> int:
     finally:
         await store.close()
     print(f"imported {len(products)} products: {inserted} new, {updated} updated")
+    if settings.redis_url:
+        await _tell_servers(settings, [p.id for p in products])
     return 0
+
+
+async def _tell_servers(settings: Settings, product_ids: list[str]) -> None:
+    """Running servers re-read the imported products now (each would within
+    CATALOG_REFRESH anyway): the news a process publishes after its own changes."""
+    from .bus import open_bus
+    from .hub import catalog_news
+
+    try:
+        bus = await open_bus(settings.redis_url, verify_tls=settings.redis_verify_tls)
+    except Exception as exc:  # the import stands; the servers' refresh finds it
+        print(f"note: could not tell the running servers ({exc})", file=sys.stderr)
+        return
+    try:
+        bus.publish(*catalog_news("import", product_ids))
+    finally:
+        await bus.close()  # sends what is queued first
 
 
 async def _events(settings: Settings, undelivered: bool, limit: int) -> int:

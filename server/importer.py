@@ -6,26 +6,28 @@ import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Struct
 
 from .cart import Product
 from .config import PACKAGE_DIR
+from .protocol import ImageUrl, PriceCents, ProductKey, ProductName, Sku, StockUnits
 
 DEMO_CATALOG = PACKAGE_DIR / "demo_catalog.json"
 
-FIELDS = ("id", "sku", "name", "price_cents", "stock", "image_url")
+FIELDS = ("id", "sku", "name", "price_cents", "stock", "image_url", "active")
 
 
 class ProductRow(Struct, forbid_unknown_fields=True):
-    id: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^\S+$")]
-    sku: Annotated[str, Meta(min_length=1, max_length=64)]
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
-    price_cents: Annotated[int, Meta(ge=0, le=100_000_000)]
-    stock: Annotated[int, Meta(ge=0, le=1_000_000_000)]
-    image_url: Annotated[str, Meta(max_length=2000)] | None = None
+    id: ProductKey
+    sku: Sku
+    name: ProductName
+    price_cents: PriceCents
+    stock: StockUnits
+    image_url: ImageUrl | None = None
+    active: bool = True
 
 
 class CatalogFileError(ValueError):
@@ -56,12 +58,16 @@ def read_products(path: Path) -> list[Product]:
             if value in seen:
                 raise CatalogFileError(f"{where}: {key} {value!r} repeats {label} {seen[value]}")
             seen[value] = number
-        products.append(
-            Product(row.id, row.sku, row.name, row.price_cents, row.stock, row.image_url or None)
-        )
+        products.append(row_product(row))
     if not products:
         raise CatalogFileError(f"{path}: no products in the file")
     return products
+
+
+def row_product(row: ProductRow) -> Product:
+    return Product(
+        row.id, row.sku, row.name, row.price_cents, row.stock, row.image_url or None, row.active
+    )
 
 
 def _csv_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -91,8 +97,9 @@ def _csv_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             if len(record) > len(header):
                 raise CatalogFileError(f"{path} line {start}: more fields than the header")
             fields = dict(zip(header, record, strict=False))
-            if fields.get("image_url") == "":
-                del fields["image_url"]
+            for optional in ("image_url", "active"):
+                if fields.get(optional) == "":
+                    del fields[optional]
             rows.append((start, fields))
 
 

@@ -15,22 +15,22 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 
 from msgspec import Raw, Struct
 
 from . import cart as domain
 from . import errors, render
-from .cart import FINISHED, Abandon, Cart, Expire, Op, Status
+from .cart import FINISHED, Abandon, Cart, Expire, Op, Product, Status
 from .catalog import Catalog
 from .clock import utcnow
 from .config import Settings
-from .frames import Tab
+from .frames import Tab, broadcast
 from .limits import TokenBucket
 from .metrics import Metrics
 from .presence import Presence
-from .protocol import MovedMsg, SnapshotMsg, encode
+from .protocol import CatalogItem, CatalogMsg, MovedMsg, SnapshotMsg, encode
 from .store import AlreadyApplied, CartWrite, Effect, Emit, StaleVersion, Store, StoredCart
 from .timer import AbandonTimer
 from .transaction import Transaction
@@ -155,6 +155,17 @@ class Room:
         self.presence.remove(tab)
         self.last_used = time.monotonic()
         self.ctx.present(self.cart.id, self.cart.version, len(self.tabs))
+
+    def catalog_changed(self, changed: Mapping[str, Product]) -> None:
+        """Tell the tabs about changed products this cart holds (price, stock, name,
+        archived): no new version; the next document carries the same values."""
+        if not self.tabs:
+            return
+        held = [changed[x.product_id] for x in self.cart.lines if x.product_id in changed]
+        if held:
+            items = [CatalogItem(p.id, p.name, p.price_cents, p.stock, p.active) for p in held]
+            broadcast(self.tabs, encode(CatalogMsg(products=items)))
+            self.ctx.metrics.inc("cart_catalog_frames_total", len(self.tabs))
 
     def broadcast(self, message: str | bytes) -> None:
         """One message to every tab: encoded and framed once, the same bytes for all."""
