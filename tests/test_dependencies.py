@@ -2,17 +2,21 @@
 their public API, checked on the installed versions: an upgrade that renames or removes
 one of these fails here, naming it, instead of as a stuck socket in production.
 
-The lists are read off the two modules (every `self.` and `super().` of the classes that
-extend uvicorn's, plus the objects they reach through): change them together."""
+The lists are read off the two modules: every `super().` of the classes that extend
+uvicorn's and every `self.` they do not define, plus the objects they reach through.
+test_the_lists_cover_what_the_modules_use parses the modules and fails on a name used
+there and missing here."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import inspect
 import os
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,6 +64,9 @@ HTTP_METHODS = ["connection_made", "connection_lost", "data_received", "on_respo
 HTTPTOOLS_METHODS = ["on_message_begin", "on_headers_complete", "on_message_complete"]
 HTTP_STATE = ["transport", "loop", "client", "server_state", "ws_protocol_class", "cycle"]
 H11_STATE = ["conn"]  # replaced in GuardedH11Protocol.__init__ with a larger head limit
+ROOT = Path(__file__).resolve().parent.parent
+# Not uvicorn's: the constructor, and what connections.guarded_http sets on the class.
+PROTOCOL_OWN = {"__init__", "sockets"}
 
 
 def missing(obj: object, names: list[str]) -> list[str]:
@@ -146,3 +153,62 @@ async def test_the_http_protocols_have_what_the_head_guard_uses(
     finally:
         transport.abort()
     assert not gaps, f"uvicorn {uvicorn.__version__} lacks what server/connections.py uses: {gaps}"
+
+
+# The classes that extend uvicorn's, and the lists above that cover what they inherit.
+EXTENDING = {
+    "server/serving.py": {"StallGuardedProtocol": WS_METHODS + WS_STATE + ["scope"]},
+    "server/connections.py": {
+        "ReleasedOnClose": ["connection_made", "connection_lost"],
+        "HeadGuard": HTTP_METHODS + HTTP_STATE,
+        "GuardedHttpToolsProtocol": HTTPTOOLS_METHODS,
+        "GuardedH11Protocol": H11_STATE,
+    },
+}
+
+
+def inherited_names(tree: ast.Module, cls: str) -> set[str]:
+    """`super().x` in the class, and `self.x` that no class of the module defines."""
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    [node] = [n for n in classes if n.name == cls]
+    body = [n for c in classes for n in c.body]
+    own = {n.name for n in body if isinstance(n, ast.FunctionDef)}
+    own |= {
+        t.id
+        for n in body
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
+    own |= {
+        n.target.id
+        for n in body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.value is not None
+    }
+    used: set[str] = set()
+    called: set[str] = set()  # through super(): the base's, even where the class overrides it
+    for n in ast.walk(node):
+        if not isinstance(n, ast.Attribute):
+            continue
+        target = n.value
+        if isinstance(target, ast.Name) and target.id == "self":
+            used.add(n.attr)
+        elif (
+            isinstance(target, ast.Call)
+            and isinstance(target.func, ast.Name)
+            and target.func.id == "super"
+        ):
+            called.add(n.attr)
+    # The class's own state starts with _ (set in its __init__).
+    return {name for name in used - own if not name.startswith("_")} | called
+
+
+@pytest.mark.parametrize("module", list(EXTENDING))
+def test_the_lists_cover_what_the_modules_use(module: str) -> None:
+    tree = ast.parse((ROOT / module).read_text())
+    unlisted = {
+        f"{cls}.{name}"
+        for cls, listed in EXTENDING[module].items()
+        for name in inherited_names(tree, cls) - set(listed) - PROTOCOL_OWN
+    }
+    assert not unlisted, f"{module} uses these from uvicorn; list them above: {sorted(unlisted)}"
