@@ -43,9 +43,10 @@ Insert or update the products of a catalog file in DATABASE_URL's database, by i
 transaction: every row or none. The first bad row is named, by line (CSV) or item (JSON).
 
 CSV (UTF-8): a header row naming the columns id, sku, name, price_cents, stock and,
-optionally, image_url, then one product per line. JSON: a list of objects with those
-fields, or {"products": [...]}. Prices are integer cents: 12.50 is written 1250. A running
-server shows the changes within CATALOG_REFRESH."""
+optionally, image_url and active (true or false), then one product per line. JSON: a list
+of objects with those fields, or {"products": [...]}. Prices are integer cents: 12.50 is
+written 1250. Running servers show the changes within CATALOG_REFRESH; with REDIS_URL set
+they are told at once."""
 
 EVENTS = """\
 Print cart lifecycle events (the outbox: abandoned and expired carts) from DATABASE_URL's
@@ -208,7 +209,26 @@ async def _import(settings: Settings, path: Path) -> int:
     finally:
         await store.close()
     print(f"imported {len(products)} products: {inserted} new, {updated} updated")
+    if settings.redis_url:
+        await _tell_servers(settings, [p.id for p in products])
     return 0
+
+
+async def _tell_servers(settings: Settings, product_ids: list[str]) -> None:
+    """Running servers re-read the imported products now (each would within
+    CATALOG_REFRESH anyway): the news a process publishes after its own changes."""
+    from .bus import open_bus
+    from .hub import catalog_news
+
+    try:
+        bus = await open_bus(settings.redis_url, verify_tls=settings.redis_verify_tls)
+    except Exception as exc:  # the import stands; the servers' refresh finds it
+        print(f"note: could not tell the running servers ({exc})", file=sys.stderr)
+        return
+    try:
+        bus.publish(*catalog_news("import", product_ids))
+    finally:
+        await bus.close()  # sends what is queued first
 
 
 async def _events(settings: Settings, undelivered: bool, limit: int) -> int:

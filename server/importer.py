@@ -9,27 +9,30 @@ import re
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Struct
 
 from .cart import Product
 from .config import PACKAGE_DIR
+from .protocol import ImageUrl, PriceCents, ProductKey, ProductName, Sku, StockUnits
 
 DEMO_CATALOG = PACKAGE_DIR / "demo_catalog.json"
 
-FIELDS = ("id", "sku", "name", "price_cents", "stock", "image_url")
+FIELDS = ("id", "sku", "name", "price_cents", "stock", "image_url", "active")
 REQUIRED = FIELDS[:5]
+OPTIONAL = FIELDS[5:]  # left empty in a CSV row: their defaults
 
 
 class ProductRow(Struct, forbid_unknown_fields=True):
-    id: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^\S+$")]
-    sku: Annotated[str, Meta(min_length=1, max_length=64)]
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
-    price_cents: Annotated[int, Meta(ge=0, le=100_000_000)]
-    stock: Annotated[int, Meta(ge=0, le=1_000_000_000)]
-    image_url: Annotated[str, Meta(max_length=2000)] | None = None
+    id: ProductKey
+    sku: Sku
+    name: ProductName
+    price_cents: PriceCents
+    stock: StockUnits
+    image_url: ImageUrl | None = None
+    active: bool = True
 
 
 # What each field of ProductRow allows, as an error message says it to a shop owner.
@@ -40,6 +43,7 @@ ALLOWED = {
     "price_cents": "a whole number of cents from 0 to 100000000",
     "stock": "a whole number from 0 to 1000000000",
     "image_url": "a URL of at most 2000 characters",
+    "active": "true or false",
 }
 _DECIMAL = re.compile(r"\d+[.,]\d{1,2}")
 
@@ -49,7 +53,7 @@ class CatalogFileError(ValueError):
 
 
 def read_products(path: Path) -> list[Product]:
-    """Products from a .csv (header row: id,sku,name,price_cents,stock[,image_url]) or a
+    """Products from a .csv (header row: id,sku,name,price_cents,stock[,image_url][,active]) or a
     .json file (a list of objects, or {"products": [...]}); all rows valid or none."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".json"):
@@ -70,12 +74,16 @@ def read_products(path: Path) -> list[Product]:
             if value in seen:
                 raise CatalogFileError(f"{where}: {key} {value!r} repeats {label} {seen[value]}")
             seen[value] = number
-        products.append(
-            Product(row.id, row.sku, row.name, row.price_cents, row.stock, row.image_url or None)
-        )
+        products.append(row_product(row))
     if not products:
         raise CatalogFileError(f"{path}: no products in the file")
     return products
+
+
+def row_product(row: ProductRow) -> Product:
+    return Product(
+        row.id, row.sku, row.name, row.price_cents, row.stock, row.image_url or None, row.active
+    )
 
 
 def _text(path: Path) -> str:
@@ -147,8 +155,9 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
         if len(record) > len(header):
             raise CatalogFileError(f"{path} line {start}: more fields than the header")
         fields = dict(zip(header, record, strict=False))
-        if fields.get("image_url") == "":
-            del fields["image_url"]
+        for optional in OPTIONAL:
+            if fields.get(optional) == "":
+                del fields[optional]
         rows.append((start, fields))
 
 
@@ -165,7 +174,7 @@ def _check_header(path: Path, header: list[str]) -> None:
     if missing:
         raise CatalogFileError(
             f"{where}: the header row lacks the column {', '.join(missing)};"
-            f" it names the columns {columns} (image_url may be left out)"
+            f" it names the columns {columns} (image_url and active may be left out)"
         )
 
 

@@ -28,6 +28,8 @@ _HELP = {
     "cart_bus_reconnects_total": ("counter", "Reconnections of the bus subscription."),
     "cart_bus_applied_total": ("counter", "Other processes' commits taken from the bus."),
     "cart_room_repairs_total": ("counter", "Rooms re-read from the store: a message lost."),
+    "cart_catalog_frames_total": ("counter", "Catalog messages queued to tabs (products changed)."),
+    "cart_admin_requests_total": ("counter", "Admin API requests by result (ok or error code)."),
 }
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
