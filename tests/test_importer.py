@@ -506,3 +506,8 @@ def test_cli_refuses_a_bad_setting(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "PATCH_HISTORY" in result.stderr
     assert not (tmp_path / "c.db").exists()
+
+
+def test_csv_active_that_is_not_true_or_false(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.csv", "id,sku,name,price_cents,stock,active\np-1,S,One,1,1,maybe\n")
+    assert "line 2: active is 'maybe'; it must be true or false" in error_of(path)
