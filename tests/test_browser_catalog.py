@@ -3,23 +3,19 @@ product reach an open tab of the demo page without a reload."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 
 from tests.browser_support import ARTIFACTS, WAIT_MS, Shop
-from tests.support import ServerProcess
+from tests.support import ServerProcess, unavailable
 from tests.test_admin import BEARER, TOKEN
 
 try:
     from playwright.async_api import expect
-except ImportError:  # the browser fixture fails in CI, skips elsewhere
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("the playwright package is missing", allow_module_level=True)
+except ImportError:
+    unavailable("the playwright package is missing", module=True)
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
