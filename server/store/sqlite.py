@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from .. import errors
+from ..backup import hold_open
 from ..cart import Cart, Line, Product, Status
 from ..clock import iso, parse_iso, utcnow
 from ..config import SCHEMA_PATH, Settings, sqlite_path
@@ -65,11 +67,13 @@ class SQLiteStore:
         self._pending: list[tuple[Job, asyncio.Future[Any], float]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._unfinished = 0  # writes submitted and not yet committed or failed
+        self._open_lock: int | None = None  # shared lock: no restore while this is open
         metrics.gauge("cart_store_writes_pending", lambda: self._unfinished)
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics | None = None) -> SQLiteStore:
         store = cls(sqlite_path(settings.database_url), settings, metrics or Metrics())
+        store._open_lock = hold_open(store._path)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(store._executor, store._open_writer)
         store._reader = await aiosqlite.connect(
@@ -434,6 +438,9 @@ class SQLiteStore:
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.close)
         self._executor.shutdown(wait=True)
+        if self._open_lock is not None:
+            os.close(self._open_lock)
+            self._open_lock = None
 
 
 class _Held:
