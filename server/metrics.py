@@ -28,6 +28,7 @@ _HELP = {
     "cart_bus_reconnects_total": ("counter", "Reconnections of the bus subscription."),
     "cart_bus_applied_total": ("counter", "Other processes' commits taken from the bus."),
     "cart_room_repairs_total": ("counter", "Rooms re-read from the store: a message lost."),
+    "cart_purged_rows_total": ("counter", "Rows deleted by the background purge."),
 }
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 

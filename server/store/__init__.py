@@ -206,6 +206,11 @@ class Store(Protocol):
         """Delete the lines, patches and ids of expired carts, and finished carts last
         changed before `finished_before`, at most `limit` rows per transaction."""
 
+    async def purge_records(self, before: datetime, undelivered_too: bool, limit: int) -> int:
+        """Delete outbox events delivered (or, with `undelivered_too`, any) and payment event
+        ids and released checkouts from before `before`, at most `limit` rows per
+        transaction."""
+
     async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
         """Undelivered events due for a try, leased to the caller for `lease` seconds."""
 

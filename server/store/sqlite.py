@@ -348,6 +348,19 @@ class SQLiteStore:
                     break
         return total
 
+    async def purge_records(self, before: datetime, undelivered_too: bool, limit: int) -> int:
+        total = 0
+        for sql in _RECORD_PURGES:
+            params = (
+                (iso(before), int(undelivered_too), limit) if "?3" in sql else (iso(before), limit)
+            )
+            while True:
+                deleted = await self._write(partial(_execute, sql, params))
+                total += deleted
+                if deleted < limit:
+                    break
+        return total
+
     async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
         return await self._write(
             partial(_claim_events, iso(now), iso(now + timedelta(seconds=lease)), limit)
@@ -525,6 +538,18 @@ _PURGES = (
     " JOIN cart_sessions s ON s.id = m.cart_id WHERE s.status = 'expired' LIMIT ?)",
     "DELETE FROM cart_sessions WHERE id IN (SELECT id FROM cart_sessions"
     " WHERE status IN ('expired', 'merged', 'checked_out') AND updated_at < ? LIMIT ?)",
+)
+
+
+# Records kept for a while after the fact (EVENTS_TTL), oldest first, in short batches.
+# Released checkouts only: a paid one is the order's record.
+_RECORD_PURGES = (
+    "DELETE FROM cart_events WHERE id IN (SELECT id FROM cart_events WHERE created_at < ?1"
+    " AND (delivered_at IS NOT NULL OR ?2) ORDER BY id LIMIT ?3)",
+    "DELETE FROM payment_events WHERE event_id IN (SELECT event_id FROM payment_events"
+    " WHERE received_at < ? LIMIT ?)",
+    "DELETE FROM checkouts WHERE id IN (SELECT id FROM checkouts"
+    " WHERE status = 'released' AND updated_at < ? LIMIT ?)",
 )
 
 
