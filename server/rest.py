@@ -279,5 +279,6 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    await services(request).metrics.collect()
     text = services(request).metrics.render()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

@@ -166,6 +166,15 @@ class CartWrite(Struct, frozen=True):
     effects: tuple[Effect, ...] = ()  # written in the same transaction, after the cart
 
 
+class StoreStats(Struct, frozen=True):
+    """What an operator watches in the store (see /metrics)."""
+
+    size_bytes: int  # SQLite: the file and its WAL; PostgreSQL: the schema's tables
+    outbox_pending: int  # events not yet delivered
+    outbox_oldest: str | None  # created_at of the oldest of them
+    checkouts_reserved: int  # checkouts holding stock
+
+
 class Held(Protocol):
     """One cart held in the store for the length of a block (see Store.hold)."""
 
@@ -242,6 +251,8 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""
+
+    async def stats(self) -> StoreStats: ...
 
     async def close(self) -> None: ...
 

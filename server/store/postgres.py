@@ -48,6 +48,7 @@ from . import (
     Held,
     StaleVersion,
     StoredCart,
+    StoreStats,
 )
 from .postgres_effects import apply_effects, checkout_from_row, rowcount
 
@@ -342,6 +343,12 @@ class PostgresStore:
                     break
         return total
 
+    async def stats(self) -> StoreStats:
+        async with self._connection("read the store's figures") as conn:
+            row = await conn.fetchrow(_STATS)
+        assert row is not None
+        return StoreStats(*row)
+
     async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
         until = iso(now + timedelta(seconds=lease))
         async with self._connection("claim outbox events") as conn, conn.transaction():
@@ -574,4 +581,14 @@ _RECORD_PURGES = (
     " WHERE received_at < $1 LIMIT $2)",
     "DELETE FROM checkouts WHERE id IN (SELECT id FROM checkouts"
     " WHERE status = 'released' AND updated_at < $1 LIMIT $2)",
+)
+
+# The schema's own tables (the test database holds many schemas), then SQLite's figures.
+_STATS = (
+    "SELECT (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = current_schema() AND c.relkind = 'r'),"
+    " (SELECT count(*) FROM cart_events WHERE delivered_at IS NULL),"
+    " (SELECT min(created_at) FROM cart_events WHERE delivered_at IS NULL),"
+    " (SELECT count(*) FROM checkouts WHERE status = 'reserved' AND expires_at > '')"
 )

@@ -41,6 +41,7 @@ from . import (
     Held,
     StaleVersion,
     StoredCart,
+    StoreStats,
 )
 from .sqlite_effects import apply_effects, checkout_from_row
 
@@ -437,6 +438,15 @@ class SQLiteStore:
     async def ping(self) -> None:
         await self._read("SELECT 1", ())
 
+    async def stats(self) -> StoreStats:
+        rows = await self._read(_STATS, ())
+        size = sum(
+            os.stat(path).st_size
+            for path in (self._path, f"{self._path}-wal")
+            if os.path.exists(path)
+        )
+        return StoreStats(size, *rows[0])
+
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         reader = self._reader
         assert reader is not None
@@ -540,6 +550,13 @@ _PURGES = (
     " WHERE status IN ('expired', 'merged', 'checked_out') AND updated_at < ? LIMIT ?)",
 )
 
+
+# Both counts are served by partial indexes (pending events, reserved checkouts).
+_STATS = (
+    "SELECT (SELECT count(*) FROM cart_events WHERE delivered_at IS NULL),"
+    " (SELECT min(created_at) FROM cart_events WHERE delivered_at IS NULL),"
+    " (SELECT count(*) FROM checkouts WHERE status = 'reserved' AND expires_at > '')"
+)
 
 # Records kept for a while after the fact (EVENTS_TTL), oldest first, in short batches.
 # Released checkouts only: a paid one is the order's record.
