@@ -143,7 +143,8 @@ def check(path: Path) -> Summary:
     try:
         result = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
         if result != ["ok"]:
-            raise BackupError(f"{path} fails PRAGMA integrity_check: {'; '.join(result[:5])}")
+            problems = "; ".join(result[:5])
+            raise BackupError(f"{path} is damaged: the integrity check found {problems}")
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         missing = [t for t in _TABLES if t not in names]
         if missing:
