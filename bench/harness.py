@@ -79,6 +79,9 @@ class LocalServer:
             "CART_RATE_BURST": "1000000",
             "CONNECTION_RATE_LIMIT": "1000000",
             "CONNECTION_RATE_BURST": "1000000",
+            "NEW_CART_RATE": "1000000",
+            "NEW_CART_BURST": "1000000",
+            "MAX_CHECKOUTS_PER_IP": "1000000",
             **(env or {}),
         }
         catalog = [
