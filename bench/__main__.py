@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import churn, cold, crash, fanout, max, rest, tabs
+from . import churn, cold, crash, fanout, max, rest, soak, tabs
 from .harness import LocalServer, Target, raise_nofile
 
 MODES = {
@@ -19,6 +19,7 @@ MODES = {
     "tabs": (tabs, "N idle WebSockets: server RSS per tab, then fan-out beside them"),
     "cold": (cold, "time to the first snapshot of carts not in memory"),
     "crash": (crash, "SIGKILL under load, restart, check every acknowledged mutation"),
+    "soak": (soak, "a steady mix of everything for N minutes: nothing lost, nothing grows"),
     "churn": (churn, "anonymous shoppers come and go for weeks (TTLs shortened): rows level off"),
 }
 

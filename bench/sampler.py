@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,10 +84,12 @@ def mb(n: float) -> str:
 
 
 def growth(samples: list[Sample], since: float, read: str) -> float:
-    """How much `read` (rss or fds) grew from the first sample at or after `since` to the
-    last one, as a fraction of the former."""
-    later = [s for s in samples if s.at >= since]
+    """How much `read` (rss or fds) grew from the samples at `since` to the last ones, as a
+    fraction of the former. Each end is the median of three samples: a descriptor count
+    moves by a few as sockets open and close."""
+    later = [getattr(s, read) for s in samples if s.at >= since]
     if len(later) < 2:
         return 0.0
-    first, last = getattr(later[0], read), getattr(later[-1], read)
-    return (last - first) / first if first else 0.0
+    ends = min(3, len(later) // 2)
+    first, last = statistics.median(later[:ends]), statistics.median(later[-ends:])
+    return float((last - first) / first) if first else 0.0
