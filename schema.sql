@@ -88,6 +88,13 @@ CREATE TABLE IF NOT EXISTS checkouts (
 -- At most one reservation per cart at a time.
 CREATE UNIQUE INDEX IF NOT EXISTS idx_checkouts_open ON checkouts(cart_id) WHERE status = 'reserved';
 CREATE INDEX IF NOT EXISTS idx_checkouts_expires ON checkouts(expires_at) WHERE status = 'reserved';
+-- Which client address started a checkout: one address may hold only so many
+-- reservations at once (MAX_CHECKOUTS_PER_IP).
+CREATE TABLE IF NOT EXISTS checkout_holders (
+    checkout_id TEXT PRIMARY KEY REFERENCES checkouts(id) ON DELETE CASCADE,
+    address     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_checkout_holders_address ON checkout_holders(address);
 
 CREATE TABLE IF NOT EXISTS checkout_items (
     checkout_id      TEXT NOT NULL REFERENCES checkouts(id) ON DELETE CASCADE,

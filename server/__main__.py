@@ -95,6 +95,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        server_header=False,  # names the software and version to anyone probing
     )
     redact_logs()  # after Config, which (re)configures uvicorn's loggers
     CartServer(config, app).run()

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Match, Mount, Route, WebSocketRoute
@@ -21,7 +23,7 @@ from .config import STATIC_DIR, Settings
 from .hub import Hub
 from .identity import CartIds, load_secret
 from .importer import DEMO_CATALOG, read_products
-from .limits import ConnectionCounter
+from .limits import AddressRate, ConnectionCounter
 from .loopwatch import LoopWatch
 from .metrics import Metrics
 from .outbox import Outbox
@@ -70,7 +72,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             connections = ConnectionCounter(settings.max_connections_per_ip)
             metrics.gauge("cart_long_lived_connections", connections.total)
             app.state.drain = hub.drain  # called by serving.CartServer on shutdown
-            services = Services(settings, hub, ids, store, metrics, checkouts, auth, connections)
+            new_carts = AddressRate(settings.new_cart_rate, settings.new_cart_burst, "new carts")
+            services = Services(
+                settings, hub, ids, store, metrics, checkouts, auth, connections, new_carts
+            )
             yield {"services": services}
         finally:
             await watch.close()
@@ -110,9 +115,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", rest.metrics),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
+    middleware = []
+    if settings.allowed_hosts:  # any other Host header: 400, before any route sees it
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts))
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=middleware,
         exception_handlers={
             HTTPException: http_error,
             errors.CartError: cart_error,

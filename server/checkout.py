@@ -37,6 +37,7 @@ from .store import (
     Reserve,
     ShortStock,
     Store,
+    TooManyHolds,
 )
 
 log = logging.getLogger("server.checkout")
@@ -84,21 +85,24 @@ class Checkouts:
 
     # --- the shopper -----------------------------------------------------------------
 
-    async def start(self, room: Room, base_url: str, base_version: int | None = None) -> Started:
+    async def start(
+        self, room: Room, base_version: int | None = None, address: str | None = None
+    ) -> Started:
         """Lock the cart, reserve every line's stock, open a payment session. A retry
         while the cart is checking out returns the session already opened. With
-        `base_version` (If-Match), only the cart the shopper saw is checked out."""
+        `base_version` (If-Match), only the cart the shopper saw is checked out; with the
+        client's `address`, only while it holds fewer than MAX_CHECKOUTS_PER_IP."""
         async with room.lock:
             if room.cart.status is Status.CHECKING_OUT:
                 existing = await self.store.open_checkout(room.cart.id)
                 if existing is not None:
-                    return await self._open_session(room, existing, base_url)
+                    return await self._open_session(room, existing)
             checkout_id = str(uuid.uuid4())
             reserved: list[Checkout] = []
 
             def reserve(new: Cart) -> tuple[Effect, ...]:
                 reserved[:] = [self._checkout(checkout_id, new)]
-                return (Reserve(reserved[0]),)
+                return (Reserve(reserved[0], address, self.settings.max_checkouts_per_ip),)
 
             try:
                 await room.apply_locked(StartCheckout(), base_version=base_version, effects=reserve)
@@ -107,10 +111,15 @@ class Checkouts:
                 raise errors.InsufficientStock(
                     "some lines are no longer in stock", lines=short.lines
                 ) from None
+            except TooManyHolds:
+                self.metrics.inc("cart_checkouts_total", result="too_many_checkouts")
+                raise errors.TooManyCheckouts(
+                    "this address holds as many checkouts as it may; pay for or cancel one"
+                ) from None
             checkout = reserved[0]
             self._adjust(checkout.lines, -1)
             self.metrics.inc("cart_checkouts_total", result="reserved")
-            return await self._open_session(room, checkout, base_url)
+            return await self._open_session(room, checkout)
 
     def _checkout(self, checkout_id: str, cart: Cart) -> Checkout:
         products = self.catalog.products
@@ -137,10 +146,10 @@ class Checkouts:
             expires_at=utcnow() + timedelta(seconds=self.settings.checkout_expires),
         )
 
-    async def _open_session(self, room: Room, checkout: Checkout, base_url: str) -> Started:
+    async def _open_session(self, room: Room, checkout: Checkout) -> Started:
         if checkout.session_id is not None and checkout.url is not None:
             return Started(checkout.url, checkout.session_id)
-        public = self.public_url(base_url)
+        public = self.public_url
         request = PaymentRequest(
             checkout=checkout,
             public_url=public,
@@ -158,7 +167,7 @@ class Checkouts:
         try:
             session = await self.provider.create(request)
         except Exception as exc:  # nothing was charged: give the stock back, unlock
-            log.warning("payment provider refused checkout %s: %s", checkout.id, exc)
+            log.warning("payment provider refused a checkout of cart %s: %s", checkout.cart_id, exc)
             await self._release(room, checkout, None)
             self.metrics.inc("cart_checkouts_total", result="provider_error")
             raise errors.PaymentProviderError(
@@ -167,8 +176,11 @@ class Checkouts:
         await self.store.record(AttachSession(checkout.id, session.id, session.url))
         return Started(session.url, session.id)
 
-    def public_url(self, base_url: str) -> str:
-        return self.settings.public_url or base_url.rstrip("/")
+    @property
+    def public_url(self) -> str:
+        """PUBLIC_URL, or "" for URLs relative to this server: never the request's Host,
+        which the client writes (a stored checkout URL must not point elsewhere)."""
+        return self.settings.public_url
 
     async def confirm(self, room: Room) -> None:
         """The shopper is back from paying: settle now if the provider says it is paid,
@@ -179,7 +191,9 @@ class Checkouts:
         try:
             state = await self.provider.state(checkout.session_id)
         except Exception as exc:  # the webhook (or the sweeper) settles it later
-            log.warning("could not ask the provider about checkout %s: %s", checkout.id, exc)
+            log.warning(
+                "could not ask the provider about a checkout of cart %s: %s", checkout.cart_id, exc
+            )
             return
         if state.status == "complete":
             outcome = Outcome(
@@ -213,7 +227,11 @@ class Checkouts:
         try:
             return await self.provider.expire(checkout.session_id)
         except Exception as exc:  # unknown whether it can still be paid: keep the hold
-            log.warning("payment provider could not expire checkout %s: %s", checkout.id, exc)
+            log.warning(
+                "payment provider could not expire the checkout of cart %s: %s",
+                checkout.cart_id,
+                exc,
+            )
             raise errors.PaymentProviderError(
                 "the payment provider could not be reached to cancel; try again"
             ) from None
@@ -221,16 +239,24 @@ class Checkouts:
     # --- the provider ----------------------------------------------------------------
 
     async def settle(
-        self, checkout_id: str, outcome: Outcome, kind: str, *, reserved_only: bool = False
+        self,
+        checkout_id: str,
+        outcome: Outcome,
+        kind: str,
+        *,
+        reserved_only: bool = False,
+        provider: str | None = None,
     ) -> str | None:
         """Apply a provider's outcome once: a redelivery, or an `expired` after a
         `completed`, changes nothing; a payment after a release still makes an order
         (money was taken), unless `reserved_only`: the demo page, which is the provider,
-        refuses to take money for a released checkout. The checkout's status after."""
+        refuses to take money for a released checkout. With `provider`, only a checkout
+        that provider opened is settled (a Stripe event never pays a demo checkout).
+        The checkout's status after."""
         checkout = await self.store.load_checkout(checkout_id)
         event = RecordEvent(outcome.event_id, kind)
-        if checkout is None:
-            log.warning("payment event %s names unknown checkout %s", kind, checkout_id)
+        if checkout is None or provider not in (None, checkout.provider):
+            log.warning("payment event %s names no checkout of its provider", kind)
             await self._record(event)
             return None
         async with self.hub.use(checkout.cart_id) as room, room.lock:
@@ -290,7 +316,7 @@ class Checkouts:
         else:
             # Paid after the reservation went back (cancel or expiry raced the payment):
             # the money is taken, so the order stands; the cart has moved on already.
-            log.warning("checkout %s was paid after its stock was released", checkout.id)
+            log.warning("cart %s was paid for after its stock was released", checkout.cart_id)
             await self.store.record(*effects)
             if checkout.status == "released":  # Fulfil took the stock again
                 self._adjust(checkout.lines, -1)
@@ -335,13 +361,22 @@ class Checkouts:
         """Settle reservations past their expiry that no webhook settled: ask the
         provider how each ended (a lost `completed` still becomes an order), and close a
         session it still holds open (Stripe keeps one open for 30 minutes at least)."""
-        due = await self.store.due_checkouts(utcnow(), SWEEP_BATCH)
-        for checkout in due:
-            try:
-                await self.settle(checkout.id, await self._ended(checkout), "sweep")
-            except Exception:  # one session the provider cannot answer for blocks no other
-                log.exception("could not settle expired checkout %s", checkout.id)
-        return len(due)
+        seen: set[str] = set()
+        while True:  # everything due, in batches: a flood of holds is released in one pass
+            # One that could not be settled stays due (oldest first): each round asks for
+            # those too and skips them, so every round gets to new ones or ends.
+            limit = SWEEP_BATCH + len(seen)
+            batch = await self.store.due_checkouts(utcnow(), limit)
+            for checkout in batch:
+                if checkout.id in seen:
+                    continue
+                seen.add(checkout.id)
+                try:
+                    await self.settle(checkout.id, await self._ended(checkout), "sweep")
+                except Exception:  # one session the provider cannot answer blocks no other
+                    log.exception("could not settle a checkout of cart %s", checkout.cart_id)
+            if len(batch) < limit:
+                return len(seen)
 
     async def _ended(self, checkout: Checkout) -> Outcome:
         event_id = f"sweep:{checkout.id}"

@@ -63,13 +63,18 @@ def _scheme(name: str, url: str, allowed: tuple[str, ...], example: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = "sqlite:///cart.db"
+    # URLs may carry a password: never in a repr (settings are logged at trace level).
+    database_url: str = field(default="sqlite:///cart.db", repr=False)
     # HMAC secret for cart cookies. Empty: generated once and kept next to the database.
     # Never in a repr: settings end up in logged ASGI state at trace level.
     secret: str = field(default="", repr=False)
     # Extra origins allowed to open the WebSocket and call mutating REST endpoints;
     # the server's own origin (same host) is always allowed.
     allowed_origins: tuple[str, ...] = ()
+    # Host headers accepted (starlette's TrustedHostMiddleware); empty: any.
+    allowed_hosts: tuple[str, ...] = ()
+    # Bearer token /metrics asks for; empty: /metrics is open.
+    metrics_token: str = field(default="", repr=False)
     currency: str = "usd"
     max_body_bytes: int = 16 * 1024
     max_frame_bytes: int = 4 * 1024  # larger text frames get invalid_message
@@ -82,6 +87,13 @@ class Settings:
     ws_send_buffer: int = 256 * 1024
     max_tabs_per_cart: int = 20
     max_connections_per_ip: int = 100  # open WebSockets and long-polls from one address
+    # Checkouts holding stock at once per client address: one address cannot hoard it.
+    max_checkouts_per_ip: int = 10
+    # New carts per second (and burst) per client address: far above the first visits of
+    # a household or an office behind one address, far below a script minting a cart
+    # per request (which the purge of untouched carts then has to clean up).
+    new_cart_rate: float = 5.0
+    new_cart_burst: int = 300
     # Mutations per second (and burst) per cart, shared by its tabs and REST callers, and
     # per WebSocket connection. Far above what a person clicks; bots and loops hit them.
     cart_rate: float = 50.0
@@ -102,7 +114,7 @@ class Settings:
     sqlite_busy_timeout: float = 5.0  # waiting this long for a lock held elsewhere: 503
     database_pool: int = 8  # PostgreSQL connections per process
     # Scale-out: empty for in-process fan-out (one process holds every tab of a cart).
-    redis_url: str = ""
+    redis_url: str = field(default="", repr=False)
     # Heroku Redis serves TLS with a self-signed certificate: 0 encrypts without verifying.
     redis_verify_tls: bool = True
     # How often each process compares its loaded rooms with the store (repairs a room whose
@@ -124,7 +136,7 @@ class Settings:
     # Lifecycle and login.
     cart_auth_secret: str = field(default="", repr=False)  # verifies user tokens
     demo_login: bool = False  # mint user tokens for the demo page: never in production
-    events_webhook_url: str = ""
+    events_webhook_url: str = field(default="", repr=False)
     events_secret: str = field(default="", repr=False)
 
     @classmethod
@@ -185,6 +197,13 @@ class Settings:
         if events_url and not events_secret:
             raise ConfigError("CART_EVENTS_WEBHOOK_URL is set: CART_EVENTS_SECRET must be too")
         redis = get("REDIS_URL", cls.redis_url)
+        public_url = get("PUBLIC_URL", "").rstrip("/")
+        if public_url and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", public_url):
+            raise ConfigError(f"PUBLIC_URL must be an http:// or https:// URL, got {public_url!r}")
+        if env.get("STRIPE_SECRET_KEY", "").strip() and not public_url:
+            # Stripe's success and cancel URLs are absolute: never built from a Host header.
+            raise ConfigError("STRIPE_SECRET_KEY is set: PUBLIC_URL must be too (https://shop…)")
+        hosts = tuple(h.strip().lower() for h in get("ALLOWED_HOSTS", "").split(",") if h.strip())
         origins = tuple(
             o.strip().rstrip("/") for o in get("ALLOWED_ORIGINS", "").split(",") if o.strip()
         )
@@ -197,6 +216,8 @@ class Settings:
             ),
             secret=env.get("CART_SECRET", ""),
             allowed_origins=origins,
+            allowed_hosts=hosts,
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
             currency=get("CURRENCY", cls.currency).lower(),
             max_body_bytes=number("MAX_BODY_BYTES", cls.max_body_bytes),
             max_frame_bytes=number("MAX_FRAME_BYTES", cls.max_frame_bytes),
@@ -206,6 +227,9 @@ class Settings:
             ws_send_buffer=number("WS_SEND_BUFFER", cls.ws_send_buffer),
             max_tabs_per_cart=number("MAX_TABS_PER_CART", cls.max_tabs_per_cart),
             max_connections_per_ip=number("MAX_CONNECTIONS_PER_IP", cls.max_connections_per_ip),
+            max_checkouts_per_ip=number("MAX_CHECKOUTS_PER_IP", cls.max_checkouts_per_ip),
+            new_cart_rate=rate("NEW_CART_RATE", cls.new_cart_rate),
+            new_cart_burst=number("NEW_CART_BURST", cls.new_cart_burst),
             cart_rate=rate("CART_RATE_LIMIT", cls.cart_rate),
             cart_burst=number("CART_RATE_BURST", cls.cart_burst),
             connection_rate=rate("CONNECTION_RATE_LIMIT", cls.connection_rate),
@@ -233,7 +257,7 @@ class Settings:
             stripe_secret_key=env.get("STRIPE_SECRET_KEY", "").strip(),
             stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET", "").strip(),
             stripe_api_base=get("STRIPE_API_BASE", "").rstrip("/"),
-            public_url=get("PUBLIC_URL", "").rstrip("/"),
+            public_url=public_url,
             checkout_expires=duration("CHECKOUT_EXPIRES", cls.checkout_expires),
             checkout_price=price,
             cart_auth_secret=env.get("CART_AUTH_SECRET", "").strip(),

@@ -143,6 +143,16 @@ class TooManyConnections(CartError):
         return {"retry-after": "5"}
 
 
+class TooManyCheckouts(CartError):
+    """This client address holds as many stock reservations (open checkouts) as it may."""
+
+    code = "too_many_checkouts"
+    status = 429
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "60"}
+
+
 class NotDue(CartError):
     """A timer found nothing to do: the cart changed since it was armed. Never sent."""
 

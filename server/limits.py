@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 
 from . import errors
@@ -48,6 +49,36 @@ def admit(*buckets: TokenBucket | None) -> None:
             f"too many changes; try again in {seconds:g} s", retry_after=seconds
         )
     for bucket in present:
+        bucket.take()
+
+
+class AddressRate:
+    """A token bucket per client address, for the addresses seen lately: a bounded
+    number, the least recently seen forgotten first."""
+
+    def __init__(self, rate: float, burst: float, what: str, size: int = 65536) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.what = what
+        self.size = size
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def admit(self, address: str) -> None:
+        """Take a token for `address`, or raise RateLimited."""
+        bucket = self.buckets.get(address)
+        if bucket is None:
+            bucket = self.buckets[address] = TokenBucket(self.rate, self.burst)
+            if len(self.buckets) > self.size:
+                self.buckets.popitem(last=False)
+        else:
+            self.buckets.move_to_end(address)
+        wait = bucket.wait()
+        if wait > 0:
+            seconds = math.ceil(wait * 1000) / 1000
+            raise errors.RateLimited(
+                f"too many {self.what} from this address; try again in {seconds:g} s",
+                retry_after=seconds,
+            )
         bucket.take()
 
 

@@ -15,8 +15,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from . import errors
 from .cart import format_money
 from .checkout import Outcome, cancel_url, success_url
+from .identity import COOKIE, set_cookie_header
 from .store import Checkout
-from .web import error_response, origin_allowed, services
+from .web import error_response, is_secure, origin_allowed, services
 
 log = logging.getLogger("server.payments")
 
@@ -90,7 +91,7 @@ async def stripe_webhook(request: Request) -> Response:
             amount_total=session.amount_total,
             payment_intent=session.payment_intent,
         )
-        await svc.checkouts.settle(checkout_id, outcome, event.type)
+        await svc.checkouts.settle(checkout_id, outcome, event.type, provider="stripe")
     except errors.CartError as exc:  # 4xx: Stripe shows it; 503: Stripe retries later
         return error_response(exc, request, None)
     return _received()
@@ -165,7 +166,7 @@ async def demo_page(request: Request) -> Response:
 
 async def demo_pay(request: Request) -> Response:
     svc = services(request)
-    public = svc.checkouts.public_url(str(request.base_url))
+    public = svc.checkouts.public_url
     try:
         checkout = await _demo_checkout(request, post=True)
         outcome = Outcome(f"demo:{checkout.id}", paid=True)
@@ -175,7 +176,15 @@ async def demo_pay(request: Request) -> Response:
         return error_response(exc, request, None)
     if status != "paid":  # cancelled or expired meanwhile: nothing was taken
         return RedirectResponse(cancel_url(public), 303)
-    return RedirectResponse(success_url(public, checkout.id), 303)
+    response = RedirectResponse(success_url(public, checkout.id), 303)
+    if svc.ids.unsign(request.cookies.get(COOKIE)) == checkout.cart_id:
+        # The shopper's own browser paid: its cookie goes on to the cart that comes next.
+        async with svc.hub.use(checkout.cart_id) as room:
+            successor = room.cart.merged_into
+        if successor is not None:
+            cookie = set_cookie_header(svc.ids.sign(successor), is_secure(request))
+            response.headers.append("set-cookie", cookie)
+    return response
 
 
 async def demo_cancel(request: Request) -> Response:
@@ -187,14 +196,14 @@ async def demo_cancel(request: Request) -> Response:
                 await svc.checkouts.cancel(room, checkout.id)
     except errors.CartError as exc:
         return error_response(exc, request, None)
-    return RedirectResponse(cancel_url(svc.checkouts.public_url(str(request.base_url))), 303)
+    return RedirectResponse(cancel_url(svc.checkouts.public_url), 303)
 
 
 async def _demo_checkout(request: Request, *, post: bool = False) -> Checkout:
     svc = services(request)
     if svc.checkouts.provider.name != "demo":
         raise errors.NotFound("the demo payment page is off: Stripe is configured")
-    if post and not origin_allowed(request.headers, svc.settings):
+    if post and not origin_allowed(request, svc.settings):
         raise errors.ForbiddenOrigin("the demo payment page posts from this server only")
     found = await svc.store.load_checkout(request.path_params["checkout_id"])
     if found is None or found.provider != "demo":

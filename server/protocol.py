@@ -78,7 +78,7 @@ class LoginBody(Struct, frozen=True):
 
 
 class DemoLoginBody(Struct, frozen=True):
-    user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+    user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}\Z")]
 
 
 add_item_decoder = msgspec.json.Decoder(AddItemBody)
@@ -169,7 +169,10 @@ class PresenceMsg(_ServerMessage, tag="presence"):
 
 
 class MovedMsg(_ServerMessage, tag="moved"):
-    cart_id: str
+    # The signed id of the cart to go on with; null after a login merged this cart: the
+    # tab reconnects with its own credential, which names the user's cart only in the
+    # browser that logged in (a copied anonymous id never leads into an account).
+    cart_id: str | None
 
 
 class PongMsg(_ServerMessage, tag="pong"):
@@ -204,7 +207,8 @@ server_message_decoder = msgspec.json.Decoder(ServerMessage)
 
 encode = msgspec.json.Encoder().encode
 # What decoding untrusted JSON may raise: deep nesting overflows the recursion limit.
-DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+# Invalid UTF-8 inside a JSON string is a UnicodeDecodeError, not a DecodeError.
+DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 
 def error_frame(msg_id: str | None, code: str, message: str, details: dict[str, Any]) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -13,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from . import errors, merge
 from .auth import make_user_token, verify_user_token
-from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity
+from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity, Status
 from .identity import COOKIE, HEADER, CartRef
 from .limits import admit
 from .protocol import (
@@ -52,7 +53,7 @@ async def products(request: Request) -> Response:
 
 async def get_cart(request: Request) -> Response:
     svc = services(request)
-    ref = await settle(svc, _ref(request, svc))
+    ref = await settle(request, svc, _ref(request, svc))
     async with svc.hub.use(ref.cart_id) as room:
         version, body = room.version, room.document()
     if request.headers.get("if-none-match", "").strip() == f'"{version}"':
@@ -70,7 +71,7 @@ async def _mutate(request: Request, parse: Callable[[Request], Awaitable[Op]]) -
         key = idempotency_key(request.headers)
         base = if_match(request.headers)
         op = await parse(request)
-        ref = await settle(svc, ref)
+        ref = await settle(request, svc, ref)
         async with svc.hub.use(ref.cart_id) as room:
             admit(room.rate)
             outcome = await room.submit(
@@ -130,10 +131,10 @@ async def checkout(request: Request) -> Response:
         _check_origin(request, svc)
         base = if_match(request.headers)
         await read_body(request, svc.settings.max_body_bytes, empty_body_decoder, optional=True)
-        ref = await settle(svc, ref)
+        ref = await settle(request, svc, ref)
         async with svc.hub.use(ref.cart_id) as room:
             admit(room.rate)  # a checkout reserves stock and calls the provider
-            started = await svc.checkouts.start(room, str(request.base_url), base)
+            started = await svc.checkouts.start(room, base, client_address(request))
     except errors.CartError as exc:
         return error_response(exc, request, ref)
     return cart_response(request, encode(started), ref, None)
@@ -154,14 +155,20 @@ async def _checkout_step(request: Request, *, cancel: bool) -> Response:
     ref = _ref(request, svc)
     try:
         _check_origin(request, svc)
-        ref = await settle(svc, ref)
+        ref = await settle(request, svc, ref)
         async with svc.hub.use(ref.cart_id) as room:
             admit(room.rate)  # each may ask the payment provider
             if cancel:
                 await svc.checkouts.cancel(room)
             else:
+                locked = room.cart.status is Status.CHECKING_OUT
                 await svc.checkouts.confirm(room)
-        ref = await settle(svc, ref)  # a completed checkout moves the shopper on
+                successor = room.cart.merged_into
+                if locked and room.cart.status is Status.CHECKED_OUT and successor:
+                    # This request paid it: it goes on to the cart that comes next. A
+                    # later request with the old id gets a fresh one.
+                    ref = CartRef(successor, svc.ids.sign(successor), issued=False)
+        ref = await settle(request, svc, ref)
         async with svc.hub.use(ref.cart_id) as room:
             version, body = room.version, room.document()
     except errors.CartError as exc:
@@ -177,7 +184,7 @@ async def login(request: Request) -> Response:
         _check_origin(request, svc)
         body = await read_body(request, svc.settings.max_body_bytes, login_decoder)
         user_id = verify_user_token(body.token, svc.auth_secret)
-        ref = await settle(svc, ref)
+        ref = await settle(request, svc, ref)
         async with svc.hub.use(ref.cart_id) as room:
             admit(room.rate)  # a login merges carts: a mutation of this one
         ref = await merge.login(svc.hub, svc.ids, ref, user_id)
@@ -205,7 +212,7 @@ async def demo_login(request: Request) -> Response:
 
 
 def _check_origin(request: Request, svc: Services) -> None:
-    if not origin_allowed(request.headers, svc.settings):
+    if not origin_allowed(request, svc.settings):
         raise errors.ForbiddenOrigin("requests from this origin may not change carts")
 
 
@@ -231,7 +238,7 @@ async def _changes(
 ) -> Response:
     cap = svc.settings.long_poll_max
     wait = min(DEFAULT_WAIT if wait is None else wait, cap)
-    asked, ref = ref, await settle(svc, ref)
+    asked, ref = ref, await settle(request, svc, ref)
     if ref.cart_id != asked.cart_id:
         since = None  # moved on to another cart: a snapshot of it, never its patches
     async with svc.hub.use(ref.cart_id) as room:
@@ -279,6 +286,16 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    await services(request).metrics.collect()
-    text = services(request).metrics.render()
+    svc = services(request)
+    token = svc.settings.metrics_token
+    if token:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            given = ""
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return Response(
+                b"unauthorized", 401, {"www-authenticate": "Bearer"}, media_type="text/plain"
+            )
+    await svc.metrics.collect()
+    text = svc.metrics.render()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

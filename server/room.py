@@ -333,9 +333,12 @@ class Room:
         self._moved()
 
     def _moved(self) -> None:
-        """A finished cart's tabs all move on to the same cart (a request for it does too)."""
+        """A finished cart's tabs, open now, move on to its successor; after a merge they
+        only learn that it is over (see MovedMsg)."""
         successor = self.cart.merged_into
-        if self.cart.status in FINISHED and successor:
+        if self.cart.status is Status.MERGED:
+            self.broadcast(encode(MovedMsg(cart_id=None)).decode())
+        elif self.cart.status in FINISHED and successor:
             self.broadcast(encode(MovedMsg(cart_id=self.ctx.sign(successor))).decode())
 
     # --- timers ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
 
 import uvicorn
 from starlette.applications import Starlette
@@ -95,21 +96,29 @@ def stall_guarded(settings: Settings) -> type[StallGuardedProtocol]:
 class RedactCartIds(logging.Filter):
     """A signed cart id is a bearer credential for its cart, and uvicorn logs some: the
     WebSocket path with its `?cart=`, request headers (cookie, X-Cart-Id) at debug, whole
-    ASGI scopes at trace. Keep the id, blank the signature, before anything is written."""
+    ASGI scopes at trace. So is a demo checkout's id (its page pays or cancels it), and a
+    URL's password. Keep the cart id, blank the rest, before anything is written."""
 
     _SIGNED = re.compile(
         r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.[A-Za-z0-9_-]+"
     )
-    _CART = re.compile(r"(\bcart(?:_id)?=)[^&;\s\"']+")
+    _CART = re.compile(r"(\bcart(?:_id)?=)[^&;\s\"']+", re.IGNORECASE)
+    _CHECKOUT = re.compile(r"(/checkout/demo/)[^/?#\s\"']+")
+    _PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s\"']*:)[^@\s\"']+@", re.IGNORECASE)
     _HEADERS = {"cookie", "set-cookie", "x-cart-id", "authorization", "stripe-signature"}
 
-    def _clean(self, text: str) -> str:
+    def _clean(self, text: str, decode: bool = True) -> str:
+        if decode and "%" in text:  # `?%63art=%61b…` is read as `?cart=ab…`: judge that
+            text = unquote(text)
         text = self._SIGNED.sub(r"\1.[redacted]", text)
+        text = self._CHECKOUT.sub(r"\1[redacted]", text)
+        text = self._PASSWORD.sub(r"\1[redacted]@", text)
         return self._CART.sub(r"\1[redacted]", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
-            record.msg = self._clean(record.msg)
+            # A message with arguments is a format string: its `%` are not escapes.
+            record.msg = self._clean(record.msg, decode=not record.args)
         args = record.args
         if isinstance(args, tuple) and args:
             if isinstance(args[0], str) and args[0].lower() in self._HEADERS:
@@ -128,7 +137,9 @@ class RedactCartIds(logging.Filter):
 
 
 def redact_logs() -> None:
-    """On uvicorn's loggers, whose records carry request data; the server's own log no
-    signed id."""
+    """On uvicorn's loggers, whose records carry request data, and on every handler of
+    the root logger, which the server's own loggers (and the libraries') write through."""
     for name in ("uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
         logging.getLogger(name).addFilter(RedactCartIds())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactCartIds())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Struct
@@ -20,14 +19,14 @@ from .checkout import Checkouts
 from .config import Settings
 from .hub import Hub
 from .identity import CartIds, CartRef, set_cookie_header
-from .limits import ConnectionCounter
+from .limits import AddressRate, ConnectionCounter
 from .metrics import Metrics
 from .protocol import DECODE_ERRORS
 from .store import Store
 
 T = TypeVar("T")
-_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
-_TOKEN = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+_ETAG = re.compile(r'\s*(?:W/)?"?(\d{1,18})"?\s*')
+_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
 
 
 class Services(Struct, frozen=True):
@@ -41,6 +40,7 @@ class Services(Struct, frozen=True):
     checkouts: Checkouts
     auth_secret: str  # verifies user tokens; empty: login is off
     connections: ConnectionCounter
+    new_carts: AddressRate
 
     def __repr__(self) -> str:
         # Request state is logged whole at trace level: never the secret.
@@ -58,17 +58,24 @@ def services(conn: HTTPConnection) -> Services:
     return found
 
 
-def origin_allowed(headers: Headers, settings: Settings) -> bool:
-    """Same host, or listed in ALLOWED_ORIGINS. No Origin at all means no browser, so no
-    ambient cookie that another site could be borrowing."""
+def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
+    """Our own origin (scheme, host and port), or one listed in ALLOWED_ORIGINS.
+
+    A request with no Origin carries no ambient cookie that another site could be
+    borrowing, unless a browser says it comes from another site (Sec-Fetch-Site), as some
+    send no Origin on a cross-site request."""
+    headers = conn.headers
     origin = headers.get("origin")
     if origin is None:
-        return True
+        return headers.get("sec-fetch-site") != "cross-site"
     origin = origin.rstrip("/")
     if origin in settings.allowed_origins or "*" in settings.allowed_origins:
         return True
     host = headers.get("host", "")
-    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+    # Browsers send the origin lowercase: `HTTP://HOST` or `http://` for an https server
+    # is not our page.
+    own = f"{'https' if is_secure(conn) else 'http'}://{host.lower()}"
+    return bool(host) and origin == own
 
 
 def is_secure(conn: HTTPConnection) -> bool:
@@ -77,18 +84,18 @@ def is_secure(conn: HTTPConnection) -> bool:
     return conn.url.scheme in ("https", "wss") or forwarded == "https"
 
 
-async def settle(svc: Services, ref: CartRef) -> CartRef:
-    """The cart a request should use: its own, unless finished (checked out, expired:
-    a fresh one) or merged (the cart it went into)."""
-    for _ in range(4):
+async def settle(conn: HTTPConnection, svc: Services, ref: CartRef) -> CartRef:
+    """The cart a request uses: the one its signed id names, or a fresh one when that is
+    finished (merged, checked out, expired). A signed id opens its own cart and nothing
+    else: a successor is handed only to the request that made it and to the tabs open at
+    that moment. Fresh carts count against the address's NEW_CART_RATE."""
+    if not ref.issued:
         async with svc.hub.use(ref.cart_id) as room:
             if room.cart.status not in FINISHED:
                 return ref
-            successor = room.cart.merged_into
-        ref = (
-            CartRef(successor, svc.ids.sign(successor), issued=True) if successor else svc.ids.new()
-        )
-    return svc.ids.new()
+        ref = svc.ids.new()
+    svc.new_carts.admit(client_address(conn))
+    return ref
 
 
 async def read_body(
@@ -118,7 +125,7 @@ def idempotency_key(headers: Headers) -> str | None:
     key = headers.get("idempotency-key")
     if key is None:
         return None
-    if not _TOKEN.match(key):
+    if not _TOKEN.fullmatch(key):
         raise errors.InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters")
     return key
 
@@ -128,7 +135,7 @@ def if_match(headers: Headers) -> int | None:
     value = headers.get("if-match")
     if value is None or value.strip() == "*":
         return None
-    match = _ETAG.match(value)
+    match = _ETAG.fullmatch(value)
     return int(match.group(1)) if match else -1
 
 

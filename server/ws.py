@@ -35,7 +35,7 @@ from .web import Services, client_address, is_secure, origin_allowed, services, 
 
 log = logging.getLogger("server.ws")
 
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PONG = encode(PongMsg()).decode()
 # Strikes (invalid frames, rate-limited mutations) a tab may collect before it is closed
 # with 1008: a burst, then one a second.
@@ -51,7 +51,7 @@ _CLOSE_REASONS = {
 
 async def cart_socket(websocket: WebSocket) -> None:
     svc = services(websocket)
-    if not origin_allowed(websocket.headers, svc.settings):
+    if not origin_allowed(websocket, svc.settings):
         await _refuse(websocket, svc, CLOSE_POLICY_VIOLATION, "origin not allowed")
         return
     if svc.hub.draining.is_set():
@@ -76,14 +76,16 @@ async def _refuse(websocket: WebSocket, svc: Services, code: int, reason: str) -
 async def _serve(websocket: WebSocket, svc: Services) -> None:
     params = websocket.query_params
     client_id = params.get("client_id", "")
-    if not _CLIENT_ID.match(client_id):
+    if not _CLIENT_ID.fullmatch(client_id):
         # Only a tab that names itself keeps its message ids across reconnects.
         client_id = uuid.uuid4().hex
     since_raw = params.get("since", "")
-    since = int(since_raw) if since_raw.isascii() and since_raw.isdigit() else None
+    # A version has at most 19 digits; a longer one (int() refuses past 4,300) gets a snapshot.
+    readable = since_raw.isascii() and since_raw.isdigit() and len(since_raw) <= 19
+    since = int(since_raw) if readable else None
 
     asked = svc.ids.resolve(params.get("cart"), websocket.cookies.get(COOKIE))
-    ref = await settle(svc, asked)
+    ref = await settle(websocket, svc, asked)
     if ref.cart_id != asked.cart_id:
         since = None  # moved on to another cart: its history is not this tab's; a snapshot
     headers = None

@@ -340,7 +340,10 @@ export class CartClient {
         this.emit("presence", msg.tabs);
         break;
       case "moved":
-        if (msg.cart_id !== this.signed) this.switchCart(msg.cart_id, null);
+        // No id after a sign-in merged this cart: our own credential (the cookie that
+        // sign-in set, in this browser) names the cart to go on with.
+        if (!msg.cart_id) this.switchCart(null, null);
+        else if (msg.cart_id !== this.signed) this.switchCart(msg.cart_id, null);
         break;
       default: // pong, and types a later server may add
     }
@@ -358,7 +361,14 @@ export class CartClient {
       const i = this.pending.findIndex((p) => p.sent);
       if (i >= 0) this.pending.splice(i, 1);
     }
-    if (FINISHED.has(cart.status)) this.expectMoved(cart.id);
+    if (FINISHED.has(cart.status)) {
+      if (this.mode === "poll") {
+        // Long-polls hear no `moved`: ask by our own credential, for a snapshot, at once.
+        this.signed = null;
+        this.needSnapshot = true;
+      }
+      this.expectMoved(cart.id);
+    }
     this.refresh();
     return true;
   }
@@ -370,7 +380,7 @@ export class CartClient {
     this.timers.moved = setTimeout(() => {
       const cart = this.confirmed;
       if (!this.closed && cart && cart.id === cartId && FINISHED.has(cart.status)) {
-        this.switchCart(this.signed, null);
+        this.switchCart(null, null); // the old id opens only a fresh cart now
       }
     }, this.options.movedGrace);
   }
@@ -419,6 +429,12 @@ export class CartClient {
       }
       this.signed = cartId || this.signed;
       this.needSnapshot = false;
+      if (data.snapshot && this.confirmed && data.snapshot.id !== this.confirmed.id) {
+        this.pending = [];
+        this.setConfirmed(data.snapshot);
+        this.emit("moved", this.signed);
+        continue;
+      }
       if (data.snapshot) this.setConfirmed(data.snapshot);
       else if (this.confirmed && this.confirmed.version === since) {
         for (const patch of data.patches) {
@@ -505,7 +521,8 @@ export class CartClient {
     this.emit("change", this.cart);
   }
 
-  /** Move to another cart (a `moved` frame, a sign-in): its cookie, its document, its socket. */
+  /** Move to another cart (a `moved` frame, a sign-in): its cookie, its document, its socket.
+   *  `signed` null: the cookie decides. */
   async switchCart(signed, doc) {
     this.generation += 1;
     const gen = this.generation;
@@ -515,7 +532,7 @@ export class CartClient {
     this.pending = [];
     this.presence = null;
     this.needSnapshot = false;
-    if (signed) this.signed = signed;
+    this.signed = signed;
     this.emit("moved", this.signed);
     if (doc) {
       this.setConfirmed(doc);
@@ -554,7 +571,12 @@ export class CartClient {
 
   /** Back from the payment page: settle now if the provider says it is paid. */
   async confirmCheckout() {
-    return (await this.request("POST", "/api/cart/checkout/confirm", {})).data;
+    const { data, cartId } = await this.request("POST", "/api/cart/checkout/confirm", {});
+    // This request settled the payment: it names the cart that comes next.
+    if (cartId && cartId !== this.signed && data.id !== (this.confirmed && this.confirmed.id)) {
+      await this.switchCart(cartId, data);
+    }
+    return data;
   }
 
   /** Give up a checkout in progress: the cart is editable again. */

@@ -35,6 +35,9 @@ UNLIMITED = {
     "CART_RATE_BURST": "1000000",
     "CONNECTION_RATE_LIMIT": "1000000",
     "CONNECTION_RATE_BURST": "1000000",
+    "MAX_CHECKOUTS_PER_IP": "100000",
+    "NEW_CART_RATE": "1000000",
+    "NEW_CART_BURST": "1000000",
 }
 START_TIMEOUT = 20.0
 # The scale-out services: the machine (and CI) runs both on their standard ports.

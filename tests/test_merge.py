@@ -141,9 +141,12 @@ async def test_login_keeps_the_earlier_price_snapshot(server: ServerProcess) -> 
     assert by_id["p-010"]["current_price_cents"] == 2099  # the page can flag the change
 
 
-async def test_tabs_of_the_anonymous_cart_are_moved_to_the_users_cart(
+async def test_tabs_of_the_anonymous_cart_follow_only_with_the_new_credential(
     server: ServerProcess,
 ) -> None:
+    """The open tabs hear that the cart was merged, but not where to: a tab follows into
+    the user's cart only by presenting the credential the login handed out (the browser
+    that logged in has it in its cookie); the old id opens a fresh cart, never the user's."""
     user = new_user()
     async with device(server) as laptop:
         anonymous = await add(laptop, "p-004", 2)
@@ -155,26 +158,28 @@ async def test_tabs_of_the_anonymous_cart_are_moved_to_the_users_cart(
         response = await login(laptop, user)
         assert response.status_code == 200
         user_cart = response.json()
+        assert cookie(laptop) == response.headers["x-cart-id"] != old
         for tab in (by_cookie, by_query):
             patch = await tab.next("patch")
             assert patch["ops"] == [{"op": "status", "status": "merged"}]
             moved = await tab.next("moved")
-            assert moved["cart_id"] == cookie(laptop) == response.headers["x-cart-id"]
+            assert moved == {"type": "moved", "cart_id": None}
         # A tab that edits before it has reconnected is refused: nothing is lost silently.
         await by_query.send({"type": "add", "id": "late", "product_id": "p-001", "quantity": 1})
         refused = await by_query.next("error")
         assert (refused["code"], refused["status"]) == ("cart_locked", "merged")
         for tab in (by_cookie, by_query):
             await tab.close()
-        # Reconnecting with ?cart=<moved> lands on the user's cart with the merged lines.
-        follower = await Tab.open(server, moved["cart_id"])
+        # The browser that logged in reconnects with its cookie: the user's cart.
+        follower = await Tab.open(server, cookie=cookie(laptop))
         snapshot = (await follower.next("snapshot"))["cart"]
         assert (snapshot["id"], lines(snapshot)) == (user_cart["id"], [("p-004", 2, 499)])
-        # A tab that still holds the old cookie is sent on too, with the new cookie.
+        # The old id (a copy on another device) opens a fresh, empty cart with a new cookie.
         late = await Tab.open(server, cookie=old)
-        assert (await late.next("snapshot"))["cart"]["id"] == user_cart["id"]
+        fresh = (await late.next("snapshot"))["cart"]
+        assert fresh["id"] not in (user_cart["id"], anonymous["id"]) and fresh["items"] == []
         assert late.ws.response is not None
-        assert moved["cart_id"] in late.ws.response.headers["set-cookie"]
+        assert fresh["id"] in late.ws.response.headers["set-cookie"]
         for tab in (follower, late):
             await tab.close()
     assert status(server, anonymous["id"]) == ("merged", user_cart["id"])
@@ -290,7 +295,7 @@ async def test_a_double_clicked_login_merges_once(server: ServerProcess) -> None
         # One merge: one version more, the lines counted once, and no empty second write.
         assert final["version"] == before["version"] + 1
         assert lines(final) == [("p-009", 3, 999)]
-        assert (await tab.next("moved"))["cart_id"] == sign(before["id"])
+        assert (await tab.next("moved"))["cart_id"] is None  # follows by its own cookie
         await tab.close()
 
 

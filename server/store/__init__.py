@@ -33,6 +33,15 @@ class ShortStock(Exception):
         self.lines = lines  # [{"product_id", "requested", "available"}]
 
 
+# REST answers kept for replay per cart: those of its last this many versions. An older
+# Idempotency-Key is still never applied twice; its replay answers the cart as it is now.
+ANSWERS_PER_CART = 20
+
+
+class TooManyHolds(Exception):
+    """The address that asked already holds as many reservations as it may."""
+
+
 class CheckoutMoved(Exception):
     """The checkout is no longer in the state the effect expects: re-read and decide."""
 
@@ -86,9 +95,12 @@ class Order(Struct, frozen=True):
 
 
 class Reserve(Struct, frozen=True):
-    """Take the stock of every line (all or nothing, never below zero): ShortStock."""
+    """Take the stock of every line (all or nothing, never below zero): ShortStock.
+    With a `holder` address: TooManyHolds if that address holds `cap` reservations."""
 
     checkout: Checkout
+    holder: str | None = None
+    cap: int = 0
 
 
 class Release(Struct, frozen=True):

@@ -39,6 +39,7 @@ from ..clock import iso, parse_iso, utcnow
 from ..config import SCHEMA_PATH, Settings
 from ..metrics import Metrics
 from . import (
+    ANSWERS_PER_CART,
     AlreadyApplied,
     CartEvent,
     CartWrite,
@@ -54,6 +55,10 @@ from .postgres_effects import apply_effects, checkout_from_row, rowcount
 
 log = logging.getLogger("server.store")
 PRUNE_BATCH = 500
+FORGET_OLD_ANSWERS = (
+    "UPDATE applied_mutations SET response = NULL"
+    " WHERE cart_id = $1 AND version <= $2 AND response IS NOT NULL"
+)
 # Whatever stops a statement from reaching the database or finishing there.
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 ACQUIRE_TIMEOUT = 5.0  # a pool exhausted or a database unreachable for this long: Unavailable
@@ -207,6 +212,8 @@ class PostgresStore:
                     write.key,
                 )
                 raise AlreadyApplied(version)
+            if write.response is not None:
+                await conn.execute(FORGET_OLD_ANSWERS, cart.id, cart.version - ANSWERS_PER_CART)
         if write.change.upserted:
             await conn.executemany(
                 "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position,"

@@ -24,6 +24,7 @@ from . import (
     Release,
     Reserve,
     ShortStock,
+    TooManyHolds,
 )
 
 
@@ -52,8 +53,10 @@ def checkout_from_row(row: Any, lines: list[CheckoutLine]) -> Checkout:
 async def apply_effects(conn: asyncpg.Connection, effects: tuple[Effect, ...], now: str) -> None:
     for effect in effects:
         match effect:
-            case Reserve(checkout):
+            case Reserve(checkout, holder, cap):
                 await _reserve(conn, checkout, now)
+                if holder is not None:
+                    await _hold(conn, checkout.id, holder, cap)
             case Release(checkout_id):
                 status = await conn.execute(
                     "UPDATE checkouts SET status = 'released', updated_at = $1"
@@ -145,6 +148,21 @@ async def _take_stock(
                 "available": available if available is not None else 0,
             }
     return [short[x.product_id] for x in lines if x.product_id in short]  # in the lines' order
+
+
+async def _hold(conn: asyncpg.Connection, checkout_id: str, holder: str, cap: int) -> None:
+    # Reservations of one address count and insert one at a time, across processes.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"holder:{holder}")
+    held = await conn.fetchval(
+        "SELECT COUNT(*) FROM checkout_holders h JOIN checkouts c ON c.id = h.checkout_id"
+        " WHERE h.address = $1 AND c.status = 'reserved'",
+        holder,
+    )
+    if held >= cap:
+        raise TooManyHolds(holder)  # the transaction rolls the reservation back
+    await conn.execute(
+        "INSERT INTO checkout_holders (checkout_id, address) VALUES ($1, $2)", checkout_id, holder
+    )
 
 
 async def _reserve(conn: asyncpg.Connection, checkout: Checkout, now: str) -> None:

@@ -32,6 +32,7 @@ from ..clock import iso, parse_iso, utcnow
 from ..config import SCHEMA_PATH, Settings, sqlite_path
 from ..metrics import Metrics
 from . import (
+    ANSWERS_PER_CART,
     AlreadyApplied,
     CartEvent,
     CartWrite,
@@ -49,6 +50,10 @@ log = logging.getLogger("server.store")
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 PRUNE_BATCH = 500
+FORGET_OLD_ANSWERS = (
+    "UPDATE applied_mutations SET response = NULL"
+    " WHERE cart_id = ? AND version <= ? AND response IS NOT NULL"
+)
 # Carts held (see hold) by database file: a commit to a held cart waits for the hold to end.
 _held: dict[tuple[str, str], asyncio.Event] = {}
 
@@ -227,6 +232,8 @@ class SQLiteStore:
                     (cart.id, write.key),
                 ).fetchone()
                 raise AlreadyApplied(version)
+            if write.response is not None:
+                conn.execute(FORGET_OLD_ANSWERS, (cart.id, cart.version - ANSWERS_PER_CART))
         for line in write.change.upserted:
             conn.execute(
                 "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position,"

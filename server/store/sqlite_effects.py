@@ -22,6 +22,7 @@ from . import (
     Release,
     Reserve,
     ShortStock,
+    TooManyHolds,
 )
 
 
@@ -45,8 +46,10 @@ def checkout_from_row(row: Any, lines: list[CheckoutLine]) -> Checkout:
 def apply_effects(effects: tuple[Effect, ...], now: str, conn: sqlite3.Connection) -> None:
     for effect in effects:
         match effect:
-            case Reserve(checkout):
+            case Reserve(checkout, holder, cap):
                 _reserve(checkout, now, conn)
+                if holder is not None:
+                    _hold(checkout.id, holder, cap, conn)
             case Release(checkout_id):
                 cur = conn.execute(
                     "UPDATE checkouts SET status = 'released', updated_at = ?"
@@ -116,6 +119,20 @@ def _take_stock(
                 }
             )
     return short
+
+
+def _hold(checkout_id: str, holder: str, cap: int, conn: sqlite3.Connection) -> None:
+    # One writer: no other reservation slips in between the count and the insert.
+    (held,) = conn.execute(
+        "SELECT COUNT(*) FROM checkout_holders h JOIN checkouts c ON c.id = h.checkout_id"
+        " WHERE h.address = ? AND c.status = 'reserved'",
+        (holder,),
+    ).fetchone()
+    if held >= cap:
+        raise TooManyHolds(holder)  # the job's savepoint rolls the reservation back
+    conn.execute(
+        "INSERT INTO checkout_holders (checkout_id, address) VALUES (?, ?)", (checkout_id, holder)
+    )
 
 
 def _reserve(checkout: Checkout, now: str, conn: sqlite3.Connection) -> None:
