@@ -122,6 +122,7 @@ def backup(
         os.close(held)
     try:
         summary = check(partial)
+        os.chmod(partial, 0o600)  # every cart, user id and order: for the service's user only
         _fsync(partial)
         os.replace(partial, target)
         _fsync(target.parent)
@@ -151,7 +152,8 @@ def check(path: Path) -> Summary:
             raise BackupError(f"{path} is not a cart database (no {', '.join(missing)} table)")
         (carts,) = conn.execute("SELECT count(*) FROM cart_sessions").fetchone()
         newest = conn.execute(
-            "SELECT id, version, updated_at FROM cart_sessions ORDER BY updated_at DESC LIMIT 1"
+            "SELECT id, version, updated_at FROM cart_sessions"
+            " ORDER BY updated_at DESC, version DESC LIMIT 1"
         ).fetchone() or ("", 0, "")
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"{path} is not a sound SQLite database: {exc}") from exc

@@ -12,6 +12,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from server import backup
 from server.backup import BackupError, check
 from tests.support import ServerProcess, Tab, rest
 
@@ -183,3 +186,23 @@ async def test_a_server_does_not_start_on_a_database_being_restored(
         assert code != 0 and "being restored" in out
     finally:
         os.close(fd)
+
+
+def test_a_long_backup_says_how_far_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "big.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE cart_sessions (id TEXT PRIMARY KEY, updated_at TEXT, version)")
+        for table in ("cart_items", "cart_patches", "products"):
+            conn.execute(f"CREATE TABLE {table} (x)")
+        at = [f"2026-12-01T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}Z" for n in range(20_000)]
+        rows = [(f"c{n}", at[n], n) for n in range(20_000)]
+        conn.executemany("INSERT INTO cart_sessions VALUES (?, ?, ?)", rows)
+        conn.commit()
+    monkeypatch.setattr(backup, "PROGRESS_EVERY", 0.0)  # every progress callback prints
+    said: list[str] = []
+    summary = backup.backup(db, tmp_path / "copy.db", say=said.append)
+    assert said and all("copied" in line for line in said)
+    assert summary.carts == 20_000 and summary.newest_version == 19_999
+    assert (tmp_path / "copy.db").stat().st_mode & 0o777 == 0o600
+    assert not list(tmp_path.glob(".*partial"))
