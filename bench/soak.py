@@ -199,7 +199,10 @@ class Shopper:
         body = {"product_id": self.product(), "quantity": 1}
         response = await self.client.post("/api/cart/items", json=body, headers=headers)
         if response.status_code == 200:
-            self.ledger.acked.append((self.cart_id, f"rest:{key}", response.json()["version"]))
+            # The cart the answer names: a cart paid or merged a moment ago (by another
+            # shopper of the same user) is answered by its successor.
+            doc = response.json()
+            self.ledger.acked.append((doc["id"], f"rest:{key}", doc["version"]))
         else:
             self.ledger.count(f"refused: {response.json()['error']['code']}")
 
@@ -334,8 +337,9 @@ def missing_acks(db: Path, ledger: Ledger) -> list[str]:
                 "SELECT cart_id, key, version FROM applied_mutations"
             )
         }
+    elsewhere = {key: (cart, version) for (cart, key), version in stored.items()}
     return [
-        f"{cart[:8]} {key} v{version}"
+        f"{cart[:8]} {key} v{version}; stored: {elsewhere.get(key)}"
         for cart, key, version in ledger.acked
         if stored.get((cart, key)) != version
     ]
@@ -369,8 +373,12 @@ def main(args: argparse.Namespace, target: object) -> None:
             ("actions", ", ".join(f"{k} {v}" for k, v in sorted(ledger.counts.items()))),
             ("acknowledged", f"{len(ledger.acked)} mutations, all stored: {not missing}"),
             ("tabs", f"{ledger.tabs_opened} opened, {ledger.versions_seen} patches checked"),
-            ("RSS", f"{mb(first.rss)} MB at {first.at:.0f} s -> {mb(last.rss)} MB ({rss:+.1%})"),
-            ("descriptors", f"{first.fds} at {first.at:.0f} s -> {last.fds} ({fds:+.1%})"),
+            (
+                "RSS",
+                f"{mb(first.rss)} MB at {first.at:.0f} s -> {mb(last.rss)} MB"
+                f" (growth, medians of 3 samples: {rss:+.1%})",
+            ),
+            ("descriptors", f"{first.fds} at {first.at:.0f} s -> {last.fds} (growth {fds:+.1%})"),
             ("database", f"{mb(last.gauges['cart_database_bytes'])} MB at the end"),
             ("event-loop lag", f"worst 30-60 s peak {lag * 1000:.1f} ms"),
             ("verdict", "PASS" if ok else f"FAIL {[k for k, v in failures.items() if v]}"),
