@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS applied_mutations (
     version    INTEGER NOT NULL,
     response   TEXT,                         -- REST only: the cart document first returned
     created_at TEXT NOT NULL,
+    request    TEXT,                         -- REST only: what was asked (a digest): a key
+                                             -- reused for another request is refused
     PRIMARY KEY (cart_id, key)
 );
 CREATE INDEX IF NOT EXISTS idx_applied_mutations_created ON applied_mutations(created_at);

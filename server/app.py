@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import errors, openapi, payment_pages, rest, ws
 from .bus import open_bus
@@ -63,11 +65,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await hub.start()
             checkouts.start_sweeper()
             outbox.start()
-            log.info(
-                "cart server ready: %d products, %s payments",
-                len(catalog.products),
-                checkouts.provider.name,
-            )
+            announce(settings, len(catalog.products), checkouts.provider.name)
             auth = auth_secret(settings, ids)
             connections = ConnectionCounter(settings.max_connections_per_ip)
             metrics.gauge("cart_long_lived_connections", connections.total)
@@ -91,7 +89,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return Response(api_document, media_type="application/json")
 
     routes = [
-        Route("/", index),
+        index_route(settings),
         Route("/openapi.json", openapi_json),
         Route("/api/products", rest.products),
         Route("/api/cart", rest.get_cart),
@@ -116,8 +114,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     middleware = []
+    if settings.root_path:
+        middleware.append(Middleware(UnderRootPath, root_path=settings.root_path))
     if settings.allowed_hosts:  # any other Host header: 400, before any route sees it
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts))
+    if settings.allowed_origins:
+        # A shop page on another origin reads the answers (and loads the client module);
+        # writing still passes the Origin check in each endpoint.
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.allowed_origins,
+                allow_credentials=True,
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=CORS_REQUEST_HEADERS,
+                expose_headers=CORS_EXPOSED_HEADERS,
+                max_age=3600,
+            )
+        )
     return Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -128,6 +142,45 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: server_error,
         },
     )
+
+
+CORS_REQUEST_HEADERS = ["content-type", "x-cart-id", "idempotency-key", "if-match", "if-none-match"]
+CORS_EXPOSED_HEADERS = ["x-cart-id", "etag", "retry-after", "idempotent-replayed"]
+
+
+class UnderRootPath:
+    """ROOT_PATH behind either kind of reverse proxy: one that passes `/cart/api/…` on as
+    it is, and one that strips the prefix (`/api/…`). Routes see the path under it;
+    responses build their links and cookie path on it."""
+
+    def __init__(self, app: ASGIApp, root_path: str) -> None:
+        self.app = app
+        self.root_path = root_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            root, path = self.root_path, scope["path"]
+            if path != root and not path.startswith(root + "/"):
+                path = root + path
+            scope = {**scope, "root_path": root, "path": path}
+        await self.app(scope, receive, send)
+
+
+def announce(settings: Settings, products: int, provider: str) -> None:
+    """Say which mode this is in; loudly when anyone could pay without paying."""
+    log.info("cart server ready: %d products, %s payments", products, provider)
+    if provider == "demo":
+        log.warning(
+            "DEMO PAYMENTS ARE ON: anyone can 'pay' on /checkout/demo and paid orders are"
+            " written. Set STRIPE_SECRET_KEY (and PUBLIC_URL) before taking real orders."
+        )
+    elif provider == "none":
+        log.warning(
+            "no payment provider: checkout answers 503 payments_unavailable"
+            " (set STRIPE_SECRET_KEY and PUBLIC_URL, or DEMO_PAYMENTS=1 for a demo)"
+        )
+    if settings.demo_login:
+        log.warning("DEMO_LOGIN is on: anyone can sign in as anyone. Never in production.")
 
 
 def auth_secret(settings: Settings, ids: CartIds) -> str:
@@ -141,14 +194,26 @@ def auth_secret(settings: Settings, ids: CartIds) -> str:
 # (in CSP3 'self' also covers this host's ws:// and wss://).
 PAGE_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; "
-    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "same-origin",
 }
 
 
-async def index(request: Request) -> Response:
-    return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+def index_page(settings: Settings) -> bytes:
+    """The demo page, its relative URLs resolved under ROOT_PATH (a <base> element)."""
+    page = (STATIC_DIR / "index.html").read_bytes()
+    base = f'<head>\n  <base href="{settings.root_path}/">'.encode()
+    return page.replace(b"<head>", base, 1)
+
+
+def index_route(settings: Settings) -> Route:
+    page = index_page(settings)
+
+    async def index(request: Request) -> Response:
+        return Response(page, media_type="text/html", headers=PAGE_HEADERS)
+
+    return Route("/", index)
 
 
 _HTTP_ERRORS: dict[int, type[errors.CartError]] = {

@@ -92,6 +92,10 @@ class Checkouts:
         while the cart is checking out returns the session already opened. With
         `base_version` (If-Match), only the cart the shopper saw is checked out; with the
         client's `address`, only while it holds fewer than MAX_CHECKOUTS_PER_IP."""
+        if self.provider.name == "none":
+            raise errors.PaymentsUnavailable(
+                "this shop takes no payments yet: set STRIPE_SECRET_KEY (or DEMO_PAYMENTS=1)"
+            )
         async with room.lock:
             if room.cart.status is Status.CHECKING_OUT:
                 existing = await self.store.open_checkout(room.cart.id)
@@ -178,9 +182,9 @@ class Checkouts:
 
     @property
     def public_url(self) -> str:
-        """PUBLIC_URL, or "" for URLs relative to this server: never the request's Host,
-        which the client writes (a stored checkout URL must not point elsewhere)."""
-        return self.settings.public_url
+        """PUBLIC_URL, or ROOT_PATH for URLs relative to this server: never the request's
+        Host, which the client writes (a stored checkout URL must not point elsewhere)."""
+        return self.settings.public_url or self.settings.root_path
 
     async def confirm(self, room: Room) -> None:
         """The shopper is back from paying: settle now if the provider says it is paid,

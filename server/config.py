@@ -73,6 +73,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     # Host headers accepted (starlette's TrustedHostMiddleware); empty: any.
     allowed_hosts: tuple[str, ...] = ()
+    # The path prefix the server lives under behind a reverse proxy ("/cart"); "" at /.
+    root_path: str = ""
     # Bearer token /metrics asks for; empty: /metrics is open.
     metrics_token: str = field(default="", repr=False)
     currency: str = "usd"
@@ -123,7 +125,10 @@ class Settings:
     # Tab counts of other processes not refreshed within this are dropped (a process that
     # died); each process refreshes its own every third of it.
     presence_ttl_seconds: float = 30.0
+    # The demo catalog and demo payments: on by default only where a first run happens
+    # (SQLite, not on a platform); a PostgreSQL store or DYNO needs them asked for.
     demo_catalog: bool = True
+    demo_payments: bool = True
     access_log: bool = False
     log_level: str = "info"
     # Checkout. Without a Stripe key the built-in demo payment provider is used.
@@ -197,26 +202,35 @@ class Settings:
         if events_url and not events_secret:
             raise ConfigError("CART_EVENTS_WEBHOOK_URL is set: CART_EVENTS_SECRET must be too")
         redis = get("REDIS_URL", cls.redis_url)
+        database_url = _scheme(
+            "DATABASE_URL",
+            get("DATABASE_URL", cls.database_url),
+            DATABASE_SCHEMES,
+            "sqlite:///path or postgresql://user:password@host/db",
+        )
+        # A local first run gets a working demo; a deploy that forgot its Stripe key must
+        # not let anyone "pay", nor show made-up products.
+        first_run = database_url.lower().startswith("sqlite") and not env.get("DYNO")
         public_url = get("PUBLIC_URL", "").rstrip("/")
         if public_url and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", public_url):
             raise ConfigError(f"PUBLIC_URL must be an http:// or https:// URL, got {public_url!r}")
         if env.get("STRIPE_SECRET_KEY", "").strip() and not public_url:
             # Stripe's success and cancel URLs are absolute: never built from a Host header.
             raise ConfigError("STRIPE_SECRET_KEY is set: PUBLIC_URL must be too (https://shop…)")
+        root_path = get("ROOT_PATH", "").rstrip("/")
+        plain = re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", root_path)
+        if root_path and (not plain or {".", ".."} & set(root_path.split("/"))):
+            raise ConfigError(f"ROOT_PATH must be a path like /cart, got {root_path!r}")
         hosts = tuple(h.strip().lower() for h in get("ALLOWED_HOSTS", "").split(",") if h.strip())
         origins = tuple(
             o.strip().rstrip("/") for o in get("ALLOWED_ORIGINS", "").split(",") if o.strip()
         )
         return cls(
-            database_url=_scheme(
-                "DATABASE_URL",
-                get("DATABASE_URL", cls.database_url),
-                DATABASE_SCHEMES,
-                "sqlite:///path or postgresql://user:password@host/db",
-            ),
+            database_url=database_url,
             secret=env.get("CART_SECRET", ""),
             allowed_origins=origins,
             allowed_hosts=hosts,
+            root_path=root_path,
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
             currency=get("CURRENCY", cls.currency).lower(),
             max_body_bytes=number("MAX_BODY_BYTES", cls.max_body_bytes),
@@ -251,7 +265,8 @@ class Settings:
             redis_verify_tls=flag("REDIS_VERIFY_TLS", cls.redis_verify_tls),
             bus_check_seconds=duration("BUS_CHECK", cls.bus_check_seconds),
             presence_ttl_seconds=duration("PRESENCE_TTL", cls.presence_ttl_seconds),
-            demo_catalog=flag("DEMO_CATALOG", cls.demo_catalog),
+            demo_catalog=flag("DEMO_CATALOG", first_run),
+            demo_payments=flag("DEMO_PAYMENTS", first_run),
             access_log=flag("ACCESS_LOG", cls.access_log),
             log_level=log_level,
             stripe_secret_key=env.get("STRIPE_SECRET_KEY", "").strip(),

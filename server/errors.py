@@ -99,6 +99,20 @@ class BadSignature(CartError):
     status = 400
 
 
+class IdempotencyKeyReused(CartError):
+    """An Idempotency-Key already used for another request (route or body) of this cart."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+
+class PaymentsUnavailable(CartError):
+    """No payment provider is configured (no Stripe key, demo payments off)."""
+
+    code = "payments_unavailable"
+    status = 503
+
+
 class PaymentProviderError(CartError):
     """The payment provider refused or did not answer; the reservation was released."""
 
@@ -141,6 +155,16 @@ class TooManyConnections(CartError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": "5"}
+
+
+class Unauthorized(CartError):
+    """A route that asks for a bearer token got none, or another."""
+
+    code = "unauthorized"
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"www-authenticate": "Bearer"}
 
 
 class TooManyCheckouts(CartError):

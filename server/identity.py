@@ -64,10 +64,17 @@ class CartIds:
         return self.new()
 
 
-def set_cookie_header(signed: str, secure: bool) -> str:
-    # Lax, not Strict: the cart must survive the top-level navigation back from a payment page.
-    flags = f"; HttpOnly; SameSite=Lax; Path=/; Max-Age={COOKIE_MAX_AGE}"
-    return f"{COOKIE}={signed}{flags}{'; Secure' if secure else ''}"
+def set_cookie_header(signed: str, secure: bool, cross_site: bool = False, path: str = "/") -> str:
+    """The cart cookie. Lax, not Strict: the cart must survive the top-level navigation
+    back from a payment page. A page on another site (the shop's own domain, embedding
+    the client) gets one only over HTTPS: `SameSite=None; Secure`, and `Partitioned` so
+    that browsers blocking third-party cookies keep it too, under that shop's site."""
+    if cross_site and secure:
+        same_site, tail = "None", "; Secure; Partitioned"
+    else:
+        same_site, tail = "Lax", "; Secure" if secure else ""
+    flags = f"; HttpOnly; SameSite={same_site}; Path={path}; Max-Age={COOKIE_MAX_AGE}"
+    return f"{COOKIE}={signed}{flags}{tail}"
 
 
 def load_secret(settings: Settings) -> str:

@@ -1,8 +1,8 @@
-"""The REST API of PROTOCOL.md as an OpenAPI 3.1 document, served at /openapi.json.
+"""The REST API of docs/PROTOCOL.md as an OpenAPI 3.1 document, served at /openapi.json.
 
 Bodies are the msgspec Structs the server itself decodes and encodes (their JSON schema
 comes from msgspec), so the document cannot drift from the wire types; the paths, headers
-and error statuses are written out here. The WebSocket is described in PROTOCOL.md only:
+and error statuses are written out here. The WebSocket is described in docs/PROTOCOL.md only:
 OpenAPI has no way to say it."""
 
 from __future__ import annotations
@@ -141,8 +141,14 @@ _CART_HEADERS = {
     "X-Cart-Id": {"description": "The signed cart id.", "schema": {"type": "string"}},
     "ETag": {"description": 'The cart version, `"<version>"`.', "schema": {"type": "string"}},
     "Set-Cookie": {
-        "description": "`cart_id=<signed id>; HttpOnly; SameSite=Lax; Path=/; "
-        "Max-Age=2592000` (plus `Secure` over https).",
+        "description": "`cart_id=<signed id>; HttpOnly; Path=/; Max-Age=2592000; "
+        "SameSite=Lax` (plus `Secure` over https); for a page on another site over https "
+        "(`Sec-Fetch-Site: cross-site`): `SameSite=None; Secure; Partitioned`.",
+        "schema": {"type": "string"},
+    },
+    "Idempotent-Replayed": {
+        "description": "`true` on the answer to a repeated Idempotency-Key: nothing was"
+        " applied now.",
         "schema": {"type": "string"},
     },
 }
@@ -174,10 +180,12 @@ MUTATION_ERRORS = {
     ),
     "412": _error("`version_conflict`: If-Match names an old version; `version`, `cart`."),
     "422": _error(
-        "`invalid_request`: a malformed Idempotency-Key, or a body of the wrong shape."
+        "`invalid_request`: a malformed Idempotency-Key, or a body of the wrong shape;"
+        " `idempotency_key_reused`: the key was used for another request of this cart."
     ),  # fmt: skip
     "429": _error(
-        "`rate_limited`: over the mutations per second of this cart; `retry_after`.",
+        "`rate_limited`: over the mutations per second of this cart, or over the new carts"
+        " per second of this address (a request naming no cart); `retry_after`.",
         _RETRY_AFTER,
     ),
     "503": _error("`unavailable`: the store could not commit; nothing changed, retry."),
@@ -262,6 +270,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": CART_OK,
                     "304": {"description": "Still at the version If-None-Match names."},
+                    "429": MUTATION_ERRORS["429"],
                 },
             }
         },
@@ -350,9 +359,16 @@ def _paths() -> dict[str, Any]:
                     ),
                     "412": MUTATION_ERRORS["412"],
                     "422": _error("`invalid_request`: a body of the wrong shape."),
-                    "429": MUTATION_ERRORS["429"],
+                    "429": _error(
+                        "`rate_limited` (as for any change), or `too_many_checkouts`: this"
+                        " address holds MAX_CHECKOUTS_PER_IP checkouts already.",
+                        _RETRY_AFTER,
+                    ),
                     "502": _error("`payment_provider_error`: the provider did not answer."),
-                    "503": MUTATION_ERRORS["503"],
+                    "503": _error(
+                        "`unavailable`: the store could not commit; `payments_unavailable`:"
+                        " no payment provider is configured."
+                    ),
                 },
             }
         },
@@ -458,7 +474,11 @@ def _paths() -> dict[str, Any]:
                     "200": {
                         "description": "Counters, gauges, histograms.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "401": _error(
+                        "`unauthorized`: METRICS_TOKEN is set and no `Authorization: Bearer`"
+                        " with it was sent."
+                    ),
                 },
             }
         },
@@ -476,9 +496,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "Cart sync",
             "version": "1",
-            "description": "Real-time shopping carts: the REST half of PROTOCOL.md v1. Every "
+            "description": "Real-time shopping carts: the REST half of docs/PROTOCOL.md. Every "
             "error has the `Error` shape. The WebSocket (`GET /api/cart/ws`) is described in "
-            "PROTOCOL.md.",
+            "docs/PROTOCOL.md in the repository.",
         },
         "paths": _paths(),
         "components": {"schemas": components},

@@ -15,9 +15,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from . import errors
 from .cart import format_money
 from .checkout import Outcome, cancel_url, success_url
-from .identity import COOKIE, set_cookie_header
+from .identity import COOKIE
 from .store import Checkout
-from .web import error_response, is_secure, origin_allowed, services
+from .web import cart_cookie, error_response, origin_allowed, services
 
 log = logging.getLogger("server.payments")
 
@@ -127,8 +127,10 @@ async def demo_page(request: Request) -> Response:
         checkout = await _demo_checkout(request)
     except errors.CartError as exc:
         return error_response(exc, request, None)
-    products = services(request).hub.catalog.products
+    svc = services(request)
+    products = svc.hub.catalog.products
     currency = checkout.currency
+    root = html.escape(svc.settings.root_path)
 
     def name(product_id: str) -> str:
         return html.escape(products[product_id].name if product_id in products else product_id)
@@ -139,20 +141,22 @@ async def demo_page(request: Request) -> Response:
         for x in checkout.lines
     )
     open_ = checkout.status == "reserved"
-    action = f"/checkout/demo/{html.escape(checkout.id)}"
+    action = f"{root}/checkout/demo/{html.escape(checkout.id)}"
     buttons = (
         f'<form method="post" action="{action}/pay"><button id="pay" type="submit">'
         f"Pay {format_money(checkout.amount_cents, currency)}</button></form>"
-        f'<form method="post" action="{action}/cancel"><button id="cancel" type="submit">'
+        f'<form method="post" action="{action}/cancel">'
+        '<button id="cancel" class="secondary" type="submit">'
         "Cancel and return to the shop</button></form>"
         if open_
         else f'<p id="closed">This checkout is {checkout.status}.</p>'
-        '<p><a href="/">Back to the shop</a></p>'
+        f'<p><a href="{root}/">Back to the shop</a></p>'
     )
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<title>Demo payment</title><link rel="stylesheet" href="/static/style.css"></head>'
+        f'<title>Demo payment</title><link rel="stylesheet" href="{root}/static/style.css">'
+        f'<link rel="icon" href="{root}/static/img/tote-bag.svg" type="image/svg+xml"></head>'
         '<body class="pay"><main><h1>Demo payment</h1>'
         "<p>No card is charged: this page stands in for Stripe Checkout.</p>"
         f"<table><thead><tr><th>Item</th><th>Qty</th><th>Amount</th></tr></thead>"
@@ -182,8 +186,7 @@ async def demo_pay(request: Request) -> Response:
         async with svc.hub.use(checkout.cart_id) as room:
             successor = room.cart.merged_into
         if successor is not None:
-            cookie = set_cookie_header(svc.ids.sign(successor), is_secure(request))
-            response.headers.append("set-cookie", cookie)
+            response.headers.append("set-cookie", cart_cookie(request, svc.ids.sign(successor)))
     return response
 
 

@@ -1,4 +1,4 @@
-"""Wire messages of PROTOCOL.md v1 as msgspec Structs, with one decoder per union."""
+"""Wire messages of docs/PROTOCOL.md as msgspec Structs, with one decoder per union."""
 
 from __future__ import annotations
 

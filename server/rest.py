@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import sys
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from msgspec import Raw
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -79,13 +81,24 @@ async def _mutate(request: Request, parse: Callable[[Request], Awaitable[Op]]) -
                 key=None if key is None else f"rest:{key}",
                 base_version=base,
                 respond=True,
+                request=None if key is None else _digest(op),
             )
     except errors.CartError as exc:
         svc.metrics.inc("cart_mutations_total", source="rest", result=exc.code)
         return error_response(exc, request, ref)
     svc.metrics.inc("cart_mutations_total", source="rest", result="ok")
     assert outcome.body is not None
-    return cart_response(request, outcome.body, ref, outcome.version)
+    response = cart_response(request, outcome.body, ref, outcome.version)
+    if outcome.replayed:
+        response.headers["idempotent-replayed"] = "true"
+    return response
+
+
+def _digest(op: Op) -> str:
+    """What a request asked, route and body as decoded: the same key for another one is
+    refused (idempotency_key_reused), however its JSON was spelled."""
+    asked = type(op).__name__.encode() + b":" + msgspec.json.encode(op)
+    return hashlib.sha256(asked).hexdigest()[:32]
 
 
 async def _add(request: Request) -> Op:
@@ -293,8 +306,8 @@ async def metrics(request: Request) -> Response:
         if scheme.lower() != "bearer":
             given = ""
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            return Response(
-                b"unauthorized", 401, {"www-authenticate": "Bearer"}, media_type="text/plain"
+            return error_response(
+                errors.Unauthorized("/metrics needs its bearer token"), request, None
             )
     await svc.metrics.collect()
     text = svc.metrics.render()

@@ -224,12 +224,19 @@ class Room:
         key: str | None = None,
         base_version: int | None = None,
         respond: bool = False,
+        request: str | None = None,
     ) -> Outcome:
         """Apply one mutation in this cart's order; returns once it is durably committed
-        and broadcast. Raises CartError (nothing changed) or Unavailable (nothing stored)."""
+        and broadcast. Raises CartError (nothing changed) or Unavailable (nothing stored).
+        `request`, a digest of what was asked, refuses a key reused for something else."""
         async with self.lock:
             return await self.apply_locked(
-                op, origin=origin, key=key, base_version=base_version, respond=respond
+                op,
+                origin=origin,
+                key=key,
+                base_version=base_version,
+                respond=respond,
+                request=request,
             )
 
     async def apply_locked(
@@ -241,6 +248,7 @@ class Room:
         base_version: int | None = None,
         respond: bool = False,
         effects: Callable[[Cart], tuple[Effect, ...]] | None = None,
+        request: str | None = None,
     ) -> Outcome:
         """submit() for a caller already holding the lock. `effects` gives the rows to
         write in the same transaction, from the cart as it will be (asked again after a
@@ -249,12 +257,17 @@ class Room:
         hold = False
         for _ in range(COMMIT_ATTEMPTS):
             if key is not None and key in self.keys:
-                return await self._replay(key, respond)
+                return await self._replay(key, respond, request)
             try:
                 if not hold:  # a compare-and-set on the version this room holds
                     self._check_base(base_version)
                     write = self.prepare(
-                        op, origin=origin, key=key, respond=respond, effects=effects
+                        op,
+                        origin=origin,
+                        key=key,
+                        respond=respond,
+                        effects=effects,
+                        request=request,
                     )
                     await self.ctx.store.commit(write)
                 else:
@@ -267,7 +280,12 @@ class Room:
                             continue  # it was applied meanwhile: replayed above
                         self._check_base(base_version)
                         write = self.prepare(
-                            op, origin=origin, key=key, respond=respond, effects=effects
+                            op,
+                            origin=origin,
+                            key=key,
+                            respond=respond,
+                            effects=effects,
+                            request=request,
                         )
                         await held.commit(write)
             except StaleVersion:
@@ -296,6 +314,7 @@ class Room:
         key: str | None = None,
         respond: bool = False,
         effects: Callable[[Cart], tuple[Effect, ...]] | None = None,
+        request: str | None = None,
     ) -> CartWrite:
         """The write that applying `op` now would commit (CartError if refused)."""
         settings = self.ctx.settings
@@ -304,7 +323,7 @@ class Room:
         patch = encode(domain.patch_msg(new, change, products, origin)).decode()
         body = encode(domain.cart_doc(new, products, settings.currency)) if respond else None
         extra = effects(new) if effects is not None else ()
-        return CartWrite(new, self.cart.version, change, patch, key, body, extra)
+        return CartWrite(new, self.cart.version, change, patch, key, body, extra, request)
 
     def accept(self, write: CartWrite) -> Outcome:
         """Take a committed write into memory and tell the tabs and other processes."""
@@ -314,10 +333,18 @@ class Room:
             self._doc = (write.cart.version, self.ctx.catalog.revision, write.response)
         return Outcome(write.cart.version, write.response)
 
-    async def _replay(self, key: str, respond: bool) -> Outcome:
+    async def _replay(self, key: str, respond: bool, request: str | None) -> Outcome:
         version = self.keys[key]
-        body = await self.ctx.store.replay(self.cart.id, key) if respond else None
-        return Outcome(version, body or (self.document() if respond else None), replayed=True)
+        body: bytes | None = None
+        if respond or request is not None:
+            body, asked = await self.ctx.store.replay(self.cart.id, key)
+            if request is not None and asked is not None and asked != request:
+                raise errors.IdempotencyKeyReused(
+                    "this Idempotency-Key was used for another request; nothing changed"
+                )
+        if respond and body is None:  # its answer is no longer kept: the cart as it is now
+            return Outcome(self.cart.version, self.document(), replayed=True)
+        return Outcome(version, body, replayed=True)
 
     def _accept(self, new: Cart, patch: str, key: str | None) -> None:
         self.cart = new

@@ -78,6 +78,14 @@ def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
     return bool(host) and origin == own
 
 
+def cart_cookie(conn: HTTPConnection, signed: str) -> str:
+    """The Set-Cookie value for this request: cross-site attributes when a browser says
+    the page that asked is on another site (Sec-Fetch-Site), same-site ones otherwise."""
+    cross_site = conn.headers.get("sec-fetch-site") == "cross-site"
+    path = conn.scope.get("root_path") or "/"
+    return set_cookie_header(signed, is_secure(conn), cross_site, path)
+
+
 def is_secure(conn: HTTPConnection) -> bool:
     # A spoofed X-Forwarded-Proto can only make the spoofer's own cookie stricter.
     forwarded = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
@@ -147,13 +155,15 @@ def cart_response(
     if version is not None:
         response.headers["etag"] = f'"{version}"'
     # Sent every time: the 30-day expiry slides with each visit.
-    response.headers.append("set-cookie", set_cookie_header(ref.signed, is_secure(conn)))
+    response.headers.append("set-cookie", cart_cookie(conn, ref.signed))
     return response
 
 
 def error_response(exc: errors.CartError, conn: HTTPConnection, ref: CartRef | None) -> Response:
     body = msgspec.json.encode(exc.body())
-    if ref is None:
+    # A fresh id is handed out only with a cart: kept from a refusal, it would be a cart
+    # made past NEW_CART_RATE (a request refused before that count was taken).
+    if ref is None or ref.issued:
         response = Response(body, exc.status, media_type="application/json")
     else:
         response = cart_response(conn, body, ref, None, exc.status)

@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket
 from . import errors
 from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity
 from .errors import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER
-from .identity import COOKIE, set_cookie_header
+from .identity import COOKIE
 from .limits import TokenBucket, admit
 from .protocol import (
     DECODE_ERRORS,
@@ -31,7 +31,7 @@ from .protocol import (
     error_frame,
 )
 from .room import Room, Tab
-from .web import Services, client_address, is_secure, origin_allowed, services, settle
+from .web import Services, cart_cookie, client_address, origin_allowed, services, settle
 
 log = logging.getLogger("server.ws")
 
@@ -68,7 +68,7 @@ async def cart_socket(websocket: WebSocket) -> None:
 async def _refuse(websocket: WebSocket, svc: Services, code: int, reason: str) -> None:
     # Accept, then close, so the client sees the protocol's close code and a reason rather
     # than a bare 403; no cart frame is sent first.
-    await websocket.accept()
+    await websocket.accept(subprotocol=_subprotocol(websocket))
     await websocket.close(code, reason)
     svc.metrics.inc("cart_ws_closed_total", code=str(code))
 
@@ -84,13 +84,19 @@ async def _serve(websocket: WebSocket, svc: Services) -> None:
     readable = since_raw.isascii() and since_raw.isdigit() and len(since_raw) <= 19
     since = int(since_raw) if readable else None
 
-    asked = svc.ids.resolve(params.get("cart"), websocket.cookies.get(COOKIE))
-    ref = await settle(websocket, svc, asked)
+    asked = svc.ids.resolve(
+        _offered_cart(websocket), params.get("cart"), websocket.cookies.get(COOKIE)
+    )
+    try:
+        ref = await settle(websocket, svc, asked)
+    except errors.RateLimited:
+        await _refuse(websocket, svc, CLOSE_TRY_AGAIN_LATER, "too many new carts from this address")
+        return
     if ref.cart_id != asked.cart_id:
         since = None  # moved on to another cart: its history is not this tab's; a snapshot
     headers = None
     if ref.issued:
-        cookie = set_cookie_header(ref.signed, is_secure(websocket))
+        cookie = cart_cookie(websocket, ref.signed)
         headers = [(b"set-cookie", cookie.encode())]
 
     async with svc.hub.use(ref.cart_id) as room:
@@ -103,7 +109,7 @@ async def _serve(websocket: WebSocket, svc: Services) -> None:
             # Checked before the accept's await as well as after it, so the limit holds.
             await _refuse(websocket, svc, CLOSE_POLICY_VIOLATION, "too many tabs on this cart")
             return
-        await websocket.accept(headers=headers)
+        await websocket.accept(subprotocol=_subprotocol(websocket), headers=headers)
         if len(room.tabs) >= svc.settings.max_tabs_per_cart:
             await websocket.close(CLOSE_POLICY_VIOLATION, "too many tabs on this cart")
             svc.metrics.inc("cart_ws_closed_total", code=str(CLOSE_POLICY_VIOLATION))
@@ -188,6 +194,31 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
             continue
         tab.send(encode(AckMsg(id=msg.id, version=outcome.version)).decode())
         svc.metrics.inc("cart_mutations_total", source="ws", result="ok")
+
+
+# A browser can set no header on a WebSocket handshake but this one: the client offers
+# `cartsync` and `cart-id.<signed id>`, so the bearer credential stays out of the URL (and
+# out of every proxy's and router's log). The server answers `cartsync`.
+SUBPROTOCOL = "cartsync"
+CART_ID_PROTOCOL = "cart-id."
+
+
+def _offered(websocket: WebSocket) -> list[str]:
+    offered: list[str] = websocket.scope.get("subprotocols") or []
+    return offered
+
+
+def _offered_cart(websocket: WebSocket) -> str | None:
+    for value in _offered(websocket):
+        if value.startswith(CART_ID_PROTOCOL):
+            return value[len(CART_ID_PROTOCOL) :]
+    return None
+
+
+def _subprotocol(websocket: WebSocket) -> str | None:
+    """`cartsync` when offered: a browser that offered subprotocols fails a handshake
+    that picks none of them."""
+    return SUBPROTOCOL if SUBPROTOCOL in _offered(websocket) else None
 
 
 def _operation(msg: AddMsg | SetMsg | RemoveMsg | ClearMsg) -> Op:

@@ -14,7 +14,8 @@ const BADGE = {
 // ?transport=poll (or ws) picks the transport, e.g. to try the long-poll fallback by hand.
 const params = new URLSearchParams(location.search);
 const transport = ["ws", "poll"].includes(params.get("transport")) ? params.get("transport") : "auto";
-const client = new CartClient({ transport });
+// The page is served under the server's ROOT_PATH: <base href> names it, and so the API.
+const client = new CartClient({ transport, baseUrl: document.baseURI });
 let products = new Map();
 let productList = [];
 let currency = "usd";
@@ -173,7 +174,8 @@ function renderCart(reset = false) {
 function renderStatus(status) {
   $("#badge").dataset.state = status;
   $("#badge-text").textContent = BADGE[status] || status;
-  if (status === Status.POLLING) $("#presence").hidden = true;
+  // Presence is what the server last said: stale once the connection is gone.
+  if (status !== Status.LIVE) $("#presence").hidden = true;
   renderCart();
 }
 
@@ -264,7 +266,7 @@ $("#login").addEventListener("submit", async (ev) => {
   if (!user) return;
   $("#login-submit").disabled = true;
   try {
-    const res = await fetch("/api/demo/login", {
+    const res = await fetch("api/demo/login", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ user }),
@@ -299,6 +301,7 @@ async function start() {
   else if (outcome === "cancelled") banner("Checkout cancelled: your cart is as you left it.");
   if (outcome) {
     params.delete("checkout");
+    params.delete("session_id"); // said once; not left in the address bar or history
     const rest = params.toString();
     history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
   }
@@ -306,9 +309,12 @@ async function start() {
   renderCart();
   // Stripe's webhook may lag the shopper's return: ask the server to settle now.
   if (outcome === "success") client.confirmCheckout().catch(() => {});
+  // Back from the provider's cancel link: give the stock back and unlock the cart now,
+  // not when the reservation expires.
+  if (outcome === "cancelled") client.cancelCheckout().catch(() => {});
   const cartReady = client.start();
   try {
-    const res = await fetch("/api/products");
+    const res = await fetch("api/products");
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const list = (await res.json()).products;
     productList = list;

@@ -1,4 +1,4 @@
-// cart-client.js: a dependency-free browser client for the cart sync protocol (PROTOCOL.md v1).
+// cart-client.js: a dependency-free browser client for the cart sync protocol (docs/PROTOCOL.md).
 //
 //   import { CartClient } from "/static/cart-client.js";
 //   const client = new CartClient();
@@ -24,7 +24,11 @@ const MUTABLE = new Set(["active", "abandoned"]);
 const FINISHED = new Set(["checked_out", "merged", "expired"]);
 const DEFAULTS = {
   transport: "auto", // "auto" | "ws" | "poll"
-  baseUrl: null, // the cart server; defaults to the page's origin
+  baseUrl: null, // the cart server (with its ROOT_PATH, if any); defaults to the page's origin
+  cartId: null, // a signed cart id to start from (a shop that keeps it itself)
+  persist: false, // keep the signed cart id in localStorage: for browsers that block the
+                  // cart server's cookie (another site's), so a reload keeps the cart
+  legacyQuery: false, // send the id as ?cart= on the socket (for servers before cartsync 0.2)
   backoffBase: 250, // ms before the first retry; doubles per failed attempt ...
   backoffCap: 10000, // ... up to this, with jitter
   offlineAfter: 5, // failed attempts in a row before the status says offline
@@ -61,7 +65,11 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 export class CartClient {
   constructor(options = {}) {
     this.options = { ...DEFAULTS, ...options };
-    this.base = new URL(this.options.baseUrl || location.origin);
+    const base = new URL(this.options.baseUrl || location.origin, location.href);
+    if (!base.pathname.endsWith("/")) base.pathname += "/";
+    this.base = base;
+    this.crossOrigin = base.origin !== location.origin;
+    this.storageKey = `cartsync.cart_id:${base.origin}${base.pathname}`;
     // One client id per page load, never stored: a duplicated tab copies sessionStorage, and
     // two tabs sharing an id would each have the server take the other's messages as repeats.
     this.clientId = randomId(12);
@@ -71,7 +79,8 @@ export class CartClient {
     this.cart = null; // what to show: confirmed + pending
     this.status = Status.CONNECTING;
     this.presence = null; // open tabs of this cart (known over the WebSocket only)
-    this.signed = null; // the signed cart id (X-Cart-Id, `moved`); null: the cookie decides
+    // The signed cart id (X-Cart-Id, `moved`); null: the cookie decides.
+    this._signed = this.options.cartId || this.stored() || null;
     this.catalog = new Map();
     const noSocket = typeof WebSocket !== "function";
     this.mode = this.options.transport === "poll" || noSocket ? "poll" : "ws";
@@ -89,6 +98,23 @@ export class CartClient {
     this.onOnline = () => this.reconnectNow();
     this.onOffline = () => this.setStatus(Status.OFFLINE);
   }
+
+  /** The signed cart id this client names its cart by (kept in localStorage if `persist`). */
+  get signed() { return this._signed; }
+  set signed(value) {
+    this._signed = value;
+    if (this.options.persist && value) {
+      try { localStorage.setItem(this.storageKey, value); } catch { /* storage refused */ }
+    }
+  }
+
+  stored() {
+    if (!this.options.persist) return null;
+    try { return localStorage.getItem(this.storageKey); } catch { return null; }
+  }
+
+  /** A URL on the cart server: `path` is taken under its base (and ROOT_PATH). */
+  url(path) { return new URL(path.replace(/^\//, ""), this.base); }
 
   // --- events ----------------------------------------------------------------------------
 
@@ -128,13 +154,16 @@ export class CartClient {
 
   // --- lifecycle -------------------------------------------------------------------------
 
-  /** Load the cart, then keep it in sync until close(). */
+  /** Load the cart, then keep it in sync until close(). Rejects (and `error` fires) with
+   *  what retrying cannot fix: this page's origin refused, 401 or 403. A network that is
+   *  down is not that: the client keeps trying, status `reconnecting` then `offline`. */
   async start() {
     if (!this.closed) return;
     this.closed = false;
     addEventListener("online", this.onOnline);
     addEventListener("offline", this.onOffline);
-    await this.load(this.generation);
+    const fatal = await this.load(this.generation);
+    if (fatal) throw fatal;
   }
 
   close() {
@@ -154,15 +183,40 @@ export class CartClient {
     try {
       answer = await this.request("GET", "/api/cart");
     } catch (err) {
-      if (gen !== this.generation || this.closed) return;
+      if (gen !== this.generation || this.closed) return null;
+      const fatal = await this.unfixable(err);
+      if (fatal) {
+        this.emit("error", fatal);
+        this.close();
+        return fatal;
+      }
       if (err instanceof CartError) this.emit("error", err);
       this.retryLater(() => this.load(gen));
-      return;
+      return null;
     }
-    if (gen !== this.generation || this.closed) return;
+    if (gen !== this.generation || this.closed) return null;
     this.signed = answer.cartId || this.signed;
     this.setConfirmed(answer.data);
     this.connect();
+    return null;
+  }
+
+  // A refusal no retry can mend, as a CartError; null for what may pass (a network down).
+  // A browser reports a CORS refusal exactly like a network failure, so ask once more
+  // without CORS: an answer, even an opaque one, means the server is there and refused.
+  async unfixable(err) {
+    if (err instanceof CartError) return [401, 403].includes(err.status) ? err : null;
+    if (!this.crossOrigin) return null;
+    try {
+      await fetch(this.url("healthz"), { mode: "no-cors", cache: "no-store" });
+    } catch {
+      return null; // unreachable: offline, reconnecting
+    }
+    return new CartError({
+      code: "origin_not_allowed",
+      message: `${this.base.origin} does not allow requests from ${location.origin}:`
+        + " add it to the cart server's ALLOWED_ORIGINS",
+    });
   }
 
   connect() {
@@ -217,10 +271,11 @@ export class CartClient {
   // --- WebSocket -------------------------------------------------------------------------
 
   socketUrl() {
-    const url = new URL("/api/cart/ws", this.base);
+    const url = this.url("api/cart/ws");
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     url.searchParams.set("client_id", this.clientId);
-    if (this.signed) url.searchParams.set("cart", this.signed);
+    // The id is a bearer credential: never in a URL, which proxies and routers log.
+    if (this.signed && this.options.legacyQuery) url.searchParams.set("cart", this.signed);
     // A finished cart's socket lands on its successor, whose versions mean something else:
     // ask for a snapshot then, never for patches.
     if (this.confirmed && !FINISHED.has(this.confirmed.status)) {
@@ -232,7 +287,10 @@ export class CartClient {
   openSocket() {
     let sock;
     try {
-      sock = new WebSocket(this.socketUrl());
+      // The id travels as a subprotocol, the one header a browser lets a page set here.
+      const protocols = ["cartsync"];
+      if (this.signed && !this.options.legacyQuery) protocols.push(`cart-id.${this.signed}`);
+      sock = new WebSocket(this.socketUrl(), protocols);
     } catch {
       this.fallBack();
       return;
@@ -255,9 +313,15 @@ export class CartClient {
       try { msg = JSON.parse(ev.data); } catch { return; }
       this.onFrame(msg);
     };
-    sock.onclose = () => {
+    sock.onclose = (ev) => {
       if (this.ws !== sock) return;
       this.dropTransport();
+      if (ev.code === 1008 && ev.reason === "origin not allowed") {
+        const err = new CartError({ code: "origin_not_allowed", message: ev.reason });
+        this.emit("error", err);
+        this.close();
+        return;
+      }
       const neverOpened = !opened && !this.everOpened;
       if (neverOpened && this.options.transport === "auto"
           && this.failures + 1 >= this.options.fallbackAfter) {
@@ -342,11 +406,25 @@ export class CartClient {
       case "moved":
         // No id after a sign-in merged this cart: our own credential (the cookie that
         // sign-in set, in this browser) names the cart to go on with.
-        if (!msg.cart_id) this.switchCart(null, null);
+        if (!msg.cart_id) this.followMerge();
         else if (msg.cart_id !== this.signed) this.switchCart(msg.cart_id, null);
         break;
       default: // pong, and types a later server may add
     }
+  }
+
+  // Merged at a sign-in: the cart to go on with is the one our own credential names. With
+  // `persist` that is what the tab that signed in stores, maybe a moment from now.
+  async followMerge() {
+    const old = this.signed;
+    let next = null;
+    const deadline = Date.now() + this.options.movedGrace;
+    while (this.options.persist && Date.now() < deadline) {
+      const stored = this.stored();
+      if (stored && stored !== old) { next = stored; break; }
+      await sleep(100);
+    }
+    if (!this.closed && this.signed === old) this.switchCart(next, null);
   }
 
   /** Apply a patch to the confirmed cart; false when versions skipped one (resync needed). */
@@ -491,11 +569,12 @@ export class CartClient {
     if (this.signed) headers["x-cart-id"] = this.signed;
     if (key) headers["idempotency-key"] = key;
     if (ifMatch !== undefined) headers["if-match"] = `"${ifMatch}"`;
-    const res = await fetch(new URL(path, this.base), {
+    const res = await fetch(this.url(path), {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "same-origin",
+      // Cross-origin, the cookie goes along only when asked for (and the server allows it).
+      credentials: this.crossOrigin ? "include" : "same-origin",
       cache: "no-store",
       signal,
     });

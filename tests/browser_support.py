@@ -132,6 +132,7 @@ class Shop:
         query: str = "",
         init: str = "",
         prepare: Callable[[Page], Awaitable[None]] | None = None,
+        product: str = "p-tee",
     ) -> Shop:
         """A new tab on the shop, once its products are shown. `init` runs before the
         page's scripts; `prepare(page)` before it loads (routes)."""
@@ -141,7 +142,7 @@ class Shop:
         if prepare is not None:
             await prepare(page)
         await page.goto(f"{server.url}/{query}")
-        await shop.product("p-tee").locator(".add").wait_for(timeout=WAIT_MS)
+        await shop.product(product).locator(".add").wait_for(timeout=WAIT_MS)
         return shop
 
     @property

@@ -148,6 +148,8 @@ class ServerProcess:
             "CART_SECRET": SECRET,
             "LOG_LEVEL": "info",
             "DEMO_CATALOG": "0" if catalog else "1",
+            # The suite pays with the demo provider on both stores; off is its own test.
+            "DEMO_PAYMENTS": "1",
             **UNLIMITED,
             **(env or {}),
         }
@@ -390,14 +392,16 @@ class TcpProxy:
 class RedisServer:
     """A private redis-server on a free port that a test may kill and start again."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         if shutil.which("redis-server") is None:
@@ -410,6 +414,7 @@ class RedisServer:
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", str(self.workdir),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -78,9 +78,37 @@ async def test_two_tabs_stay_in_sync_without_reload(browser: Browser, make_shop:
     picture = ARTIFACTS / "two-tabs.png"
     await side_by_side(browser, shots, picture)
     assert picture.stat().st_size > 10_000
+    await context.close()
+
+
+async def test_the_readme_picture_shows_the_demo_a_user_gets(
+    browser: Browser, make_server: Callable[..., ServerProcess]
+) -> None:
+    """The first README command's page, two tabs of one cart: the 20-product demo catalog.
+    UPDATE_SCREENSHOT=1 copies the picture to docs/screenshot.png."""
+    server = make_server(catalog=False).start()  # DEMO_CATALOG, as `python -m server` seeds it
+    context = await browser.new_context(viewport={"width": 940, "height": 700}, locale="en-US")
+    a = await Shop.open(context, server, product="p-001")
+    b = await Shop.open(context, server, product="p-001")
+    await expect(a.page.locator("#products > li")).to_have_count(20)
+    await a.add("p-001")
+    await b.add("p-004")
+    await a.add("p-004")
+    for tab in (a, b):
+        await expect(tab.count).to_have_text("3")
+        await expect(tab.presence).to_have_text("2 tabs open")
+    shots = []
+    for caption, tab in (("Tab A", a), ("Tab B", b)):
+        await tab.page.evaluate("document.activeElement.blur(); scrollTo(0, 0)")
+        shots.append((caption, await tab.page.screenshot()))
+    picture = ARTIFACTS / "readme.png"
+    await side_by_side(browser, shots, picture)
+    assert picture.stat().st_size > 10_000
     if os.environ.get("UPDATE_SCREENSHOT") == "1":  # refreshes the one README shows
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copyfile(picture, ROOT / "docs" / "screenshot.png")
+    for tab in (a, b):
+        await tab.assert_clean()
     await context.close()
 
 
@@ -359,5 +387,45 @@ async def test_keyboard_and_a_phone_sized_screen(browser: Browser, make_shop: Ma
     await expect(page.locator("#empty")).to_be_visible()
     # The removed line took the focus with it; the cart has it now, not the page's end.
     assert await page.evaluate("document.activeElement.id") == "cart"
+    await shop.assert_clean()
+    await context.close()
+
+
+async def test_on_a_phone_the_cart_covers_nothing_and_checkout_is_in_reach(
+    browser: Browser, make_shop: MakeShop
+) -> None:
+    """Measured, not only tabbed through: at 375 px the cart is in the page's flow (it
+    once stayed sticky and covered the products), and its total and Checkout button are
+    within reach, not thousands of pixels down."""
+    server = make_shop()
+    height = 740
+    context = await browser.new_context(viewport={"width": 375, "height": height}, locale="en-US")
+    shop = await Shop.open(context, server)
+    page = shop.page
+    await shop.add("p-tee")
+    await expect(shop.count).to_have_text("1")
+    reach = await page.evaluate(
+        """() => ["#subtotal", "#checkout"].map(
+            (sel) => document.querySelector(sel).getBoundingClientRect().bottom + scrollY)"""
+    )
+    assert max(reach) < 2 * height, reach
+    covered = []
+    for product in await page.locator("#products > li").all():
+        await product.scroll_into_view_if_needed()
+        covered += await product.evaluate(
+            """(el) => {
+                const r = el.getBoundingClientRect();
+                const points = [[r.left + 4, r.top + 4], [r.right - 4, r.bottom - 4],
+                                [(r.left + r.right) / 2, (r.top + r.bottom) / 2]];
+                return points
+                  .filter(([x, y]) => y >= 0 && y < innerHeight)
+                  .map(([x, y]) => document.elementFromPoint(x, y))
+                  .filter((hit) => hit && !el.contains(hit))
+                  .map((hit) => `${el.dataset.id} under ${hit.closest("[id]")?.id}`);
+            }"""
+        )
+    assert covered == []
+    await page.locator("#checkout").scroll_into_view_if_needed()
+    await expect(page.locator("#checkout")).to_be_in_viewport()
     await shop.assert_clean()
     await context.close()

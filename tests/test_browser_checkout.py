@@ -73,6 +73,7 @@ async def test_checkout_locks_the_other_tab_and_payment_starts_a_fresh_cart(
     await a.page.wait_for_url(shop_url(server), timeout=WAIT_MS)
     await expect(a.page.locator("#banner")).to_contain_text("order is placed")
     assert "checkout=" not in a.page.url  # the outcome is shown once, not on every reload
+    assert "session_id" not in a.page.url
     for tab in (a, b):
         await expect(tab.page.locator("#empty")).to_be_visible()
         await expect(tab.count).to_have_text("0")
@@ -106,6 +107,27 @@ async def test_cancelled_payment_keeps_the_cart_and_unlocks_it(
     for tab in (a, b):
         await assert_unlocked(tab)
         await expect(tab.qty("p-tee")).to_have_value("1")
+    await b.add("p-tee")
+    await expect(a.qty("p-tee")).to_have_value("2")
+    await context.close()
+
+
+async def test_coming_back_by_the_providers_cancel_link_unlocks_the_cart(
+    browser: Browser, make_shop: MakeShop
+) -> None:
+    """Stripe's cancel link only leads back to `/?checkout=cancelled`: the page itself must
+    cancel, or the cart stays locked ("Checkout in progress") until the hold expires."""
+    server = make_shop(DEMO)
+    context = await browser.new_context(locale="en-US")
+    a = await Shop.open(context, server)
+    b = await Shop.open(context, server)
+    await a.add("p-tee")
+    await a.press("Checkout")
+    await assert_locked(b)
+    await a.page.goto(f"{server.url}/?checkout=cancelled")  # as the provider's link does
+    await expect(a.page.locator("#banner")).to_contain_text("cancelled")
+    for tab in (a, b):
+        await assert_unlocked(tab)
     await b.add("p-tee")
     await expect(a.qty("p-tee")).to_have_value("2")
     await context.close()

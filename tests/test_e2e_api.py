@@ -799,7 +799,7 @@ async def test_the_page_and_its_assets_are_served_with_a_strict_policy(
     async with rest(server) as client:
         page = await client.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-        assert '<script type="module" src="/static/app.js"></script>' in page.text
+        assert '<script type="module" src="static/app.js"></script>' in page.text
         policy = page.headers["content-security-policy"]
         assert "default-src 'self'" in policy and "unsafe-inline" not in policy
         assert page.headers["x-content-type-options"] == "nosniff"

@@ -49,7 +49,7 @@ def _int(value: Any, low: int, high: float) -> bool:
 
 
 def valid(message: Any) -> bool:
-    """Is this decoded JSON a valid client message per PROTOCOL.md (and the README)?"""
+    """Is this decoded JSON a valid client message per docs/PROTOCOL.md?"""
     if not isinstance(message, dict) or message.get("type") not in KINDS:
         return False
     kind = message["type"]

@@ -1,4 +1,4 @@
-"""Wire messages of PROTOCOL.md: what the decoders accept and refuse, and what we send."""
+"""Wire messages of docs/PROTOCOL.md: what the decoders accept and refuse, and what we send."""
 
 from __future__ import annotations
 

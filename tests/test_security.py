@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,10 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from itsdangerous import Signer
 
 from server.auth import make_user_token
-from tests.support import SECRET, ServerProcess, Tab, rest, sign
+from tests.support import (
+    SECRET,
+    RedisServer,
+    ServerProcess,
+    Tab,
+    fresh_schema,
+    rest,
+    sign,
+)
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "server"
 
@@ -353,7 +363,7 @@ def test_the_scan_passes_queries_from_literals(snippet: str) -> None:
 
 
 async def test_a_whole_session_logs_no_secret_and_no_credential(
-    make_server: Callable[..., ServerProcess],
+    make_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     tag = uuid.uuid4().hex
     secrets = {
@@ -362,7 +372,27 @@ async def test_a_whole_session_logs_no_secret_and_no_credential(
         "STRIPE_WEBHOOK_SECRET": f"whsec_{tag}",
         "CART_EVENTS_SECRET": f"events-secret-{tag}",
     }
-    server = make_server({**secrets, "LOG_LEVEL": "trace", "ACCESS_LOG": "1"}).start()
+    passwords = {"PostgreSQL": f"pg-password-{tag}", "Redis": f"redis-password-{tag}"}
+    redis = RedisServer(tmp_path, password=passwords["Redis"]).start()
+    async with fresh_schema() as database_url:
+        try:
+            await _whole_session(make_server, tag, secrets, passwords, database_url, redis.url)
+        finally:
+            redis.kill()
+
+
+async def _whole_session(
+    make_server: Callable[..., ServerProcess],
+    tag: str,
+    secrets: dict[str, str],
+    passwords: dict[str, str],
+    database_url: str,
+    redis_url: str,
+) -> None:
+    # Trust authentication takes any password: the URL carries one, as production's do.
+    database_url = database_url.replace("://postgres@", f"://postgres:{passwords['PostgreSQL']}@")
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "trace"}
+    server = make_server({**secrets, **env, "ACCESS_LOG": "1"}).start()
     token = make_user_token("shopper-1", secrets["CART_AUTH_SECRET"])
     credentials: set[str] = {token}
     async with rest(server) as client:
@@ -402,13 +432,27 @@ async def test_a_whole_session_logs_no_secret_and_no_credential(
     await by_cookie.close()
     foreign = await Tab.open(server, signed, origin="http://evil.example")
     await foreign.closed()
+    # The id percent-encoded, under a percent-encoded name: read as ?cart= all the same.
+    encoded = "".join(f"%{byte:02X}" for byte in signed.encode())
+    async with websockets.connect(f"{server.ws_url}?%63art={encoded}", proxy=None) as sneaky:
+        assert json.loads(await sneaky.recv())["type"] == "snapshot"
+    # A demo checkout: its id pays or cancels it.
+    async with rest(server) as client:
+        add = await client.post("/api/cart/items", json={"product_id": "p-003"})
+        client.headers["X-Cart-Id"] = add.headers["x-cart-id"]
+        credentials.add(add.headers["x-cart-id"])
+        started = (await client.post("/api/cart/checkout")).json()
+        checkout_id = started["session_id"]
+        assert (await client.get(started["checkout_url"])).status_code == 200
+        assert (await client.post(f"{started['checkout_url']}/pay")).status_code == 303
     server.stop()
 
     log = server.log()
     assert "WebSocket /api/cart/ws" in log  # the log did record the sockets, and the requests
     assert "/api/cart/items" in log and "/api/cart/login" in log
     assert "ASGI [" in log and "< cookie: [redacted]" in log  # trace: scopes and headers too
-    for name, secret in secrets.items():
+    assert "/checkout/demo/[redacted]" in log and checkout_id not in log
+    for name, secret in {**secrets, **passwords}.items():
         assert secret not in log, name
     for value in credentials:
         assert value not in log

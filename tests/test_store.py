@@ -30,7 +30,7 @@ from server.cart import (
     apply,
     patch_msg,
 )
-from server.config import ConfigError, Settings
+from server.config import SCHEMA_PATH, ConfigError, Settings
 from server.metrics import Metrics
 from server.protocol import encode
 from server.store import AlreadyApplied, CartWrite, StaleVersion, Store, open_store
@@ -113,6 +113,7 @@ def build(
     at: datetime = NOW,
     key: str | None = None,
     response: bytes | None = None,
+    request: str | None = None,
     catalog: Mapping[str, Product] = CATALOG,
 ) -> tuple[Cart, CartWrite]:
     """The next cart and the write that stores it, as a room would make them."""
@@ -125,6 +126,7 @@ def build(
         patch=patch,
         key=key,
         response=response,
+        request=request,
     )
     return new, write
 
@@ -360,14 +362,33 @@ async def test_failing_update_of_an_existing_cart_leaves_it_as_it_was(
 
 async def test_replay_returns_the_stored_response(store: Store) -> None:
     body = b'{"id":"cart-1","version":1}'
-    v1, write = build(fresh(), AddItem("p-001", 1), key="rest-1", response=body)
+    v1, write = build(fresh(), AddItem("p-001", 1), key="rest-1", response=body, request="d1")
     await store.commit(write)
     _, write = build(v1, AddItem("p-001", 1), key="ws-1")
     await store.commit(write)
-    assert await store.replay("cart-1", "rest-1") == body
-    assert await store.replay("cart-1", "ws-1") is None
-    assert await store.replay("cart-1", "never") is None
-    assert await store.replay("other-cart", "rest-1") is None
+    assert await store.replay("cart-1", "rest-1") == (body, "d1")
+    assert await store.replay("cart-1", "ws-1") == (None, None)
+    assert await store.replay("cart-1", "never") == (None, None)
+    assert await store.replay("other-cart", "rest-1") == (None, None)
+
+
+async def test_an_older_file_gains_the_request_column(tmp_path: Path) -> None:
+    """A database made before Idempotency-Key digests were stored opens, and works."""
+    path = tmp_path / "old.db"
+    old_schema = SCHEMA_PATH.read_text().replace(
+        "    request    TEXT,", "    -- (no request column yet)"
+    )
+    assert "request    TEXT" not in old_schema
+    with sqlite3.connect(path) as conn:
+        conn.executescript(old_schema)
+    store = await open_store(Settings(database_url=f"sqlite:///{path}"))
+    try:
+        await store.upsert_products(list(CATALOG.values()))
+        _, write = build(fresh(), AddItem("p-001", 1), key="k", response=b"{}", request="d")
+        await store.commit(write)
+        assert await store.replay("cart-1", "k") == (b"{}", "d")
+    finally:
+        await store.close()
 
 
 async def test_prune_deletes_only_keys_older_than_the_cutoff(store: Store) -> None:

@@ -45,11 +45,32 @@ class PaymentProvider(Protocol):
     async def close(self) -> None: ...
 
 
+class NoProvider:
+    """Neither Stripe nor demo payments: checkout answers 503 payments_unavailable before
+    anything is reserved."""
+
+    name = "none"
+
+    async def create(self, request: PaymentRequest) -> PaymentSession:
+        raise RuntimeError("no payment provider is configured")
+
+    async def expire(self, session_id: str) -> bool:
+        return True
+
+    async def state(self, session_id: str) -> SessionState:
+        return SessionState(status="expired")
+
+    async def close(self) -> None:
+        return None
+
+
 def open_provider(settings: Settings) -> PaymentProvider:
     if settings.stripe_secret_key:
         from .stripe import StripeProvider
 
         return StripeProvider(settings)
-    from .demo import DemoProvider
+    if settings.demo_payments:
+        from .demo import DemoProvider
 
-    return DemoProvider()
+        return DemoProvider()
+    return NoProvider()

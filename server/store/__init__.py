@@ -176,6 +176,7 @@ class CartWrite(Struct, frozen=True):
     key: str | None = None  # the mutation id (REST Idempotency-Key or WS message id)
     response: bytes | None = None  # REST: the first answer, replayed for a repeated key
     effects: tuple[Effect, ...] = ()  # written in the same transaction, after the cart
+    request: str | None = None  # REST: a digest of what was asked, to refuse a reused key
 
 
 class StoreStats(Struct, frozen=True):
@@ -248,7 +249,7 @@ class Store(Protocol):
     async def versions(self, cart_ids: list[str]) -> dict[str, int]:
         """The stored version of each of these carts that exists, in one query."""
 
-    async def replay(self, cart_id: str, key: str) -> bytes | None:
+    async def replay(self, cart_id: str, key: str) -> tuple[bytes | None, str | None]:
         """The stored first answer for a REST idempotency key."""
 
     async def prune(self, applied_before: datetime) -> int:

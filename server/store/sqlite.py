@@ -94,6 +94,7 @@ class SQLiteStore:
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")  # validated in Settings
         conn.execute("PRAGMA foreign_keys = ON")
         conn.executescript("BEGIN IMMEDIATE;\n" + SCHEMA_PATH.read_text() + "\nCOMMIT;")
+        _add_columns(conn)
         self._writer = conn
 
     # --- the writer: group commit ----------------------------------------------------
@@ -216,14 +217,15 @@ class SQLiteStore:
             raise StaleVersion(cart.id)
         if write.key is not None:
             cur = conn.execute(
-                "INSERT INTO applied_mutations (cart_id, key, version, response, created_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (cart_id, key) DO NOTHING",
+                "INSERT INTO applied_mutations (cart_id, key, version, response, created_at,"
+                " request) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (cart_id, key) DO NOTHING",
                 (
                     cart.id,
                     write.key,
                     cart.version,
                     write.response.decode() if write.response is not None else None,
                     now,
+                    write.request,
                 ),
             )
             if cur.rowcount != 1:
@@ -418,11 +420,15 @@ class SQLiteStore:
             found.append(checkout_from_row(row, [CheckoutLine(*line) for line in lines]))
         return found
 
-    async def replay(self, cart_id: str, key: str) -> bytes | None:
+    async def replay(self, cart_id: str, key: str) -> tuple[bytes | None, str | None]:
         rows = await self._read(
-            "SELECT response FROM applied_mutations WHERE cart_id = ? AND key = ?", (cart_id, key)
+            "SELECT response, request FROM applied_mutations WHERE cart_id = ? AND key = ?",
+            (cart_id, key),
         )
-        return rows[0][0].encode() if rows and rows[0][0] is not None else None
+        if not rows:
+            return None, None
+        response, request = rows[0]
+        return (response.encode() if response is not None else None), request
 
     async def load_products(self, changed_since: str = "") -> tuple[list[Product], str]:
         rows = await self._read(
@@ -592,3 +598,15 @@ def _claim_events(now: str, until: str, limit: int, conn: sqlite3.Connection) ->
         "UPDATE cart_events SET next_attempt_at = ? WHERE id = ?", [(until, row[0]) for row in rows]
     )
     return [CartEvent(*row) for row in rows]
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Columns added after a table was first made: CREATE TABLE IF NOT EXISTS leaves an
+    older file's table as it is."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(applied_mutations)")}
+    if "request" not in columns:
+        try:
+            conn.execute("ALTER TABLE applied_mutations ADD COLUMN request TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
