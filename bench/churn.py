@@ -98,7 +98,7 @@ async def run(args: argparse.Namespace, server: LocalServer) -> tuple[list[Sampl
 
         async def sampler() -> None:
             while time.monotonic() < stop_at:
-                s = await sample(client, server.proc.pid, started, server.dir / "bench.db")  # type: ignore[union-attr]
+                s = await sample(server.url, server.proc.pid, started, server.dir / "bench.db")  # type: ignore[union-attr]
                 samples.append(s)
                 print(line(s), flush=True)
                 await asyncio.sleep(args.every)

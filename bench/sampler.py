@@ -66,10 +66,11 @@ def row_counts(db: Path) -> dict[str, int]:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
 
 
-async def sample(
-    client: httpx.AsyncClient, pid: int, started: float, db: Path | None = None
-) -> Sample:
-    metrics = (await client.get("/metrics")).text
+async def sample(url: str, pid: int, started: float, db: Path | None = None) -> Sample:
+    # A connection of its own for each sample: one kept alive between samples spaced like
+    # the server's keep-alive timeout (5 s) races its closing, and the sample is lost.
+    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as client:
+        metrics = (await client.get("/metrics")).raise_for_status().text
     return Sample(
         at=time.monotonic() - started,
         rss=Probe(pid).rss_bytes(),

@@ -288,7 +288,7 @@ async def run(
 
         async def sampler() -> None:
             while time.monotonic() < stop_at:
-                s = await sample(client, pid, started)
+                s = await sample(server.url, pid, started)
                 samples.append(s)
                 g = s.gauges
                 print(
