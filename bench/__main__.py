@@ -1,5 +1,6 @@
 """Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold;
-the crash test, `python -m bench crash --kills 1000`; and the long runs, churn and soak.
+the crash test, `python -m bench crash --kills 1000`; `attack`, half-open connections
+and a huge header from one address; and the long runs, churn and soak.
 
 Starts its own server (SQLite in a temp dir) unless given --url. Every run is bounded in
 count and time, and prints a human table and one JSON line (with the machine)."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import churn, cold, crash, fanout, max, rest, soak, tabs
+from . import attack, churn, cold, crash, fanout, max, rest, soak, tabs
 from .harness import LocalServer, Target, raise_nofile
 
 MODES = {
@@ -19,6 +20,7 @@ MODES = {
     "tabs": (tabs, "N idle WebSockets: server RSS per tab, then fan-out beside them"),
     "cold": (cold, "time to the first snapshot of carts not in memory"),
     "crash": (crash, "SIGKILL under load, restart, check every acknowledged mutation"),
+    "attack": (attack, "half-open connections and a huge header: what others see meanwhile"),
     "soak": (soak, "a steady mix of everything for N minutes: nothing lost, nothing grows"),
     "churn": (churn, "anonymous shoppers come and go for weeks (TTLs shortened): rows level off"),
 }

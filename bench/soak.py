@@ -346,7 +346,7 @@ def missing_acks(db: Path, ledger: Ledger) -> list[str]:
 
 
 def main(args: argparse.Namespace, target: object) -> None:
-    server = LocalServer({"DEMO_LOGIN": "1"}).start()
+    server = LocalServer({"DEMO_LOGIN": "1", "DEMO_PAYMENTS": "1"}).start()
     try:
         samples, ledger, behind = uvloop.run(run(args, server))
         server.stop()

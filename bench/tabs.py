@@ -17,8 +17,9 @@ from .harness import Target, latency_line, products, raise_nofile, report
 from .http import open_carts
 from .pool import Pool
 
-# Descriptors a server needs besides its sockets (database, WAL, listener, epoll, pipes).
-SERVER_FDS = 100
+# Descriptors a server needs besides its sockets (database, WAL, listener, epoll, pipes):
+# it keeps 128 of its limit back from clients (server/connections.py FD_MARGIN), and more.
+SERVER_FDS = 160
 # Half of a common fd limit; one process opens them about as fast as one server accepts.
 TABS_PER_PROC = 10_000
 MiB = 1024 * 1024

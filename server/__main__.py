@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -66,8 +67,9 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument(
         "--forwarded-allow-ips",
-        default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-        help="proxies trusted for X-Forwarded-* ('*' behind a platform router such as Heroku's)",
+        default=None,
+        help="proxies trusted for X-Forwarded-* ('*' behind a platform router such as Heroku's);"
+        " default: FORWARDED_ALLOW_IPS, else 127.0.0.1",
     )
 
 
@@ -75,16 +77,28 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .config import forwarded_allow_ips
+    from .connections import Sockets, capacity, guarded_http, raise_fd_limit
+    from .forwarded import ProxyHeaders, TrustedProxies
+    from .limits import AddressCount
     from .serving import GRACEFUL_SECONDS, CartServer, redact_logs, stall_guarded
 
+    if args.forwarded_allow_ips is not None:
+        trusted_ips = forwarded_allow_ips(args.forwarded_allow_ips)
+        settings = dataclasses.replace(settings, forwarded_allow_ips=trusted_ips)
+    trusted = TrustedProxies(settings.forwarded_allow_ips)
+    per_address = AddressCount(settings.max_sockets_per_ip)
+    sockets = Sockets(per_address, capacity(raise_fd_limit()), trusted)
+    ws = stall_guarded(settings)  # websockets-sansio, dropping stuck peers
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        # uvicorn's own proxy-header middleware believes the client's leftmost entry.
+        ProxyHeaders(app, trusted, settings.forwarded_hops, per_address),
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
-        ws=stall_guarded(settings),  # websockets-sansio, dropping stuck peers
+        http=guarded_http(settings, sockets, ws),  # httptools or h11, with header limits
+        ws=ws,
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,  # frames are small; compressing each per tab costs more
         ws_ping_interval=20.0,
@@ -92,8 +106,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         lifespan="on",
         access_log=settings.access_log,
         log_level=settings.log_level,
-        proxy_headers=True,
-        forwarded_allow_ips=args.forwarded_allow_ips,
+        proxy_headers=False,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         server_header=False,  # names the software and version to anyone probing
     )

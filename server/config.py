@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -61,6 +62,22 @@ def _scheme(name: str, url: str, allowed: tuple[str, ...], example: str) -> str:
     return url
 
 
+def forwarded_allow_ips(raw: str) -> tuple[str, ...]:
+    """'*', or comma-separated addresses and networks: '10.0.0.1, 10.1.0.0/16'."""
+    entries = tuple(e.strip() for e in raw.split(",") if e.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                "FORWARDED_ALLOW_IPS must be '*' or IP addresses and networks (10.0.0.0/8),"
+                f" comma-separated; got {entry!r}"
+            ) from None
+    return entries
+
+
 @dataclass(frozen=True)
 class Settings:
     # URLs may carry a password: never in a repr (settings are logged at trace level).
@@ -89,6 +106,16 @@ class Settings:
     ws_send_buffer: int = 256 * 1024
     max_tabs_per_cart: int = 20
     max_connections_per_ip: int = 100  # open WebSockets and long-polls from one address
+    # TCP connections of any kind from one address (idle, half-open, WebSocket); from
+    # the environment it defaults to twice MAX_CONNECTIONS_PER_IP.
+    max_sockets_per_ip: int = 200
+    header_timeout: float = 10.0  # a request line and headers must arrive within this
+    max_header_bytes: int = 32 * 1024  # request line plus headers; larger: 431
+    # Proxies whose X-Forwarded-For and -Proto are believed ('*': any peer), and how many
+    # stand in front of the server: the client is the entry that many from the right.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+    forwarded_hops: int = 1
+    http_parser: str = "httptools"  # or "h11": pure Python, slower; the same limits apply
     # Checkouts holding stock at once per client address: one address cannot hoard it.
     max_checkouts_per_ip: int = 10
     # New carts per second (and burst) per client address: far above the first visits of
@@ -189,6 +216,9 @@ class Settings:
         if log_level not in {"critical", "error", "warning", "info", "debug", "trace"}:
             levels = "critical, error, warning, info, debug or trace"
             raise ConfigError(f"LOG_LEVEL must be {levels}, got {log_level!r}")
+        parser = get("HTTP_PARSER", cls.http_parser).lower()
+        if parser not in {"httptools", "h11"}:
+            raise ConfigError(f"HTTP_PARSER must be httptools or h11, got {parser!r}")
         price = get("CHECKOUT_PRICE", cls.checkout_price).lower()
         if price not in {"snapshot", "current"}:
             raise ConfigError(f"CHECKOUT_PRICE must be snapshot or current, got {price!r}")
@@ -211,6 +241,16 @@ class Settings:
         # A local first run gets a working demo; a deploy that forgot its Stripe key must
         # not let anyone "pay", nor show made-up products.
         first_run = database_url.lower().startswith("sqlite") and not env.get("DYNO")
+        header_timeout = duration("HEADER_TIMEOUT", cls.header_timeout)
+        if header_timeout <= 0:
+            raise ConfigError("HEADER_TIMEOUT must be more than 0 s")
+        connections = number("MAX_CONNECTIONS_PER_IP", cls.max_connections_per_ip)
+        sockets = number("MAX_SOCKETS_PER_IP", 2 * connections)
+        if sockets < connections:
+            raise ConfigError(
+                f"MAX_SOCKETS_PER_IP ({sockets}) must be at least MAX_CONNECTIONS_PER_IP"
+                f" ({connections}): every WebSocket and long-poll is a socket too"
+            )
         public_url = get("PUBLIC_URL", "").rstrip("/")
         if public_url and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", public_url):
             raise ConfigError(f"PUBLIC_URL must be an http:// or https:// URL, got {public_url!r}")
@@ -240,7 +280,13 @@ class Settings:
             ws_send_timeout=duration("WS_SEND_TIMEOUT", cls.ws_send_timeout),
             ws_send_buffer=number("WS_SEND_BUFFER", cls.ws_send_buffer),
             max_tabs_per_cart=number("MAX_TABS_PER_CART", cls.max_tabs_per_cart),
-            max_connections_per_ip=number("MAX_CONNECTIONS_PER_IP", cls.max_connections_per_ip),
+            max_connections_per_ip=connections,
+            max_sockets_per_ip=sockets,
+            header_timeout=header_timeout,
+            max_header_bytes=number("MAX_HEADER_BYTES", cls.max_header_bytes),
+            forwarded_allow_ips=forwarded_allow_ips(get("FORWARDED_ALLOW_IPS", "127.0.0.1")),
+            forwarded_hops=number("FORWARDED_HOPS", cls.forwarded_hops),
+            http_parser=parser,
             max_checkouts_per_ip=number("MAX_CHECKOUTS_PER_IP", cls.max_checkouts_per_ip),
             new_cart_rate=rate("NEW_CART_RATE", cls.new_cart_rate),
             new_cart_burst=number("NEW_CART_BURST", cls.new_cart_burst),

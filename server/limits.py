@@ -109,3 +109,28 @@ class ConnectionCounter:
                 self.open[address] = left
             else:
                 del self.open[address]
+
+
+class AddressCount:
+    """Open sockets per client address, against a limit: take() before, give() after.
+
+    Shared by the connection layer, which counts TCP peers, and the proxy-header middleware,
+    which counts requests a trusted proxy forwards, by the client address it reports."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+
+    def take(self, address: str) -> bool:
+        count = self.open.get(address, 0)
+        if count >= self.limit:
+            return False
+        self.open[address] = count + 1
+        return True
+
+    def give(self, address: str) -> None:
+        left = self.open.get(address, 0) - 1
+        if left > 0:
+            self.open[address] = left
+        else:
+            self.open.pop(address, None)

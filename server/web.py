@@ -48,8 +48,9 @@ class Services(Struct, frozen=True):
 
 
 def client_address(conn: HTTPConnection) -> str:
-    """The peer's address as uvicorn reports it: X-Forwarded-For is taken into account only
-    from proxies listed in --forwarded-allow-ips, so a client cannot pick its own."""
+    """The client's address: the TCP peer's, or behind a proxy in FORWARDED_ALLOW_IPS the
+    one that proxy appended to X-Forwarded-For (forwarded.ProxyHeaders), so a client
+    cannot pick its own."""
     return conn.client.host if conn.client is not None else ""
 
 
@@ -87,9 +88,8 @@ def cart_cookie(conn: HTTPConnection, signed: str) -> str:
 
 
 def is_secure(conn: HTTPConnection) -> bool:
-    # A spoofed X-Forwarded-Proto can only make the spoofer's own cookie stricter.
-    forwarded = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    return conn.url.scheme in ("https", "wss") or forwarded == "https"
+    # The scheme a trusted proxy reports (X-Forwarded-Proto) is in the scope already.
+    return conn.url.scheme in ("https", "wss")
 
 
 async def settle(conn: HTTPConnection, svc: Services, ref: CartRef) -> CartRef:

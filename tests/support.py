@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -138,8 +139,15 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m server` in a child process on its own SQLite file."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None, catalog: bool = True):
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        catalog: bool = True,
+        open_files: int | None = None,  # RLIMIT_NOFILE (soft and hard) of the process
+    ):
         self.workdir = workdir
+        self.open_files = open_files
         self.db = workdir / "cart.db"
         self.port = free_port()
         self.env = {
@@ -187,6 +195,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=None if self.open_files is None else self._limit_open_files,
         )
 
         def pump(stream: Iterable[str]) -> None:
@@ -202,6 +211,10 @@ class ServerProcess:
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(self.lines))
         return self
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.proc is None:

@@ -110,6 +110,20 @@ def test_cold_waits_for_an_external_server_to_evict(
     assert result["wrong_snapshots"] == 0
 
 
+def test_attack_counts_held_and_refused_connections() -> None:
+    # Its own server: 200 sockets per address (twice MAX_CONNECTIONS_PER_IP), 2 s for a head.
+    args = ("--half-open", "250", "--probes", "5", "--header-mib", "2", "--timeout", "30")
+    result = bench("--server-env", "HEADER_TIMEOUT=2s", "attack", *args)
+    stall, huge = result["half_open"], result["huge_header"]
+    assert stall["connected"] == 250
+    assert stall["held"] == stall["held_answers_408"] == 200 and stall["refused"] == 50
+    assert stall["held_still_open"] == 0 and stall["held_closed_after_s"] > 0
+    assert stall["healthz_ok"] == stall["healthz_probes"] == 5
+    assert huge["header_bytes"] == 2 * 1024 * 1024
+    assert huge["answer"] == "HTTP/1.1 431 Request Header Fields Too Large"
+    assert huge["healthz_ok"] == huge["healthz_probes"]
+
+
 def bench_any(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
     """Like bench(), for modes that exit 1 with a verdict: the code and the JSON line."""
     proc = subprocess.run(

@@ -207,12 +207,17 @@ async def test_the_demo_page_refuses_strangers(server: ServerProcess) -> None:
 
 async def test_an_empty_cart_cannot_check_out(server: ServerProcess) -> None:
     async with rest(server) as client:
-        response = await client.post("/api/cart/checkout", json={})
+        signed = (await client.get("/api/cart")).headers["x-cart-id"]
+        response = await client.post("/api/cart/checkout", json={}, headers={"X-Cart-Id": signed})
         assert response.status_code == 409
         assert response.json()["error"]["code"] == "empty_cart"
-        cart = await client.get("/api/cart", headers={"X-Cart-Id": response.headers["x-cart-id"]})
+        cart = await client.get("/api/cart", headers={"X-Cart-Id": signed})
         assert cart.json()["status"] == "active" and cart.json()["version"] == 0
         assert checkouts_of(server, cart.json()["id"]) == []
+        # A request that names no cart and is refused is handed no cart id.
+        client.cookies.clear()
+        fresh = await client.post("/api/cart/checkout", json={})
+        assert fresh.status_code == 409 and "x-cart-id" not in fresh.headers
 
 
 async def test_a_short_line_reserves_nothing(server: ServerProcess) -> None:

@@ -55,6 +55,33 @@ def test_defaults_from_an_empty_environment() -> None:
     assert settings.ws_send_timeout == 5.0
     assert settings.ws_send_buffer == 256 * 1024
     assert settings.long_poll_max == 25.0
+    # The connection layer.
+    assert settings.max_sockets_per_ip == 200
+    assert settings.header_timeout == 10.0
+    assert settings.max_header_bytes == 32 * 1024
+    assert settings.forwarded_allow_ips == ("127.0.0.1",)
+    assert settings.forwarded_hops == 1
+
+
+def test_connection_settings_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "MAX_CONNECTIONS_PER_IP": "7",
+            "HEADER_TIMEOUT": "2s",
+            "MAX_HEADER_BYTES": "8192",
+            "FORWARDED_ALLOW_IPS": " 10.0.0.1, 10.1.0.0/16 ,::1",
+            "FORWARDED_HOPS": "2",
+        }
+    )
+    assert settings.max_sockets_per_ip == 14  # twice MAX_CONNECTIONS_PER_IP unless set
+    assert settings.header_timeout == 2.0
+    assert settings.max_header_bytes == 8192
+    assert settings.forwarded_allow_ips == ("10.0.0.1", "10.1.0.0/16", "::1")
+    assert settings.forwarded_hops == 2
+    assert Settings.from_env({"FORWARDED_ALLOW_IPS": "*"}).forwarded_allow_ips == ("*",)
+    assert Settings.from_env({"MAX_SOCKETS_PER_IP": "300"}).max_sockets_per_ip == 300
+    with pytest.raises(ConfigError, match="MAX_SOCKETS_PER_IP .* MAX_CONNECTIONS_PER_IP"):
+        Settings.from_env({"MAX_SOCKETS_PER_IP": "50"})
 
 
 def test_limits_are_read() -> None:
@@ -154,6 +181,13 @@ def test_values_are_read_and_normalised() -> None:
         ("WS_SEND_BUFFER", "256k"),
         ("LONG_POLL_MAX", "-1"),
         ("LOG_LEVEL", "verbose"),
+        ("HEADER_TIMEOUT", "0"),
+        ("HEADER_TIMEOUT", "never"),
+        ("MAX_HEADER_BYTES", "32k"),
+        ("MAX_SOCKETS_PER_IP", "0"),
+        ("FORWARDED_HOPS", "0"),
+        ("FORWARDED_ALLOW_IPS", "proxy.internal"),
+        ("FORWARDED_ALLOW_IPS", "10.0.0.1, 10.0.0.300"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_variable(name: str, value: str) -> None:

@@ -228,7 +228,7 @@ async def test_connections_past_the_per_address_limit_are_refused(
     await tab.close()
 
 
-async def test_the_address_is_the_one_uvicorn_trusts_not_any_x_forwarded_for(
+async def test_the_address_is_the_one_the_server_trusts_not_any_x_forwarded_for(
     make_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     # 127.0.0.1 is a trusted proxy by default (FORWARDED_ALLOW_IPS): behind it, each

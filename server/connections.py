@@ -1,0 +1,339 @@
+"""The HTTP connection before the app sees a request: how long its head may take, how big
+it may be, how many sockets one address may hold, and how many the process may hold.
+
+uvicorn waits forever for a request's headers, parses headers of any size (httptools
+buffers them by repeated concatenation: a 100 MB header held the loop for seconds) and
+accepts until the process runs out of descriptors. Here, per connection:
+
+- the request line and headers must be complete within HEADER_TIMEOUT (408, then closed);
+- they may be at most MAX_HEADER_BYTES (431, then closed); the parser is never fed more;
+- a TCP peer may hold MAX_SOCKETS_PER_IP connections of any kind. A trusted proxy's
+  connections carry many clients, so they are not counted per address here; the requests
+  it forwards are, by the client address it reports (forwarded.ProxyHeaders);
+- the process keeps FD_MARGIN descriptors for its listening socket, database, Redis and
+  outbound connections: at capacity the oldest connection still waiting for a request
+  head (half-open, or idle between requests) is closed for the new one, and without such
+  a connection the new one is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import resource
+import time
+from typing import Any
+
+import h11
+import msgspec
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from .config import Settings
+from .forwarded import TrustedProxies
+from .limits import AddressCount
+
+log = logging.getLogger("server")
+
+FD_MARGIN = 128  # descriptors never given to client connections
+LINGER_SECONDS = 2.0  # after a 431: how long the rest of the client's head is read and dropped
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one (the default soft limit, often
+    1,024, is what a few hundred slow clients exhaust); returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # some platforms cap it lower than they say: keep what there is
+    return soft
+
+
+class Sockets:
+    """Every client connection the process holds, shared by all of them."""
+
+    def __init__(self, per_address: AddressCount, capacity: int, trusted: TrustedProxies) -> None:
+        self.per_address = per_address
+        self.capacity = capacity
+        self.trusted = trusted
+        # transport -> the address it counts against (None: a trusted proxy's)
+        self.open: dict[asyncio.BaseTransport, str | None] = {}
+        self.waiting: dict[asyncio.BaseTransport, None] = {}  # for a request head, oldest first
+        self._warned = -1e9
+
+    def admit(self, transport: asyncio.BaseTransport, peer: str) -> int | None:
+        """None if the connection may stay, else the HTTP status to refuse it with."""
+        if len(self.open) >= self.capacity and not self._close_oldest_waiting():
+            return 503
+        address = None if peer in self.trusted else peer
+        if address is not None and not self.per_address.take(address):
+            return 429
+        self.open[transport] = address
+        self.waiting[transport] = None
+        return None
+
+    def release(self, transport: asyncio.BaseTransport) -> None:
+        """The connection is gone (idempotent: called by whichever protocol held it)."""
+        self.waiting.pop(transport, None)
+        if transport in self.open:
+            address = self.open.pop(transport)
+            if address is not None:
+                self.per_address.give(address)
+
+    def set_waiting(self, transport: asyncio.BaseTransport, waiting: bool) -> None:
+        self.waiting.pop(transport, None)
+        if waiting and transport in self.open:
+            self.waiting[transport] = None  # to the end: the newest
+
+    def _close_oldest_waiting(self) -> bool:
+        oldest = next(iter(self.waiting), None)
+        now = time.monotonic()
+        if now - self._warned > 10.0:  # under a flood, a line now and then, not one each
+            self._warned = now
+            what = "closing the oldest idle one" if oldest else "none idle, refusing new ones"
+            log.warning("at the limit of %d client connections: %s", self.capacity, what)
+        if oldest is None:
+            return False
+        self.release(oldest)
+        oldest.close()
+        return True
+
+
+def capacity(limit: int) -> int:
+    """Client connections a process with `limit` descriptors may hold."""
+    return max(limit - FD_MARGIN, limit // 2)
+
+
+def http_response(
+    status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]
+) -> bytes:
+    """A whole response that closes the connection, with the API's error body."""
+    body = msgspec.json.encode({"error": {"code": code, "message": message}})
+    head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}".encode()]
+    head += [name + b": " + value for name, value in headers]
+    head += [
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+REFUSALS = {
+    429: ("too_many_connections", "too many connections from this address"),
+    503: ("unavailable", "the server is at its connection limit; try again"),
+}
+
+
+class ReleasedOnClose(asyncio.Protocol):
+    """Mixed into the WebSocket protocol: an upgraded connection is that protocol's from
+    then on, and it is its `connection_lost` that is called at the end."""
+
+    sockets: Sockets
+    _held: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._held = transport
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            if self._held is not None:
+                self.sockets.release(self._held)
+
+
+class HeadGuard(asyncio.Protocol):
+    """Mixed into uvicorn's HTTP protocols (before them): the guards above. The parser's
+    part is to say whether bytes now arriving belong to a request head."""
+
+    sockets: Sockets
+    ws: type[asyncio.Protocol] | None = None
+    header_timeout = 10.0
+    max_header_bytes = 32 * 1024
+    # uvicorn's, set by the protocol this is mixed into
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
+    server_state: ServerState
+    ws_protocol_class: Any
+    cycle: Any  # the request being answered, if any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ws_protocol_class = self.ws
+        self._head_bytes = 0  # of the current head, fed to the parser so far
+        self._timer: asyncio.TimerHandle | None = None
+        self._dropping = False  # answered and closing: what still arrives is not parsed
+
+    def _awaiting_head(self) -> bool:
+        raise NotImplementedError
+
+    def _head_started(self) -> bool:
+        """Some of the awaited head has arrived."""
+        raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        refused = self.sockets.admit(transport, self.client[0] if self.client else "")
+        if refused is not None:
+            self._answer(refused, *REFUSALS[refused])
+            return
+        self._start_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self.sockets.release(self.transport)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        while data and not self._dropping:
+            if not self._awaiting_head():  # a body: the app's limits apply
+                super().data_received(data)
+                return
+            # Never more than the limit to the parser (httptools copies a header each time
+            # a piece of it arrives).
+            room = self.max_header_bytes - self._head_bytes
+            piece, data = data[:room], data[room:]
+            self._head_bytes += len(piece)
+            if piece:
+                super().data_received(piece)
+            if self.transport.get_protocol() is not self:
+                self._head_done()  # upgraded: the WebSocket protocol has it now
+                return
+            if self.transport.is_closing():
+                return
+            if not self._awaiting_head():
+                self._head_done()
+            elif self._head_bytes >= self.max_header_bytes:
+                limit = self.max_header_bytes
+                message = f"request line and headers over {limit} bytes"
+                self._answer(431, "headers_too_large", message, linger=True)
+
+    def _idle(self) -> bool:
+        """Waiting for a request head, with no response under way."""
+        return self._awaiting_head() and (self.cycle is None or self.cycle.response_complete)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing() and self._idle():
+            self.sockets.set_waiting(self.transport, True)
+            if self._timer is None:  # the next head is due within the timeout too
+                self._start_timer()
+
+    def _head_done(self) -> None:
+        self._cancel_timer()
+        self._head_bytes = 0
+        self.sockets.set_waiting(self.transport, False)
+
+    def _start_timer(self) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if not self._head_started():  # nothing of a request at all: nothing to answer
+            self.transport.close()
+            return
+        message = f"request headers not complete within {self.header_timeout:g} s"
+        self._answer(408, "request_timeout", message)
+
+    def _answer(self, status: int, code: str, message: str, linger: bool = False) -> None:
+        """Answer and close, parsing nothing more. With `linger`, the write side is shut
+        at once but what the client is still sending is read (and dropped) for a moment:
+        closing with unread data would reset the connection, and the client could lose
+        the answer before reading it."""
+        self._dropping = True
+        self._cancel_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head behind a response still being sent: no answer of ours can
+            # go out in the middle of it.
+            self.transport.close()
+            return
+        headers = self.server_state.default_headers
+        self.transport.write(http_response(status, code, message, headers))
+        if linger and self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.abort)
+        else:
+            self.transport.close()
+
+
+class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
+    """uvicorn's httptools protocol (the default), guarded; httptools says where a head
+    begins and ends through its callbacks."""
+
+    _in_head = True
+    _begun = False
+
+    def _awaiting_head(self) -> bool:
+        return self._in_head
+
+    def _head_started(self) -> bool:
+        return self._begun
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._begun = True
+        if self._timer is None:  # a pipelined request, behind one still being answered
+            self._start_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = self._begun = False
+        self._head_done()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+
+
+class GuardedH11Protocol(HeadGuard, H11Protocol):
+    """uvicorn's h11 protocol, guarded; h11's state says whether a head is awaited."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Its own limit (uvicorn answers 400 past it) only backs ours up: pipelined
+        # requests wait in its buffer while one is answered.
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=2 * self.max_header_bytes)
+
+    def _awaiting_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE
+
+    def _head_started(self) -> bool:
+        return bool(self.conn.trailing_data[0])  # what h11 holds of a head it awaits
+
+
+PARSERS: dict[str, type[HeadGuard]] = {
+    "httptools": GuardedHttpToolsProtocol,
+    "h11": GuardedH11Protocol,
+}
+
+
+def guarded_http(
+    settings: Settings, sockets: Sockets, ws: type[asyncio.Protocol]
+) -> type[HeadGuard]:
+    """The HTTP protocol class (HTTP_PARSER), configured: uvicorn instantiates it per
+    connection."""
+    parser = PARSERS[settings.http_parser]
+    released = type(ws.__name__, (ReleasedOnClose, ws), {"sockets": sockets})
+    limits = {
+        "sockets": sockets,
+        "ws": released,
+        "header_timeout": settings.header_timeout,
+        "max_header_bytes": settings.max_header_bytes,
+    }
+    return type(parser.__name__, (parser,), limits)
