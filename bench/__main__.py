@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import attack, churn, cold, crash, fanout, max, rest, soak, tabs
-from .harness import LocalServer, Target, raise_nofile
+from . import attack, churn, cold, crash, fanout, floor, max, rest, side, soak, tabs
+from .harness import FloorServer, LocalServer, Target, raise_nofile
 
 MODES = {
     "fanout": (fanout, "K carts x T tabs at a fixed offered rate"),
@@ -21,9 +21,13 @@ MODES = {
     "cold": (cold, "time to the first snapshot of carts not in memory"),
     "crash": (crash, "SIGKILL under load, restart, check every acknowledged mutation"),
     "attack": (attack, "half-open connections and a huge header: what others see meanwhile"),
+    "floor": (floor, "serve the floor: the leanest in-memory server of the protocol"),
+    "side": (side, "the issue's figures for this server and the floor, alternating: ratios"),
     "soak": (soak, "a steady mix of everything for N minutes: nothing lost, nothing grows"),
     "churn": (churn, "anonymous shoppers come and go for weeks (TTLs shortened): rows level off"),
 }
+# Modes that can measure the floor (--floor) instead of this server.
+FLOOR_MODES = {"fanout", "max", "rest", "tabs"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,12 +48,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="environment for the server this run starts (repeatable)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure the floor (bench/floor.py, in memory) instead of this server",
+    )
     subparsers = parser.add_subparsers(dest="mode", required=True)
     for name, (module, summary) in MODES.items():
         module.add_arguments(subparsers.add_parser(name, help=summary, description=summary))
     args = parser.parse_args(argv)
     module = MODES[args.mode][0]
     module.check(parser, args)
+    if args.floor and (args.mode not in FLOOR_MODES or args.url):
+        parser.error(f"--floor goes with {', '.join(sorted(FLOOR_MODES))}, and not with --url")
     if any("=" not in item for item in args.server_env):
         parser.error("--server-env takes NAME=VALUE")
     env = dict(item.split("=", 1) for item in args.server_env)
@@ -58,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(module, "OWN_SERVER", False):
         module.main(args, None)
         return 0
-    server = None if args.url else LocalServer(env).start()
+    server: LocalServer | FloorServer | None = None
+    if not args.url:
+        server = FloorServer().start() if args.floor else LocalServer(env).start()
     try:
         module.main(args, Target(args.url or [server.url], server, args.pid))  # type: ignore[union-attr]
     finally:

@@ -1,4 +1,5 @@
-"""fanout: K carts x T tabs; mutations offered at a fixed rate (open loop) from random tabs;
+"""fanout: K carts x T tabs; mutations offered at a fixed rate (open loop) from random tabs,
+or with --window, as fast as they are answered (closed loop: the saturated throughput);
 latency from send until every tab of that cart holds the patch."""
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--carts", type=int, default=100)
     parser.add_argument("--tabs", type=int, default=3, help="tabs per cart")
     parser.add_argument("--rate", type=float, default=2000.0, help="mutations offered per second")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="closed loop instead: this many mutations in flight per cart (--rate unused)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     procs_argument(parser)
@@ -33,6 +40,8 @@ def procs_argument(parser: argparse.ArgumentParser, default: int = 1) -> None:
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 < args.seconds <= 300 or args.rate * args.seconds > 5_000_000:
         parser.error("a run is bounded: at most 300 s and 5,000,000 mutations")
+    if not 0 <= args.window <= 64:
+        parser.error("--window 0..64")
     if not (0 < args.carts <= 50_000 and 0 < args.tabs <= 64 and 0 < args.procs <= 32):
         parser.error("--carts 1..50000, --tabs 1..64, --procs 1..32")
 
@@ -66,7 +75,9 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         (
             "offered",
-            f"{result['offered_rate']:,.0f} mutations/s ({result['mutations']:,} mutations)",
+            f"closed loop, {result['window']} in flight per cart ({result['mutations']:,} sent)"
+            if result.get("window")
+            else f"{result['offered_rate']:,.0f} mutations/s ({result['mutations']:,} mutations)",
         ),
         (
             "achieved",
@@ -89,14 +100,15 @@ def main(args: argparse.Namespace, target: Target) -> None:
     signed = uvloop.run(open_carts(target.url, args.carts))
     with Pool(target.urls, signed, args.tabs, args.procs, ids) as pool:
         opened = pool.open()
-        raw = pool.run(args.rate, args.seconds, args.warmup, args.carts, target.pid)
+        raw = pool.run(args.rate, args.seconds, args.warmup, args.carts, target.pid, args.window)
     result = {
         "carts": args.carts,
         "tabs_per_cart": args.tabs,
         "seconds": args.seconds,
         "procs": args.procs,
         "tabs_failed": opened["failed"],
-        **summarize(raw, args.rate, args.tabs),
+        "window": args.window,
+        **summarize(raw, 0.0 if args.window else args.rate, args.tabs),
     }
     table = [("carts x tabs", f"{args.carts} x {args.tabs} ({args.procs} generator procs)")]
     if opened["failed"]:

@@ -174,11 +174,53 @@ class LocalServer:
         self.stop(signal.SIGKILL)
 
 
+class FloorServer:
+    """bench/floor.py in a child process: the in-memory floor on the same stack."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FloorServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench", "floor", "--port", str(self.port)],
+            preexec_fn=raise_nofile,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                httpx.get(f"{self.url}/api/products", trust_env=False, timeout=1)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.remove()
+        raise RuntimeError("the floor server did not start")
+
+    def remove(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 class Target:
     """The server under test: one this run started, or --url (--pid to read its CPU and RSS)."""
 
     def __init__(
-        self, urls: list[str], server: LocalServer | None = None, pid: int | None = None
+        self,
+        urls: list[str],
+        server: LocalServer | FloorServer | None = None,
+        pid: int | None = None,
     ) -> None:
         self.urls = urls  # --url repeated: several processes of one deployment
         self.url = urls[0]

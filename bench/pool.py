@@ -150,10 +150,17 @@ class Pool:
         return {"opened": opened, "failed": failed, "seconds": seconds, "error": first_error}
 
     def run(
-        self, rate: float, seconds: float, warmup: float, active: int, server_pid: int | None
+        self,
+        rate: float,
+        seconds: float,
+        warmup: float,
+        active: int,
+        server_pid: int | None,
+        window: int = 0,
     ) -> dict[str, Any]:
         """One fan-out run over `active` carts in all: each process offers its share of the
-        rate on its share of the carts; samples and counts merged."""
+        rate (or keeps `window` in flight per cart) on its share of the carts; samples and
+        counts merged."""
         shares = [0] * len(self.conns)
         left = min(active, sum(self.complete))
         while left:
@@ -165,7 +172,8 @@ class Pool:
         busy = [n for n, share in enumerate(shares) if share]
         for k, n in enumerate(busy):
             pid = server_pid if k == 0 else None  # one process reads the server's CPU
-            self.conns[n].send(("run", rate * shares[n] / total, seconds, warmup, shares[n], pid))
+            share = rate * shares[n] / total
+            self.conns[n].send(("run", share, seconds, warmup, shares[n], pid, window))
         parts = [
             self._expect(self.conns[n], warmup + seconds + GRACE_SECONDS, "ran")[1] for n in busy
         ]

@@ -1,5 +1,6 @@
 """The tabs of one load-generator process: open them, read every frame, offer mutations at a
-fixed rate (open loop, not waiting for acks) and time each until every tab of its cart has
+fixed rate (open loop, not waiting for acks) or as fast as they are answered (closed loop,
+a window of mutations in flight per cart), and time each until every tab of its cart has
 the patch. Ordering is checked on every tab as frames arrive."""
 
 from __future__ import annotations
@@ -94,8 +95,10 @@ class TabReader:
             self.last = _decode_snapshot(raw).cart.version
         elif frame.type == "ack" and frame.id is not None:
             rec.acked[frame.id] = frame.version or 0
+            self.rig.answered(self.cart)
         elif frame.type == "error":
             rec.errors += 1
+            self.rig.answered(self.cart)
 
 
 class Rig:
@@ -109,6 +112,9 @@ class Rig:
         self.opened = self.failed = 0
         self.open_error = ""
         self.runs = 0
+        self._loop: tuple[str, float, int] | None = None  # closed: (id prefix, until, window)
+        self._sent = 0
+        self._in_flight: defaultdict[int, int] = defaultdict(int)  # cart -> unanswered
 
     async def open(
         self, signed: list[str], tabs_per_cart: int, concurrency: int, seconds: float
@@ -149,7 +155,6 @@ class Rig:
     async def _offer(self, carts: list[int], rate: float, seconds: float, prefix: str) -> int:
         """Send at `rate` per second for `seconds`, on schedule whether or not acks came."""
         total = int(rate * seconds)
-        rng, rec = self.rng, self.rec
         start = time.perf_counter()
         for n in range(total):
             delay = start + n / rate - time.perf_counter()
@@ -157,23 +162,62 @@ class Rig:
                 await asyncio.sleep(delay)
             elif n % 16 == 0:
                 await asyncio.sleep(0)  # behind schedule: still let the readers run
-            cart = carts[rng.randrange(len(carts))]
-            row = self.tabs[cart]
-            msg_id = f"{prefix}{n}"
-            product = self.products[rng.randrange(len(self.products))]
-            payload = f'{{"type":"add","id":"{msg_id}","product_id":"{product}","quantity":1}}'
-            rec.sent[msg_id] = (cart, time.perf_counter())
-            if not row[rng.randrange(len(row))].send(payload.encode()):
-                rec.errors += 1
+            self._send(carts[self.rng.randrange(len(carts))], f"{prefix}{n}")
         return total
 
+    async def _saturate(self, carts: list[int], window: int, seconds: float, prefix: str) -> int:
+        """Keep `window` mutations in flight per cart for `seconds`: each answer (ack or
+        error) sends the cart's next one."""
+        self._sent, self._loop = 0, (prefix, time.perf_counter() + seconds, window)
+        for cart in carts:
+            while self._in_flight[cart] < window:
+                self._next(cart)
+        await asyncio.sleep(seconds)
+        self._loop = None
+        return self._sent
+
+    def answered(self, cart: int) -> None:
+        """A mutation of `cart` was answered: in a closed loop, send its next one."""
+        self._in_flight[cart] = max(0, self._in_flight[cart] - 1)
+        loop = self._loop
+        if loop is not None and time.perf_counter() < loop[1] and self._in_flight[cart] < loop[2]:
+            self._next(cart)
+
+    def _next(self, cart: int) -> None:
+        assert self._loop is not None
+        self._send(cart, f"{self._loop[0]}{self._sent}")
+        self._sent += 1
+
+    def _send(self, cart: int, msg_id: str) -> None:
+        rng, row = self.rng, self.tabs[cart]
+        product = self.products[rng.randrange(len(self.products))]
+        payload = f'{{"type":"add","id":"{msg_id}","product_id":"{product}","quantity":1}}'
+        self.rec.sent[msg_id] = (cart, time.perf_counter())
+        self._in_flight[cart] += 1
+        if not row[rng.randrange(len(row))].send(payload.encode()):
+            self.rec.errors += 1
+            self._in_flight[cart] -= 1
+
     async def run(
-        self, rate: float, seconds: float, warmup: float, active: int, server_pid: int | None
+        self,
+        rate: float,
+        seconds: float,
+        warmup: float,
+        active: int,
+        server_pid: int | None,
+        window: int = 0,
     ) -> dict[str, Any]:
-        """One measured run over the first `active` complete carts: raw samples and counts."""
+        """One measured run over the first `active` complete carts: raw samples and counts;
+        with a `window`, a closed loop (`rate` is not used)."""
         carts = self.complete_carts()[:active]
         self.runs += 1
-        if not carts or rate <= 0:
+
+        async def offer(seconds: float, prefix: str) -> int:
+            if window > 0:
+                return await self._saturate(carts, window, seconds, prefix)
+            return await self._offer(carts, rate, seconds, prefix)
+
+        if not carts or (rate <= 0 and window <= 0):
             return {
                 "latencies": [],
                 "offered": 0,
@@ -188,13 +232,13 @@ class Rig:
             }
         if warmup > 0:
             self.rec = Recorder()
-            await self._offer(carts, rate, warmup, f"r{self.runs}w")
+            await offer(warmup, f"r{self.runs}w")
         warm, self.rec = self.rec, Recorder()
         rec = self.rec
         probe = Probe(server_pid) if server_pid else None
         server_cpu = probe.cpu_seconds() if probe else 0.0
         client_cpu, started = cpu_seconds(), time.perf_counter()
-        offered = await self._offer(carts, rate, seconds, f"r{self.runs}m")
+        offered = await offer(seconds, f"r{self.runs}m")
         elapsed = time.perf_counter() - started
         client_cpu = cpu_seconds() - client_cpu
         server_cpu = probe.cpu_seconds() - server_cpu if probe else None

@@ -1,6 +1,8 @@
 """tabs: N idle WebSockets across carts; the server's RSS before and after, per tab; its
 CPU while they idle; then the fan-out on some of those carts with all of them connected
-(latency until every one of the cart's tabs has the patch)."""
+(latency until every one of the cart's tabs has the patch). All along, a probe tab pings
+every 10 ms: its longest round trip bounds the longest stop of the server's event loop
+(with this many tabs, a full garbage collection)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import uvloop
 from . import fanout
 from .harness import Target, latency_line, products, raise_nofile, report
 from .http import open_carts
+from .pause import PauseProbe
 from .pool import Pool
 
 # Descriptors a server needs besides its sockets (database, WAL, listener, epoll, pipes):
@@ -82,9 +85,12 @@ def main(args: argparse.Namespace, target: Target) -> None:
     rss_start = probe.rss_bytes() if probe else None
     signed = uvloop.run(open_carts(target.url, carts))
     rss_carts = probe.rss_bytes() if probe else None
-    with Pool(
-        target.urls, signed, args.tabs, procs, ids, args.concurrency, args.open_seconds
-    ) as pool:
+    with (
+        PauseProbe(target.url, signed[0]) as pause,
+        Pool(
+            target.urls, signed, args.tabs, procs, ids, args.concurrency, args.open_seconds
+        ) as pool,
+    ):
         cpu = probe.cpu_seconds() if probe else None
         opened = pool.open(show_progress=True)
         open_cpu = probe.cpu_seconds() - cpu if probe and cpu is not None else None
@@ -96,6 +102,7 @@ def main(args: argparse.Namespace, target: Target) -> None:
         raw = pool.run(args.rate, args.seconds, args.warmup, args.active, target.pid)
         rss_after = probe.rss_bytes() if probe else None
     fan = fanout.summarize(raw, args.rate, args.tabs)
+    stalls = pause.result()
     n = opened["opened"] or 1
     per_tab = (rss_tabs - rss_carts) / n if rss_tabs is not None and rss_carts is not None else None
     per_tab_all = (
@@ -120,6 +127,7 @@ def main(args: argparse.Namespace, target: Target) -> None:
         "rss_per_tab_bytes": per_tab,
         "rss_per_tab_with_room_bytes": per_tab_all,
         "idle_server_cpu_cores": idle_cpu,
+        "ping_rtt_ms": stalls,
         "fanout": {"active_carts": raw["carts"], **fan},
     }
     table = [
@@ -150,6 +158,12 @@ def main(args: argparse.Namespace, target: Target) -> None:
             else "n/a",
         ),
         ("idle server CPU", f"{idle_cpu:.3f} cores" if idle_cpu is not None else "n/a"),
+        (
+            "ping every 10 ms",
+            f"{stalls['pings']:,} round trips: p99 {stalls['p99']:.1f} ms, longest"
+            f" {stalls['max']:.1f} ms (bounds the longest stop of the server's loop)"
+            + (f"; {stalls['error']}" if stalls["error"] else ""),
+        ),
         ("fan-out", f"{raw['carts']} carts x {args.tabs} tabs at {args.rate:,.0f}/s"),
         ("fan-out latency", latency_line(fan["latency_ms"])),
         ("errors / unfinished", f"{fan['errors']} / {fan['unfinished']}"),

@@ -17,7 +17,7 @@ from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import errors, openapi, payment_pages, rest, ws
+from . import direct, errors, openapi, payment_pages, rest, ws
 from .bus import open_bus
 from .catalog import Catalog
 from .checkout import Checkouts
@@ -132,6 +132,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_age=3600,
             )
         )
+    # Innermost: past the host check, before the exception middleware and the router.
+    middleware.append(Middleware(direct.Dispatch))
     return Starlette(
         routes=routes,
         lifespan=lifespan,

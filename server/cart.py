@@ -1,5 +1,5 @@
-"""Pure cart domain: values, the one `apply` that turns an operation into a new cart and
-a change, and the rendering of both into wire documents. No asyncio, no I/O."""
+"""Pure cart domain: values, and the one `apply` that turns an operation into a new cart
+and a change (render.py makes wire documents of both). No asyncio, no I/O."""
 
 from __future__ import annotations
 
@@ -10,17 +10,9 @@ from enum import StrEnum
 from msgspec import Struct, structs
 
 from . import errors
-from .clock import iso
 from .protocol import (
     MAX_LINES,
     MAX_QUANTITY,
-    CartDoc,
-    ItemDoc,
-    PatchMsg,
-    PatchOp,
-    RemoveOp,
-    StatusOp,
-    UpsertOp,
 )
 
 
@@ -329,67 +321,3 @@ def _earlier(a: Line, b: Line) -> Line:
 
 def _replace(lines: tuple[Line, ...], new: Line) -> tuple[Line, ...]:
     return tuple(new if line.product_id == new.product_id else line for line in lines)
-
-
-# --- rendering ----------------------------------------------------------------------
-
-_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "cad": "CA$", "aud": "A$"}
-_ZERO_DECIMAL = {"jpy", "krw", "vnd", "clp", "isk", "huf"}
-
-
-def format_money(cents: int, currency: str) -> str:
-    """'$39.98' for 3998 usd; '1,500 ¥' style amounts for zero-decimal currencies."""
-    sign = "-" if cents < 0 else ""
-    symbol = _SYMBOLS.get(currency)
-    if currency in _ZERO_DECIMAL:
-        amount = f"{abs(cents):,}"
-    else:
-        amount = f"{abs(cents) // 100:,}.{abs(cents) % 100:02d}"
-    return f"{sign}{symbol}{amount}" if symbol else f"{sign}{amount} {currency.upper()}"
-
-
-def item_doc(line: Line, catalog: Mapping[str, Product]) -> ItemDoc:
-    product = catalog.get(line.product_id)
-    return ItemDoc(
-        product_id=line.product_id,
-        sku=product.sku if product else "",
-        name=product.name if product else line.product_id,
-        quantity=line.quantity,
-        unit_price_cents=line.unit_price_cents,
-        line_total_cents=line.quantity * line.unit_price_cents,
-        image_url=product.image_url if product else None,
-        current_price_cents=product.price_cents if product else line.unit_price_cents,
-    )
-
-
-def cart_doc(cart: Cart, catalog: Mapping[str, Product], currency: str) -> CartDoc:
-    subtotal = cart.subtotal_cents
-    return CartDoc(
-        id=cart.id,
-        version=cart.version,
-        status=cart.status.value,
-        items=[item_doc(line, catalog) for line in cart.lines],
-        item_count=cart.item_count,
-        subtotal_cents=subtotal,
-        currency=currency,
-        total_formatted=format_money(subtotal, currency),
-        updated_at=iso(cart.updated_at),
-        abandon_at=iso(cart.abandon_at) if cart.abandon_at else None,
-    )
-
-
-def patch_msg(
-    cart: Cart, change: Change, catalog: Mapping[str, Product], origin: str | None
-) -> PatchMsg:
-    """The patch that takes a tab from version cart.version - 1 to cart.version."""
-    ops: list[PatchOp] = [UpsertOp(item_doc(line, catalog)) for line in change.upserted]
-    ops.extend(RemoveOp(product_id) for product_id in change.removed)
-    if change.status is not None:
-        ops.append(StatusOp(change.status.value))
-    return PatchMsg(
-        version=cart.version,
-        ops=ops,
-        item_count=cart.item_count,
-        subtotal_cents=cart.subtotal_cents,
-        origin=origin,
-    )

@@ -9,8 +9,14 @@ from typing import Any, ClassVar
 CLOSE_POLICY_VIOLATION = 1008  # foreign Origin, too many tabs or connections, invalid frames
 # or refused mutations past the rate limit
 CLOSE_MESSAGE_TOO_BIG = 1009  # sent by uvicorn for frames over WS_MAX_SIZE
+CLOSE_INTERNAL_ERROR = 1011  # the server cannot serve WebSockets as it is run
 CLOSE_SERVICE_RESTART = 1012  # sent by uvicorn on shutdown; clients reconnect with ?since=
 CLOSE_TRY_AGAIN_LATER = 1013  # tab too slow to keep up; it reconnects and resyncs
+REASON_FOR_CLOSE = {
+    CLOSE_POLICY_VIOLATION: "too many invalid or rate-limited messages",
+    CLOSE_SERVICE_RESTART: "server restarting",
+    CLOSE_TRY_AGAIN_LATER: "too slow to keep up; reconnect with since",
+}
 
 
 class CartError(Exception):

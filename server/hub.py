@@ -332,7 +332,7 @@ class Hub:
         tabs = [tab for room in rooms for tab in room.tabs]
         for tab in tabs:
             tab.close(CLOSE_SERVICE_RESTART, flush=True)
-        await asyncio.gather(*(tab.done.wait() for tab in tabs))
+        await asyncio.gather(*(tab.closed() for tab in tabs))
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -20,6 +20,9 @@ log = logging.getLogger("server.identity")
 COOKIE = "cart_id"
 HEADER = "x-cart-id"
 COOKIE_MAX_AGE = 30 * 86400
+# Signed ids already verified, kept so a shopper's every request does not pay for an HMAC
+# and a UUID parse again; a signature stays valid for the life of the secret.
+VERIFIED_KEPT = 50_000
 
 
 class CartRef(Struct, frozen=True):
@@ -34,6 +37,7 @@ class CartIds:
     def __init__(self, secret: str) -> None:
         self._secret = secret
         self._signer = Signer(secret, salt="cart-id", digest_method=hashlib.sha256)
+        self._verified: dict[str, str] = {}  # signed value -> cart id
 
     def derive(self, purpose: str) -> str:
         """A key for another purpose, from the same secret (HMAC keeps them apart)."""
@@ -45,11 +49,20 @@ class CartIds:
     def unsign(self, value: str | None) -> str | None:
         if not value or len(value) > 200:
             return None
+        known = self._verified.get(value)
+        if known is not None:
+            return known
         try:
             cart_id = self._signer.unsign(value).decode()
-            return str(uuid.UUID(cart_id, version=4)) if cart_id else None
+            cart_id = str(uuid.UUID(cart_id, version=4)) if cart_id else ""
         except (BadSignature, ValueError):
             return None
+        if not cart_id:
+            return None
+        if len(self._verified) >= VERIFIED_KEPT:
+            self._verified.clear()  # the next requests verify again; the memory stays bounded
+        self._verified[value] = cart_id
+        return cart_id
 
     def new(self) -> CartRef:
         cart_id = str(uuid.uuid4())

@@ -13,9 +13,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from . import errors
-from .cart import format_money
 from .checkout import Outcome, cancel_url, success_url
 from .identity import COOKIE
+from .render import format_money
 from .store import Checkout
 from .web import cart_cookie, error_response, origin_allowed, services
 

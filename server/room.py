@@ -18,12 +18,12 @@ from datetime import datetime, timedelta
 from msgspec import Raw, Struct
 
 from . import cart as domain
-from . import errors
+from . import errors, render
 from .cart import FINISHED, Abandon, Cart, Expire, Op, Status
 from .catalog import Catalog
 from .clock import iso, utcnow
 from .config import Settings
-from .errors import CLOSE_TRY_AGAIN_LATER
+from .frames import Tab, broadcast
 from .limits import TokenBucket
 from .metrics import Metrics
 from .protocol import CartEventDoc, EventItem, MovedMsg, PresenceMsg, SnapshotMsg, encode
@@ -38,35 +38,6 @@ COMMIT_ATTEMPTS = 10
 # Event loops may run a timer slightly before the wall clock reaches its deadline (uvloop
 # rounds to milliseconds); a timer a few milliseconds late finds the cart due.
 TIMER_SLACK = 0.005
-
-
-class Tab:
-    """One open WebSocket of a cart: frames wait in a bounded queue for its writer task."""
-
-    def __init__(self, client_id: str, limit: int) -> None:
-        self.client_id = client_id
-        self.limit = limit
-        self.queue: asyncio.Queue[str | int] = asyncio.Queue()
-        self.close_code: int | None = None
-        self.done = asyncio.Event()  # set by the writer when it has stopped
-
-    def send(self, frame: str) -> None:
-        if self.close_code is not None:
-            return
-        if self.queue.qsize() >= self.limit:
-            # Too slow to keep up: drop what it has not read; it reconnects with ?since=.
-            self.close(CLOSE_TRY_AGAIN_LATER)
-            return
-        self.queue.put_nowait(frame)
-
-    def close(self, code: int, *, flush: bool = False) -> None:
-        """Ask the writer to close the socket with `code`: next, dropping what is queued,
-        or (flush) after the frames queued so far."""
-        if self.close_code is None:
-            self.close_code = code
-            while not flush and not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(code)
 
 
 class Outcome(Struct, frozen=True):
@@ -100,9 +71,11 @@ class Room:
         self._shown_tabs = 0  # the count last sent to the tabs here
         self._changed: asyncio.Future[None] | None = None
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
+        self._items = render.ItemDocs()
         # Shared by every tab and REST caller of the cart: more tabs, no more allowance.
         self.rate = TokenBucket(ctx.settings.cart_rate, ctx.settings.cart_burst)
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: datetime | None = None  # the abandon_at the timer was armed for
         self._due: asyncio.Task[None] | None = None
         self._closed = False  # left memory: arms no timer any more
         self.cart = Cart(id=cart_id, updated_at=utcnow())
@@ -128,11 +101,14 @@ class Room:
         cached = self._doc
         if cached is not None and cached[0] == self.cart.version and cached[1] == revision:
             return cached[2]
-        doc = encode(
-            domain.cart_doc(self.cart, self.ctx.catalog.products, self.ctx.settings.currency)
-        )
+        doc = self._render(self.cart)
         self._doc = (self.cart.version, revision, doc)
         return doc
+
+    def _render(self, cart: Cart) -> bytes:
+        catalog = self.ctx.catalog
+        items = self._items.render(cart, catalog.products, catalog.revision)
+        return encode(render.cart_doc(cart, catalog.products, self.ctx.settings.currency, items))
 
     def snapshot_frame(self) -> str:
         return encode(SnapshotMsg(cart=Raw(self.document()))).decode()
@@ -163,10 +139,10 @@ class Room:
         Synchronous, so no patch can slip between what it is sent and its registration."""
         frames = self.patches_after(since) if since is not None else None
         if frames is None:
-            tab.send(self.snapshot_frame())
+            tab.send(self.snapshot_frame().encode())
         else:
             for frame in frames:
-                tab.send(frame)
+                tab.send(frame.encode())
         self.tabs.add(tab)
         self._presence(always=True)
         self.ctx.present(self.cart.id, self.cart.version, len(self.tabs))
@@ -204,14 +180,11 @@ class Room:
         if count == self._shown_tabs and not always:
             return
         self._shown_tabs = count
-        frame = encode(PresenceMsg(tabs=count)).decode()
-        for tab in self.tabs:
-            tab.send(frame)
+        broadcast(self.tabs, encode(PresenceMsg(tabs=count)))
 
-    def broadcast(self, frame: str) -> None:
-        """Queue one encoded frame to every tab: encoded once, the same bytes for all."""
-        for tab in self.tabs:
-            tab.send(frame)
+    def broadcast(self, message: str | bytes) -> None:
+        """One message to every tab: encoded and framed once, the same bytes for all."""
+        broadcast(self.tabs, message.encode() if isinstance(message, str) else message)
         self.ctx.metrics.inc("cart_patches_sent_total", len(self.tabs))
 
     # --- mutating --------------------------------------------------------------------
@@ -320,8 +293,8 @@ class Room:
         settings = self.ctx.settings
         products = self.ctx.catalog.products
         new, change = domain.apply(self.cart, op, products, utcnow(), settings.abandon_after)
-        patch = encode(domain.patch_msg(new, change, products, origin)).decode()
-        body = encode(domain.cart_doc(new, products, settings.currency)) if respond else None
+        patch = encode(render.patch_msg(new, change, products, origin)).decode()
+        body = self._render(new) if respond else None
         extra = effects(new) if effects is not None else ()
         return CartWrite(new, self.cart.version, change, patch, key, body, extra, request)
 
@@ -364,28 +337,42 @@ class Room:
         only learn that it is over (see MovedMsg)."""
         successor = self.cart.merged_into
         if self.cart.status is Status.MERGED:
-            self.broadcast(encode(MovedMsg(cart_id=None)).decode())
+            self.broadcast(encode(MovedMsg(cart_id=None)))
         elif self.cart.status in FINISHED and successor:
-            self.broadcast(encode(MovedMsg(cart_id=self.ctx.sign(successor))).decode())
+            self.broadcast(encode(MovedMsg(cart_id=self.ctx.sign(successor))))
 
     # --- timers ----------------------------------------------------------------------
 
     def _arm(self) -> None:
         """(Re)start the abandonment timer for the cart's stored abandon_at. The sweeper
         covers carts whose room is not in memory, so this is only the prompt path."""
+        at = self.cart.abandon_at
+        if self._closed or at is None or self.cart.status is not Status.ACTIVE:
+            self._disarm()
+            return
+        if not self.cart.lines:
+            self._disarm()
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
+            # Every edit moves the deadline later: the armed timer fires first and looks
+            # again, rather than a timer being replaced on every mutation.
+            return
+        self._disarm()
+        delay = max(0.0, (at - utcnow()).total_seconds()) + TIMER_SLACK
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        at = self.cart.abandon_at
-        if self._closed or at is None or self.cart.status is not Status.ACTIVE:
-            return
-        if not self.cart.lines:
-            return
-        delay = max(0.0, (at - utcnow()).total_seconds()) + TIMER_SLACK
-        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
+        at = self.cart.abandon_at
+        if at is not None and self._timer_at is not None and at > self._timer_at:
+            self._arm()  # edited since it was armed: not due yet
+            return
         if self._due is None or self._due.done():
             self._due = asyncio.create_task(self._on_timer())
 
@@ -432,9 +419,7 @@ class Room:
     def close(self) -> None:
         """Stop the timer: the room is leaving memory (the sweeper takes over)."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
 
     def receive(self, cart: Cart, patch: str, key: str | None) -> bool:
         """A commit another process made and published: taken if it is the next version.

@@ -13,7 +13,10 @@ from urllib.parse import unquote
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
 
+from . import collector, frames
 from .config import Settings
 
 log = logging.getLogger("server")
@@ -24,13 +27,19 @@ GRACEFUL_SECONDS = 6
 
 class CartServer(uvicorn.Server):
     """On SIGTERM: stop accepting, let the app drain (long-polls answer, in-flight mutations
-    commit, tabs get their acks and 1012), then uvicorn's own graceful shutdown."""
+    commit, tabs get their acks and 1012), then uvicorn's own graceful shutdown. Once
+    started, the garbage collector is set up for a long-lived process (server/collector.py)."""
 
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self.app = app
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        collector.start()  # what start-up made lives as long as the process
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        collector.stop()
         for server in self.servers:
             server.close()  # stop accepting before draining what is open
         drain: Callable[[], Awaitable[None]] | None = getattr(self.app.state, "drain", None)
@@ -44,7 +53,9 @@ class CartServer(uvicorn.Server):
 
 
 class StallGuardedProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, except that a peer which stops reading is dropped.
+    """uvicorn's WebSocket protocol, except that a peer which stops reading is dropped, and
+    that the app may write ready-made frames to it (a frames.Sink, offered in the scope's
+    extensions), skipping the ASGI send path for every frame after the handshake.
 
     Sends wait while the transport's buffer is over its high-water mark, and a close frame
     waits behind them: a peer that keeps its TCP window shut would hold the socket, its
@@ -55,6 +66,8 @@ class StallGuardedProtocol(WebSocketsSansIOProtocol):
     stall_seconds = 5.0
     send_buffer = 256 * 1024
     _stall: asyncio.TimerHandle | None = None
+    _tab: frames.Tab | None = None
+    _paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -63,18 +76,65 @@ class StallGuardedProtocol(WebSocketsSansIOProtocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         super().connection_made(transport)
 
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if not self.close_sent:  # upgraded: the app's task has not run yet
+            self.scope["extensions"][frames.EXTENSION] = self  # type: ignore[assignment]
+
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._paused = True
         if self._stall is None:
             self._stall = self.loop.call_later(self.stall_seconds, self._abort_stalled)
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self._paused = False
         self._cancel_stall()
+        if self._tab is not None:
+            self._tab.drained()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_stall()
         super().connection_lost(exc)
+        if self._tab is not None:
+            self._tab.lost()
+        # Two reference cycles would leave a closed connection (~45 objects) to the
+        # garbage collector: the scope's extension and this protocol, and websockets'
+        # parser generator and its protocol. Broken, reference counting frees it at once.
+        scope = getattr(self, "scope", None)  # made only when the handshake succeeded
+        if scope is not None:
+            scope["extensions"].pop(frames.EXTENSION, None)
+        self.conn.parser.close()
+
+    # --- frames.Sink -------------------------------------------------------------------
+
+    def write_frames(self, data: bytes) -> None:
+        if not self.close_sent and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def pushing_back(self) -> bool:
+        return self._paused
+
+    def close_with(self, code: int, reason: str) -> None:
+        """What uvicorn does for an ASGI `websocket.close`, without waiting to be writable
+        (the caller waited for the frames before it)."""
+        if self.close_sent or self.transport.is_closing():
+            return
+        try:
+            self.conn.send_close(code, reason)
+        except InvalidState:  # the peer's close came first: the handshake is over
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+
+    def listen(self, tab: frames.Tab | None) -> None:
+        self._tab = tab
 
     def _cancel_stall(self) -> None:
         if self._stall is not None:

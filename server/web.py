@@ -89,7 +89,7 @@ def cart_cookie(conn: HTTPConnection, signed: str) -> str:
 
 def is_secure(conn: HTTPConnection) -> bool:
     # The scheme a trusted proxy reports (X-Forwarded-Proto) is in the scope already.
-    return conn.url.scheme in ("https", "wss")
+    return conn.scope["scheme"] in ("https", "wss")
 
 
 async def settle(conn: HTTPConnection, svc: Services, ref: CartRef) -> CartRef:

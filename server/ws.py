@@ -1,5 +1,5 @@
-"""WebSocket endpoint: accept -> join the room -> read loop (decode -> submit) beside a
-writer task that drains the tab's bounded send queue."""
+"""WebSocket endpoint: accept -> join the room -> read loop (decode -> submit). Frames to
+the tab go the frame path (frames.Tab), not through ASGI `send`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ from starlette.websockets import WebSocket
 
 from . import errors
 from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity
-from .errors import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER
+from .errors import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN_LATER,
+)
+from .frames import EXTENSION, Sink, Tab, text_frame
 from .identity import COOKIE
 from .limits import TokenBucket, admit
 from .protocol import (
@@ -30,23 +36,18 @@ from .protocol import (
     encode,
     error_frame,
 )
-from .room import Room, Tab
+from .room import Room
 from .web import Services, cart_cookie, client_address, origin_allowed, services, settle
 
 log = logging.getLogger("server.ws")
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_PONG = encode(PongMsg()).decode()
+_PONG = text_frame(encode(PongMsg()))
 # Strikes (invalid frames, rate-limited mutations) a tab may collect before it is closed
 # with 1008: a burst, then one a second.
 STRIKE_BURST = 10
 STRIKE_RATE = 1.0
 CLOSE_WAIT = 5.0
-_CLOSE_REASONS = {
-    CLOSE_POLICY_VIOLATION: "too many invalid or rate-limited messages",
-    CLOSE_SERVICE_RESTART: "server restarting",
-    CLOSE_TRY_AGAIN_LATER: "too slow to keep up; reconnect with since",
-}
 
 
 async def cart_socket(websocket: WebSocket) -> None:
@@ -114,36 +115,22 @@ async def _serve(websocket: WebSocket, svc: Services) -> None:
             await websocket.close(CLOSE_POLICY_VIOLATION, "too many tabs on this cart")
             svc.metrics.inc("cart_ws_closed_total", code=str(CLOSE_POLICY_VIOLATION))
             return
-        tab = Tab(client_id, svc.settings.ws_send_queue)
+        sink: Sink | None = websocket.scope["extensions"].get(EXTENSION)
+        if sink is None:
+            log.error("WebSocket refused: serve the app with `python -m server`")
+            await websocket.close(CLOSE_INTERNAL_ERROR, "server misconfigured")
+            return
+        tab = Tab(client_id, svc.settings.ws_send_queue, sink)
         room.join(tab, since)
-        writer = asyncio.create_task(_write(websocket, tab, svc))
         try:
             await _read(websocket, room, tab, svc)
         finally:
             room.leave(tab)
-            if tab.close_code is None:
-                writer.cancel()
-            # Give a requested close frame its chance to go out; a stuck peer gets no more.
-            done, _ = await asyncio.wait([writer], timeout=CLOSE_WAIT)
-            if not done:
-                writer.cancel()
-
-
-async def _write(websocket: WebSocket, tab: Tab, svc: Services) -> None:
-    try:
-        while True:
-            item = await tab.queue.get()
-            if isinstance(item, int):
-                svc.metrics.inc("cart_ws_closed_total", code=str(item))
-                await websocket.close(item, _CLOSE_REASONS.get(item, ""))
-                return
-            await websocket.send_text(item)
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # the peer went away mid-send: the reader sees the disconnect
-        return
-    finally:
-        tab.done.set()
+            if tab.close_code is not None:
+                svc.metrics.inc("cart_ws_closed_total", code=str(tab.close_code))
+                # Give the close frame its chance to go out; a stuck peer gets no more.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(tab.closed(), CLOSE_WAIT)
 
 
 async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> None:
@@ -170,13 +157,13 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
             except DECODE_ERRORS as exc:
                 raise errors.InvalidMessage(str(exc)) from None
         except errors.InvalidMessage as exc:
-            tab.send(error_frame(_loose_id(text), exc.code, exc.message, {}).decode())
+            tab.send(error_frame(_loose_id(text), exc.code, exc.message, {}))
             svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
             if not strikes.take():
                 tab.close(CLOSE_POLICY_VIOLATION, flush=True)
             continue
         if isinstance(msg, PingMsg):
-            tab.send(_PONG)
+            tab.write(_PONG)
             continue
         try:
             admit(rate, room.rate)
@@ -187,12 +174,13 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
                 base_version=msg.base_version,
             )
         except errors.CartError as exc:
-            tab.send(error_frame(msg.id, exc.code, exc.message, exc.details).decode())
+            tab.send(error_frame(msg.id, exc.code, exc.message, exc.details))
             svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
             if isinstance(exc, errors.RateLimited) and not strikes.take():
                 tab.close(CLOSE_POLICY_VIOLATION, flush=True)
             continue
-        tab.send(encode(AckMsg(id=msg.id, version=outcome.version)).decode())
+        # Written in the same loop turn as the patch the room just sent: one write for both.
+        tab.send(encode(AckMsg(id=msg.id, version=outcome.version)))
         svc.metrics.inc("cart_mutations_total", source="ws", result="ok")
 
 

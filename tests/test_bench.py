@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +94,34 @@ def test_tabs_measures_rss_then_fans_out_beside_the_idle_tabs(server: ServerProc
     assert result["rss_per_tab_bytes"] is not None
     assert result["fanout"]["active_carts"] == 5
     assert_clean_fanout(result["fanout"], 50)
+    pings = result["ping_rtt_ms"]
+    assert pings["pings"] > 10 and pings["error"] is None
+    assert 0 < pings["p50"] <= pings["p99"] <= pings["max"]
+
+
+def test_a_closed_loop_keeps_a_window_in_flight_per_cart(server: ServerProcess) -> None:
+    args = ("--carts", "3", "--tabs", "2", "--window", "2", "--seconds", "1", "--warmup", "0.2")
+    result = bench(*against(server), "fanout", *args)
+    assert result["window"] == 2 and result["mutations"] > 6
+    assert_clean_fanout(result, result["mutations"])
+    assert result["achieved_rate"] > 0
+
+
+def test_the_floor_speaks_what_the_generator_measures() -> None:
+    result = bench("--floor", "fanout", "--carts", "3", "--tabs", "2", "--rate", "50",
+                   "--seconds", "1", "--warmup", "0.2")  # fmt: skip
+    assert_clean_fanout(result, 50)
+    rest = bench("--floor", "rest", "--clients", "2", "--seconds", "0.5", "--warmup", "0.1")
+    assert rest["ok"] == rest["requests"] > 0 and set(rest["statuses"]) == {"200"}
+
+
+def test_side_reports_each_figure_for_both_and_their_ratio() -> None:
+    result = bench("side", "--reps", "1", "--seconds", "0.5", "--warmup", "0.1", timeout=240)
+    figures = result["figures"]
+    assert len(figures) == 5
+    for figure in figures.values():
+        assert figure["server"] > 0 and figure["floor"] > 0
+        assert figure["ratio"] == pytest.approx(figure["server"] / figure["floor"])
 
 
 def test_cold_restarts_its_own_server() -> None:

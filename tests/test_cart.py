@@ -23,12 +23,9 @@ from server.cart import (
     SetStatus,
     Status,
     apply,
-    cart_doc,
-    format_money,
-    item_doc,
-    patch_msg,
 )
 from server.protocol import MAX_LINES, MAX_QUANTITY, RemoveOp, StatusOp, UpsertOp
+from server.render import ItemDocs, cart_doc, format_money, item_doc, patch_msg
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 ABANDON_AFTER = 1800.0
@@ -496,3 +493,19 @@ def test_the_domain_refuses_quantities_out_of_range(op: Op) -> None:
     cart = run(new_cart(), AddItem("p-001", 1))
     with pytest.raises(errors.InvalidRequest):
         step(cart, op)
+
+
+def test_item_docs_render_what_item_doc_does_and_only_changed_lines_again() -> None:
+    docs = ItemDocs()
+    cart = run(new_cart(), AddItem("p-001", 1), AddItem("p-002", 1), AddItem("p-003", 2))
+    first = docs.render(cart, CATALOG, 0)
+    assert first == [item_doc(line, CATALOG) for line in cart.lines]
+    edited = run(cart, SetQuantity("p-002", 3))
+    second = docs.render(edited, CATALOG, 0)
+    assert second == [item_doc(line, CATALOG) for line in edited.lines]
+    assert second[0] is first[0] and second[2] is first[2]  # untouched lines: not again
+    assert second[1] is not first[1] and second[1].quantity == 3
+    renamed = {**CATALOG, "p-001": Product("p-001", "TEE-BLK-M", "Tee", 1999, 10)}
+    third = docs.render(edited, renamed, 1)  # a catalog change shows in every line
+    assert third[0].name == "Tee" and third == [item_doc(x, renamed) for x in edited.lines]
+    assert cart_doc(edited, renamed, "usd", third) == cart_doc(edited, renamed, "usd")

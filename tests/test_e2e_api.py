@@ -782,6 +782,15 @@ async def test_an_unknown_route_is_404_in_the_error_shape(server: ServerProcess,
         assert (await client.get("/healthz")).status_code == 200
 
 
+@pytest.mark.parametrize("method", ["PATCH", "DELETE"])
+async def test_an_item_route_takes_one_path_segment(s: Session, method: str) -> None:
+    # The item routes are dispatched before Starlette's router (server/direct.py): they
+    # must match exactly what the router's {product_id} would.
+    before = await add(s.client, "p-047")
+    response = await s.client.request(method, "/api/cart/items/p-047/x", json={"quantity": 1})
+    await refused(s.client, response, 404, "not_found", before)
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [("PUT", "/api/cart/items"), ("GET", "/api/cart/items"), ("POST", "/api/cart"),

@@ -156,3 +156,17 @@ def test_unsign_never_raises_on_arbitrary_text(value: str) -> None:
 def test_every_uuid4_roundtrips(cart_uuid: uuid.UUID) -> None:
     ids = CartIds(SECRET)
     assert ids.unsign(ids.sign(str(cart_uuid))) == str(cart_uuid)
+
+
+def test_verified_ids_are_remembered_but_never_a_forgery(
+    ids: CartIds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("server.identity.VERIFIED_KEPT", 3)
+    refs = [ids.new() for _ in range(5)]
+    for ref in refs:  # more than are kept: the memory is cleared, not grown
+        assert ids.unsign(ref.signed) == ref.cart_id
+        assert ids.unsign(ref.signed) == ref.cart_id
+        assert len(ids._verified) <= 3
+    forged = refs[-1].signed[:-1] + ("A" if refs[-1].signed[-1] != "A" else "B")
+    assert ids.unsign(forged) is None
+    assert CartIds("another secret").unsign(refs[-1].signed) is None

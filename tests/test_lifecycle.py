@@ -10,9 +10,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from server.cart import AddItem, Cart, Product, apply, patch_msg
+from server.cart import AddItem, Cart, Product, apply
 from server.config import Settings
 from server.protocol import encode
+from server.render import patch_msg
 from server.store import CartWrite
 from server.store.sqlite import SQLiteStore
 from tests.lifecycle_support import cookie, device, epoch, events, query, unsign, until

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from server import errors
+from server import frames as wire
 from server.bus import open_bus
 from server.bus.local import LocalBroker
 from server.cart import AddItem, Product, SetQuantity, SetStatus, Status
@@ -21,7 +22,6 @@ from server.config import Settings
 from server.errors import CLOSE_TRY_AGAIN_LATER
 from server.hub import Hub
 from server.metrics import Metrics
-from server.room import Tab
 from server.store import Store, open_store
 from server.store.sqlite import SQLiteStore
 from tests.support import REDIS_URL, require_redis
@@ -53,6 +53,36 @@ async def make_hub(database_url: str) -> AsyncIterator[Callable[..., Any]]:
         await store.close()
 
 
+class Tab(wire.Tab):
+    """A frames.Tab that is its own sink: what it writes is unframed into `queue` (text
+    frames as str, the close as its code); `pushback` makes it a socket that is full."""
+
+    def __init__(self, client_id: str, limit: int) -> None:
+        self.queue: asyncio.Queue[str | int] = asyncio.Queue()
+        self.pushback = False
+        super().__init__(client_id, limit, self)
+
+    def write_frames(self, data: bytes) -> None:
+        while data:
+            assert data[0] == 0x81  # one whole text frame, never masked
+            size, start = data[1], 2
+            if size == 126:
+                size, start = int.from_bytes(data[2:4]), 4
+            elif size == 127:
+                size, start = int.from_bytes(data[2:10]), 10
+            self.queue.put_nowait(data[start : start + size].decode())
+            data = data[start + size :]
+
+    def pushing_back(self) -> bool:
+        return self.pushback
+
+    def close_with(self, code: int, reason: str) -> None:
+        self.queue.put_nowait(code)
+
+    def listen(self, tab: wire.Tab | None) -> None:
+        pass
+
+
 async def next_frame(tab: Tab, kind: str, timeout: float = 5.0) -> dict[str, Any]:
     """The next frame of `kind` queued to the tab (others are skipped)."""
     async with asyncio.timeout(timeout):
@@ -68,7 +98,9 @@ async def presence_reaches(tab: Tab, count: int) -> None:
         pass
 
 
-def frames(tab: Tab) -> list[dict[str, Any]]:
+async def frames(tab: Tab) -> list[dict[str, Any]]:
+    """What the tab has been written so far, once the current loop turn's write is out."""
+    await asyncio.sleep(0)
     out = []
     while not tab.queue.empty():
         item = tab.queue.get_nowait()
@@ -85,7 +117,7 @@ async def test_concurrent_submits_get_contiguous_versions_in_one_order(make_hub:
             *(room.submit(AddItem(f"p-{n % 5 + 1}", 1), key=f"k{n}") for n in range(100))
         )
     assert sorted(o.version for o in outcomes) == list(range(1, 101))
-    patches = [f for f in frames(tab) if f["type"] == "patch"]
+    patches = [f for f in await frames(tab) if f["type"] == "patch"]
     assert [p["version"] for p in patches] == list(range(1, 101))
     assert room.cart.item_count == 100 and patches[-1]["item_count"] == 100
 
@@ -106,13 +138,13 @@ async def test_failed_commit_acknowledges_nothing_and_recovers(make_hub: Any) ->
     async with hub.use("cart-full") as room:
         room.join(tab, None)
         await room.submit(AddItem("p-1", 1))
-        frames(tab)
+        await frames(tab)
         await asyncio.get_running_loop().run_in_executor(store._executor, pages, None)
         with pytest.raises(errors.Unavailable):
             for n in range(200):  # fill whatever room is left in the last page
                 await room.submit(AddItem("p-2", 1), key=f"fill-{n}" + "x" * 2000)
         version = room.version
-        sent = frames(tab)
+        sent = await frames(tab)
         assert all(f["version"] <= version for f in sent if f["type"] == "patch")
         await asyncio.get_running_loop().run_in_executor(store._executor, pages, 1 << 30)
         outcome = await room.submit(AddItem("p-3", 1))
@@ -124,14 +156,18 @@ async def test_failed_commit_acknowledges_nothing_and_recovers(make_hub: Any) ->
 async def test_slow_tab_is_closed_without_holding_back_the_others(make_hub: Any) -> None:
     hub = await make_hub()
     slow, fast = Tab("slow", limit=5), Tab("fast", limit=1000)
+    slow.pushback = True  # its socket is full: frames wait in the tab
     async with hub.use("cart-slow") as room:
         room.join(slow, None)
         room.join(fast, None)
         for _ in range(10):
             await room.submit(AddItem("p-1", 1))
     assert slow.close_code == CLOSE_TRY_AGAIN_LATER
-    assert frames(slow) == [{"close": CLOSE_TRY_AGAIN_LATER}]  # its backlog was dropped
-    versions = [f["version"] for f in frames(fast) if f["type"] == "patch"]
+    assert await frames(slow) == []  # the close frame waits for the socket too
+    slow.pushback = False
+    slow.drained()
+    assert await frames(slow) == [{"close": CLOSE_TRY_AGAIN_LATER}]  # its backlog was dropped
+    versions = [f["version"] for f in await frames(fast) if f["type"] == "patch"]
     assert versions == list(range(1, 11))
 
 
@@ -152,7 +188,7 @@ async def test_two_hubs_share_a_cart_through_bus_and_store(make_hub: Any) -> Non
         assert room_a.cart == room_b.cart
         assert room_a.cart.item_count == 50
     for tab in (tab_a, tab_b):
-        cart_versions = [f["version"] for f in frames(tab) if f["type"] == "patch"]
+        cart_versions = [f["version"] for f in await frames(tab) if f["type"] == "patch"]
         assert cart_versions == list(range(1, 51))  # each tab: every version once, in order
 
 
@@ -161,7 +197,7 @@ async def test_a_commit_in_one_hub_reaches_tabs_of_the_other_via_the_bus(make_hu
     tab_b = Tab("b", 1000)
     async with a.use("c") as room_a, b.use("c") as room_b:
         room_b.join(tab_b, None)
-        frames(tab_b)
+        await frames(tab_b)
         await room_a.submit(AddItem("p-2", 3))
         async with asyncio.timeout(5):
             patch = json.loads(await tab_b.queue.get())  # delivered by b's bus listener
@@ -229,7 +265,7 @@ async def test_tabs_in_another_process_follow_a_finished_cart_to_its_successor(
         await room_a.submit(SetStatus(Status.CHECKED_OUT, successor="next-cart"))
         await room_b.catch_up()  # what the bus message makes it do
     for tab in (tab_a, tab_b):
-        got = [f for f in frames(tab) if f["type"] in ("patch", "moved")]
+        got = [f for f in await frames(tab) if f["type"] in ("patch", "moved")]
         assert got[-2]["type"] == "patch" and got[-2]["ops"] == [
             {"op": "status", "status": "checked_out"}
         ]
@@ -261,7 +297,7 @@ async def test_a_lost_bus_message_is_repaired_by_the_version_check(
     tab_b = Tab("b", 1000)
     async with a.use("lost") as room_a, b.use("lost") as room_b:
         room_b.join(tab_b, None)
-        frames(tab_b)
+        await frames(tab_b)
         monkeypatch.setattr(a.bus, "publish", lambda channel, message: None)  # never arrives
         await room_a.submit(AddItem("p-1", 2))
         await room_a.submit(AddItem("p-2", 1))
@@ -281,7 +317,7 @@ async def test_an_overtaken_bus_message_is_read_from_the_store_in_order(
     sent: list[tuple[str, bytes]] = []
     async with a.use("late") as room_a, b.use("late") as room_b:
         room_b.join(tab_b, None)
-        frames(tab_b)
+        await frames(tab_b)
         monkeypatch.setattr(a.bus, "publish", lambda *message: sent.append(message))
         for n in range(1, 4):
             await room_a.submit(AddItem("p-1", n))

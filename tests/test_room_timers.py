@@ -68,6 +68,23 @@ async def test_a_timer_that_runs_early_arms_itself_again(make_hub: Any) -> None:
         assert waited < 0.5
 
 
+async def test_edits_keep_one_timer_and_the_cart_is_abandoned_after_the_last(
+    make_hub: Any,
+) -> None:
+    hub = await make_hub(abandon_after=0.4)
+    async with hub.use("c") as room:
+        await room.submit(AddItem("p-1", 1))
+        armed = room._timer
+        for _ in range(3):  # each edit moves the deadline; the timer armed first stays
+            await asyncio.sleep(0.1)
+            await room.submit(AddItem("p-1", 1))
+            assert room._timer is armed
+        last_edit = time.monotonic()
+        await wait_status(hub, "c", Status.ABANDONED, 2.0)
+        # Not at the first deadline (0.4 s after the first add): 0.4 s after the last edit.
+        assert time.monotonic() - last_edit >= 0.4 - 0.01
+
+
 async def test_an_evicted_room_keeps_no_timer(make_hub: Any) -> None:
     hub = await make_hub(abandon_after=0.2, room_idle_seconds=0.0)
     async with hub.use("c") as room:

@@ -457,3 +457,21 @@ async def _whole_session(
     for value in credentials:
         assert value not in log
         assert value.rsplit(".", 1)[1] not in log  # not even the signature alone
+
+
+async def test_allowed_hosts_guard_the_mutation_routes_too(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    # The item routes and the socket are dispatched past Starlette's router
+    # (server/direct.py), but not past the host check in front of it.
+    server = make_server({"ALLOWED_HOSTS": "shop.example"}).start()
+    async with rest(server) as client:
+        forged = {"host": "evil.example"}
+        added = await client.post("/api/cart/items", json={"product_id": "p-001"}, headers=forged)
+        assert added.status_code == 400
+        removed = await client.delete("/api/cart/items/p-001", headers=forged)
+        assert removed.status_code == 400
+        ours = await client.post(
+            "/api/cart/items", json={"product_id": "p-001"}, headers={"host": "shop.example"}
+        )
+        assert ours.status_code == 200 and ours.json()["item_count"] == 1

@@ -28,11 +28,11 @@ from server.cart import (
     SetStatus,
     Status,
     apply,
-    patch_msg,
 )
 from server.config import SCHEMA_PATH, ConfigError, Settings
 from server.metrics import Metrics
 from server.protocol import encode
+from server.render import patch_msg
 from server.store import AlreadyApplied, CartWrite, StaleVersion, Store, open_store
 from server.store.postgres import PostgresStore
 from server.store.sqlite import SQLiteStore

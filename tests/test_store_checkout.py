@@ -12,20 +12,11 @@ from typing import Any
 import pytest
 
 from server import errors
-from server.cart import (
-    AddItem,
-    Cart,
-    Op,
-    Product,
-    SetStatus,
-    StartCheckout,
-    Status,
-    apply,
-    patch_msg,
-)
+from server.cart import AddItem, Cart, Op, Product, SetStatus, StartCheckout, Status, apply
 from server.config import Settings
 from server.metrics import Metrics
 from server.protocol import encode
+from server.render import patch_msg
 from server.store import (
     AttachSession,
     CartWrite,

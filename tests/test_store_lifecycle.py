@@ -23,11 +23,11 @@ from server.cart import (
     SetStatus,
     Status,
     apply,
-    patch_msg,
 )
 from server.clock import iso
 from server.config import Settings
 from server.protocol import encode
+from server.render import patch_msg
 from server.store import CartWrite, CreateCart, Emit, StaleVersion, Store, open_store
 from server.store.postgres import PostgresStore
 from server.store.sqlite import SQLiteStore
