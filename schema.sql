@@ -15,7 +15,10 @@ CREATE TABLE IF NOT EXISTS products (
     stock       INTEGER NOT NULL DEFAULT 0 CHECK (stock >= 0),
     image_url   TEXT,
     created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
+    updated_at  TEXT NOT NULL,
+    -- 0: archived. Out of the listing and not addable; lines holding it stay. (Databases
+    -- made before this column get it from the stores' ADDED_COLUMNS at startup.)
+    active      INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1))
 );
 -- The server refreshes its in-memory catalog from rows changed since its last look.
 CREATE INDEX IF NOT EXISTS idx_products_updated ON products(updated_at);
@@ -119,6 +122,8 @@ CREATE TABLE IF NOT EXISTS orders (
     created_at         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idx_orders_cart ON orders(cart_id);
+-- The admin API lists orders newest first, paged by (created_at, id).
+CREATE INDEX IF NOT EXISTS idx_orders_created ON orders(created_at, id);
 
 CREATE TABLE IF NOT EXISTS order_items (
     order_id         TEXT NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
@@ -139,8 +144,9 @@ CREATE TABLE IF NOT EXISTS payment_events (
     received_at TEXT NOT NULL
 );
 
--- Outbox of cart lifecycle events (abandoned, expired), written in the same transaction
--- as the status change; delivered to CART_EVENTS_WEBHOOK_URL when set, else listed by
+-- Outbox of cart lifecycle events (abandoned, expired) and order events (order_paid,
+-- order_needs_review: cart_id is the order's cart), written in the same transaction as
+-- the status change or the order; delivered to CART_EVENTS_WEBHOOK_URL when set, else listed by
 -- `python -m server events`.
 CREATE TABLE IF NOT EXISTS cart_events (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- BIGSERIAL PRIMARY KEY in PostgreSQL

@@ -1,6 +1,6 @@
-"""Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold;
-the crash test, `python -m bench crash --kills 1000`; `attack`, half-open connections
-and a huge header from one address; and the long runs, churn and soak.
+"""Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold,
+catalog; the crash test, `python -m bench crash --kills 1000`; `attack`, half-open
+connections and a huge header from one address; and the long runs, churn and soak.
 
 Starts its own server (SQLite in a temp dir) unless given --url. Every run is bounded in
 count and time, and prints a human table and one JSON line (with the machine)."""
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import attack, churn, cold, crash, fanout, floor, max, rest, side, soak, tabs
+from . import attack, catalog, churn, cold, crash, fanout, floor, max, rest, side, soak, tabs
 from .harness import FloorServer, LocalServer, Target, raise_nofile
 
 MODES = {
@@ -20,6 +20,7 @@ MODES = {
     "tabs": (tabs, "N idle WebSockets: server RSS per tab, then fan-out beside them"),
     "cold": (cold, "time to the first snapshot of carts not in memory"),
     "crash": (crash, "SIGKILL under load, restart, check every acknowledged mutation"),
+    "catalog": (catalog, "a large catalog: listing sizes and times, change -> tabs latency"),
     "attack": (attack, "half-open connections and a huge header: what others see meanwhile"),
     "floor": (floor, "serve the floor: the leanest in-memory server of the protocol"),
     "side": (side, "the issue's figures for this server and the floor, alternating: ratios"),
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--floor goes with {', '.join(sorted(FLOOR_MODES))}, and not with --url")
     if any("=" not in item for item in args.server_env):
         parser.error("--server-env takes NAME=VALUE")
-    env = dict(item.split("=", 1) for item in args.server_env)
+    # A mode's own server settings (the admin token), then the caller's.
+    env = {**getattr(module, "SERVER_ENV", {})}
+    env |= dict(item.split("=", 1) for item in args.server_env)
 
     raise_nofile()
     if getattr(module, "OWN_SERVER", False):

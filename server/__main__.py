@@ -1,5 +1,5 @@
-"""Command line: serve (the default), migrate, import a catalog, list outbox events,
-back up and restore the SQLite database."""
+"""Command line: serve (the default), migrate, import a catalog, list outbox events, back
+up and restore the SQLite database; what each does and reads is its --help."""
 
 from __future__ import annotations
 
@@ -17,16 +17,74 @@ from .config import ConfigError, Settings, redact
 TRACE = 5
 
 
+DESCRIPTION = """\
+cartsync: a real-time shopping-cart sync server. Without a command it serves (as `serve`).
+
+Every command reads its settings from environment variables; README.md's configuration
+table lists them all. The database is DATABASE_URL (default sqlite:///cart.db; a
+postgresql:// URL for several processes), and LOG_LEVEL sets what is logged. A bad value
+stops the command with status 2 and a line naming the variable."""
+
+SERVE = """\
+Run the cart server until SIGTERM or Ctrl-C, then drain: long-polls are answered and
+changes in flight are committed before the tabs are closed.
+
+Reads every variable of README.md's configuration table; the ones a deployment sets first:
+HOST and PORT (or --host, --port), DATABASE_URL, CART_SECRET (signs cart ids; required
+with PostgreSQL), REDIS_URL (to run several processes), PUBLIC_URL, ALLOWED_ORIGINS,
+FORWARDED_ALLOW_IPS, LOG_LEVEL. The schema is created or updated at start-up."""
+
+MIGRATE = """\
+Create the tables and indexes of schema.sql that DATABASE_URL's database lacks, say which
+tables were created, and exit. Existing tables and their rows are kept; running it again
+changes nothing. The server does the same at start-up: this is for doing it beforehand."""
+
+IMPORT = """\
+Insert or update the products of a catalog file in DATABASE_URL's database, by id, in one
+transaction: every row or none. The first bad row is named, by line (CSV) or item (JSON).
+
+CSV (UTF-8): a header row naming the columns id, sku, name, price_cents, stock and,
+optionally, image_url and active (true or false), then one product per line. JSON: a list
+of objects with those fields, or {"products": [...]}. Prices are integer cents: 12.50 is
+written 1250. Running servers show the changes within CATALOG_REFRESH; with REDIS_URL set
+they are told at once."""
+
+EVENTS = """\
+Print cart lifecycle events (the outbox: abandoned and expired carts) from DATABASE_URL's
+database, one JSON object per line, oldest first. Delivering them to
+CART_EVENTS_WEBHOOK_URL, if set, is the server's job; this only reads."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
-    commands = parser.add_subparsers(dest="command")
-    serve = commands.add_parser("serve", help="run the cart server (the default)")
+    text = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="python -m server", description=DESCRIPTION, formatter_class=text
+    )
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the cart server (the default)", description=SERVE, formatter_class=text
+    )
     _serve_options(serve)
     _serve_options(parser)
-    commands.add_parser("migrate", help="create or update the database schema, then exit")
-    load = commands.add_parser("import", help="load or update products from a .csv or .json file")
-    load.add_argument("file", type=Path)
-    events = commands.add_parser("events", help="list cart lifecycle events, one JSON per line")
+    commands.add_parser(
+        "migrate",
+        help="create the database tables that are missing, then exit",
+        description=MIGRATE,
+        formatter_class=text,
+    )
+    load = commands.add_parser(
+        "import",
+        help="insert or update products from a .csv or .json catalog file",
+        description=IMPORT,
+        formatter_class=text,
+    )
+    load.add_argument("file", type=Path, help="the catalog: a .csv or .json file")
+    events = commands.add_parser(
+        "events",
+        help="list cart lifecycle events, one JSON object per line",
+        description=EVENTS,
+        formatter_class=text,
+    )
     events.add_argument("--undelivered", action="store_true", help="only those not delivered")
     events.add_argument("--limit", type=int, default=100, help="at most this many (oldest first)")
     copy = commands.add_parser("backup", help="copy the live SQLite database while it serves")
@@ -63,8 +121,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("HOST", "127.0.0.1"),
+        help="address to listen on (default: HOST, else 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "8000")),
+        help="TCP port to listen on (default: PORT, else 8000)",
+    )
     parser.add_argument(
         "--forwarded-allow-ips",
         default=None,
@@ -117,10 +184,19 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _migrate(settings: Settings) -> int:
     from .store import open_store
+    from .store.tables import SCHEMA_TABLES, present
 
+    before = await present(settings.database_url)
     store = await open_store(settings)
     await store.close()
-    print(f"schema is up to date in {redact(settings.database_url)}")
+    created = [name for name in SCHEMA_TABLES if name not in before]
+    where = redact(settings.database_url)
+    if not created:
+        print(f"nothing to create: all {len(SCHEMA_TABLES)} tables were there in {where}")
+    else:
+        counted = f"{len(created)} of {len(SCHEMA_TABLES)} tables"
+        print(f"created {', '.join(created)} ({counted}) in {where}")
+    print("the schema is up to date")
     return 0
 
 
@@ -143,7 +219,26 @@ async def _import(settings: Settings, path: Path) -> int:
     finally:
         await store.close()
     print(f"imported {len(products)} products: {inserted} new, {updated} updated")
+    if settings.redis_url:
+        await _tell_servers(settings, [p.id for p in products])
     return 0
+
+
+async def _tell_servers(settings: Settings, product_ids: list[str]) -> None:
+    """Running servers re-read the imported products now (each would within
+    CATALOG_REFRESH anyway): the news a process publishes after its own changes."""
+    from .bus import open_bus
+    from .hub import catalog_news
+
+    try:
+        bus = await open_bus(settings.redis_url, verify_tls=settings.redis_verify_tls)
+    except Exception as exc:  # the import stands; the servers' refresh finds it
+        print(f"note: could not tell the running servers ({exc})", file=sys.stderr)
+        return
+    try:
+        bus.publish(*catalog_news("import", product_ids))
+    finally:
+        await bus.close()  # sends what is queued first
 
 
 async def _events(settings: Settings, undelivered: bool, limit: int) -> int:

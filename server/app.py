@@ -17,7 +17,8 @@ from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import direct, errors, openapi, payment_pages, rest, ws
+from . import admin, direct, errors, openapi, payment_pages, rest, ws
+from .admin import AdminGate
 from .bus import open_bus
 from .catalog import Catalog
 from .checkout import Checkouts
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         metrics = Metrics()
+        warn_ephemeral_disk(settings)
         ids = CartIds(load_secret(settings))
         store = await open_store(settings, metrics)
         try:
@@ -71,8 +73,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             metrics.gauge("cart_long_lived_connections", connections.total)
             app.state.drain = hub.drain  # called by serving.CartServer on shutdown
             new_carts = AddressRate(settings.new_cart_rate, settings.new_cart_burst, "new carts")
+            gate = AdminGate(settings.admin_token) if settings.admin_token else None
             services = Services(
-                settings, hub, ids, store, metrics, checkouts, auth, connections, new_carts
+                settings, hub, ids, store, metrics, checkouts, auth, connections, new_carts, gate
             )
             yield {"services": services}
         finally:
@@ -103,6 +106,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/cart/checkout/confirm", rest.checkout_confirm, methods=["POST"]),
         Route("/api/cart/login", rest.login, methods=["POST"]),
         Route("/api/demo/login", rest.demo_login, methods=["POST"]),
+        Route("/api/admin/products", admin.bulk_products, methods=["POST"]),
+        Route("/api/admin/products/{product_id}", admin.put_product, methods=["PUT"]),
+        Route("/api/admin/products/{product_id}", admin.patch_product, methods=["PATCH"]),
+        Route("/api/admin/orders", admin.list_orders),
+        Route("/api/admin/orders/{order_id}", admin.get_order),
         Route("/api/webhooks/stripe", payment_pages.stripe_webhook, methods=["POST"]),
         Route("/checkout/demo/{checkout_id}", payment_pages.demo_page),
         Route("/checkout/demo/{checkout_id}/pay", payment_pages.demo_pay, methods=["POST"]),
@@ -144,6 +152,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: server_error,
         },
     )
+
+
+def warn_ephemeral_disk(settings: Settings) -> None:
+    """On a Heroku dyno the filesystem is wiped at every restart (at least daily): a
+    SQLite store loses every cart and order with it. Said loudly, once, at start."""
+    if settings.dyno and settings.database_url.startswith("sqlite:"):
+        log.warning(
+            "!!! DYNO=%s with a SQLite store: this dyno's filesystem is wiped on every"
+            " restart, and every cart, order and product in %s goes with it. Add Heroku"
+            " Postgres (heroku addons:create heroku-postgresql:essential-0 sets"
+            " DATABASE_URL), even for a single dyno. !!!",
+            settings.dyno,
+            settings.database_url,
+        )
 
 
 CORS_REQUEST_HEADERS = ["content-type", "x-cart-id", "idempotency-key", "if-match", "if-none-match"]

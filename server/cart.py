@@ -36,8 +36,9 @@ class Product(Struct, frozen=True):
     sku: str
     name: str
     price_cents: int
-    stock: int
+    stock: int  # units that can still be reserved now
     image_url: str | None = None
+    active: bool = True  # False: archived, not addable, lines holding it are unavailable
 
 
 class Line(Struct, frozen=True):
@@ -174,6 +175,12 @@ def apply(
             )
         if not cart.lines:
             raise errors.EmptyCart("the cart is empty; add something before checking out")
+        gone = [line.product_id for line in cart.lines if not _available(line, catalog)]
+        if gone:
+            raise errors.ProductUnavailable(
+                "some lines hold products that are no longer available; remove them first",
+                lines=[{"product_id": product_id} for product_id in gone],
+            )
         lines, change = cart.lines, Change(status=Status.CHECKING_OUT)
         status = Status.CHECKING_OUT
     else:
@@ -220,6 +227,7 @@ def _edit(
                 raise errors.UnknownProduct(
                     f"no product with id {product_id!r}", product_id=product_id
                 )
+            _check_active(product)
             existing = cart.line(product_id)
             held = existing.quantity if existing else 0
             available = max(0, min(product.stock, MAX_QUANTITY) - held)
@@ -258,6 +266,8 @@ def _edit(
             if existing is None:
                 raise errors.NotInCart(f"{product_id!r} is not in the cart", product_id=product_id)
             product = catalog.get(product_id)
+            if quantity > existing.quantity and product is not None:
+                _check_active(product)  # lowering is always allowed, raising is not
             # Lowering a quantity is always allowed, even when stock fell below it meanwhile.
             if quantity > existing.quantity and (product is None or quantity > product.stock):
                 stock = product.stock if product else 0
@@ -311,6 +321,17 @@ def _absorb(
             lines[index] = new
         upserted[new.product_id] = new
     return tuple(lines), Change(upserted=tuple(upserted.values()))
+
+
+def _check_active(product: Product) -> None:
+    if not product.active:
+        message = f"{product.name} is no longer available"
+        raise errors.ProductUnavailable(message, product_id=product.id)
+
+
+def _available(line: Line, catalog: Mapping[str, Product]) -> bool:
+    product = catalog.get(line.product_id)
+    return product is not None and product.active
 
 
 def _earlier(a: Line, b: Line) -> Line:

@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .payments import PaymentProvider, PaymentRequest
 from .room import Room
 from .store import (
+    Archived,
     AttachSession,
     Checkout,
     CheckoutLine,
@@ -110,6 +111,13 @@ class Checkouts:
 
             try:
                 await room.apply_locked(StartCheckout(), base_version=base_version, effects=reserve)
+            except Archived as archived:
+                # Archived in another process a moment ago: this one's catalog follows.
+                self.catalog.reread(self.store, archived.product_ids)
+                raise errors.ProductUnavailable(
+                    "some lines hold products that are no longer available; remove them first",
+                    lines=[{"product_id": product_id} for product_id in archived.product_ids],
+                ) from None
             except ShortStock as short:
                 self.metrics.inc("cart_checkouts_total", result="insufficient_stock")
                 raise errors.InsufficientStock(
@@ -346,9 +354,10 @@ class Checkouts:
             pass
 
     def _adjust(self, lines: tuple[CheckoutLine, ...], sign: int) -> None:
-        """Show reserved or returned stock at once; the periodic refresh confirms it."""
+        """Show reserved or returned stock at once (here, and to the tabs of every cart
+        holding these products); other processes re-read it from the store."""
         products = self.catalog.products
-        self.catalog.update(
+        self.hub.catalog_changed(
             [
                 structs.replace(
                     products[x.product_id],

@@ -17,6 +17,7 @@ _ROOT = PACKAGE_DIR if (PACKAGE_DIR / "schema.sql").exists() else PACKAGE_DIR.pa
 SCHEMA_PATH = _ROOT / "schema.sql"
 STATIC_DIR = _ROOT / "static"
 
+MIN_ADMIN_TOKEN = 16
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -138,7 +139,9 @@ class Settings:
     # Outbox events (delivered ones; all of them without a webhook), payment event ids and
     # released checkouts are deleted this long after the fact.
     events_ttl: float = 30 * 86400.0
-    catalog_refresh_seconds: float = 5.0
+    # How often each process re-reads products changed meanwhile (by the CLI import, or
+    # another process whose bus message was lost): GET /api/products is this fresh.
+    catalog_refresh_seconds: float = 1.0
     sqlite_synchronous: str = "FULL"
     sqlite_busy_timeout: float = 5.0  # waiting this long for a lock held elsewhere: 503
     database_pool: int = 8  # PostgreSQL connections per process
@@ -170,6 +173,9 @@ class Settings:
     demo_login: bool = False  # mint user tokens for the demo page: never in production
     events_webhook_url: str = field(default="", repr=False)
     events_secret: str = field(default="", repr=False)
+    # The shop's backend: bearer token of /api/admin/. Empty: the admin API answers 404.
+    admin_token: str = field(default="", repr=False)
+    dyno: str = ""  # set by Heroku (web.1, …): its filesystem is wiped on every restart
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -231,6 +237,14 @@ class Settings:
             )
         if events_url and not events_secret:
             raise ConfigError("CART_EVENTS_WEBHOOK_URL is set: CART_EVENTS_SECRET must be too")
+        admin_token = env.get("ADMIN_TOKEN", "").strip()
+        if admin_token and len(admin_token) < MIN_ADMIN_TOKEN:
+            # Guessable within the failure rate limit's allowance; said at once.
+            raise ConfigError(
+                f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters"
+                f" (got {len(admin_token)}); python -c 'import secrets;"
+                " print(secrets.token_urlsafe(32))' makes one"
+            )
         redis = get("REDIS_URL", cls.redis_url)
         database_url = _scheme(
             "DATABASE_URL",
@@ -325,4 +339,6 @@ class Settings:
             demo_login=flag("DEMO_LOGIN", cls.demo_login),
             events_webhook_url=events_url,
             events_secret=events_secret,
+            admin_token=admin_token,
+            dyno=get("DYNO", ""),
         )

@@ -71,6 +71,18 @@ class UnknownProduct(CartError):
     status = 404
 
 
+class ProductUnavailable(CartError):
+    """The product is archived (`active: false`): not addable, not checked out."""
+
+    code = "product_unavailable"
+    status = 409
+
+
+class UnknownOrder(CartError):
+    code = "unknown_order"
+    status = 404
+
+
 class NotInCart(CartError):
     code = "not_in_cart"
     status = 404

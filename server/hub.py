@@ -15,7 +15,7 @@ import msgspec
 
 from . import errors, retention
 from .bus import RESYNC, Bus
-from .cart import Cart
+from .cart import Cart, Product
 from .catalog import Catalog
 from .clock import utcnow
 from .config import Settings
@@ -41,8 +41,26 @@ class BusMessage(msgspec.Struct, frozen=True, array_like=True):
     tabs: int | None = None  # presence: the sender's open tabs of this cart
 
 
+class CatalogNews(msgspec.Struct, frozen=True, array_like=True):
+    """Products changed in the store: every other process re-reads them now."""
+
+    origin: str
+    # The products changed, when they are few: read by id. None (an import): every
+    # product changed lately is read.
+    product_ids: list[str] | None = None
+
+
 _bus_decoder = msgspec.msgpack.Decoder(BusMessage)
+_news_decoder = msgspec.msgpack.Decoder(CatalogNews)
 _bus_encode = msgspec.msgpack.Encoder().encode
+CATALOG_CHANNEL = "catalog"
+NEWS_IDS = 100  # a change of more products than this is news without their ids
+
+
+def catalog_news(origin: str, product_ids: list[str]) -> tuple[str, bytes]:
+    """(channel, message) telling every process to re-read these products."""
+    ids = product_ids if len(product_ids) <= NEWS_IDS else None
+    return CATALOG_CHANNEL, _bus_encode(CatalogNews(origin, ids))
 
 
 def channel(cart_id: str) -> str:
@@ -83,6 +101,7 @@ class Hub:
             self.draining,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        catalog.listeners.append(self._tell_rooms)
         metrics.gauge("cart_rooms_loaded", lambda: len(self.rooms))
         metrics.gauge("cart_ws_connections", lambda: sum(len(r.tabs) for r in self.rooms.values()))
 
@@ -159,6 +178,16 @@ class Hub:
         async for name, data in self.bus.listen():
             if name == RESYNC:
                 self._resync()
+                self.catalog.reread(self.store)
+                continue
+            if name == CATALOG_CHANNEL:
+                try:
+                    news = _news_decoder.decode(data)
+                except msgspec.DecodeError:
+                    log.warning("ignored an undecodable catalog message")
+                    continue
+                if news.origin != self.id:
+                    self.catalog.reread(self.store, news.product_ids)
                 continue
             try:
                 message = _bus_decoder.decode(data)
@@ -240,6 +269,21 @@ class Hub:
             if room.elsewhere:
                 room.forget_before(cutoff)
 
+    # --- the catalog -----------------------------------------------------------------
+
+    def catalog_changed(self, products: list[Product]) -> None:
+        """This process wrote these products to the store: take them now, and have every
+        other process re-read the store."""
+        self.catalog.update(products)
+        self.bus.publish(*catalog_news(self.id, [p.id for p in products]))
+
+    def _tell_rooms(self, changed: list[Product]) -> None:
+        """The catalog changed (here, in the store, or through another process): the tabs
+        of every cart holding one of these products hear of it."""
+        by_id = {product.id: product for product in changed}
+        for room in self.rooms.values():
+            room.catalog_changed(by_id)
+
     # --- timers of carts not in memory ------------------------------------------------
 
     async def sweep(self) -> int:
@@ -273,6 +317,7 @@ class Hub:
     # --- background work -------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.bus.subscribe(CATALOG_CHANNEL)
         await self.catalog.refresh(self.store)
         self._spawn(self._listen())
         self._spawn(self._sweep_now_and_every(self.sweep_period()))
@@ -335,6 +380,7 @@ class Hub:
         await asyncio.gather(*(tab.closed() for tab in tabs))
 
     async def close(self) -> None:
+        await self.catalog.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -38,6 +38,8 @@ _HELP = {
         "Longest event-loop delay in the last 30-60 s (probed every 0.1 s).",
     ),
     "cart_gc_pause_seconds": ("gauge", "Longest garbage-collector pass in the last 30-60 s."),
+    "cart_catalog_frames_total": ("counter", "Catalog messages queued to tabs (products changed)."),
+    "cart_admin_requests_total": ("counter", "Admin API requests by result (ok or error code)."),
 }
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 

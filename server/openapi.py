@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from .admin import AdminProduct, BulkBody, BulkResult, OrderPage, ProductBody, ProductPatch
 from .checkout import Started
 from .protocol import (
     MAX_QUANTITY,
@@ -30,6 +31,7 @@ from .protocol import (
 
 class Products(Struct):
     products: list[ProductDoc]
+    next: str | None = None  # paged (?limit=, ?after=) only: the next page's `after`
 
 
 class Changes(Struct):
@@ -53,6 +55,7 @@ class Health(Struct):
 
 _STRUCTS = [Products, CartDoc, AddItemBody, SetQuantityBody, Changes, Snapshot]
 _STRUCTS += [Started, EmptyBody, LoginBody, DemoLoginBody, DemoToken, Health]
+_STRUCTS += [ProductBody, ProductPatch, BulkBody, AdminProduct, BulkResult, OrderPage]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -253,14 +256,6 @@ def _checkout_step(name: str, summary: str, conflict: str) -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     not_in_cart = _error("`not_in_cart`: the cart has no line for this product.")
     return {
-        "/api/products": {
-            "get": {
-                "operationId": "listProducts",
-                "summary": "The catalog.",
-                "tags": ["catalog"],
-                "responses": {"200": _json(_ref("Products"), "Every product.")},
-            }
-        },
         "/api/cart": {
             "get": {
                 "operationId": "getCart",
@@ -487,6 +482,8 @@ def _paths() -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
+    from .openapi_shop import shop_paths  # it builds on the shapes above
+
     _, components = msgspec.json.schema_components(
         _STRUCTS, ref_template="#/components/schemas/{name}"
     )
@@ -500,8 +497,17 @@ def document() -> dict[str, Any]:
             "error has the `Error` shape. The WebSocket (`GET /api/cart/ws`) is described in "
             "docs/PROTOCOL.md in the repository.",
         },
-        "paths": _paths(),
-        "components": {"schemas": components},
+        "paths": {**shop_paths(), **_paths()},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "ADMIN_TOKEN: the admin API (`/api/admin/`) only.",
+                }
+            },
+        },
     }
 
 

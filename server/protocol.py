@@ -15,6 +15,14 @@ ProductId = Annotated[str, Meta(min_length=1, max_length=64, examples=["p-001"])
 Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
 QuantityOrZero = Annotated[int, Meta(ge=0, le=MAX_QUANTITY)]
 Version = Annotated[int, Meta(ge=0)]
+# A product as the shop defines it (catalog files, the admin API).
+ProductKey = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^\S+\Z")]
+Sku = Annotated[str, Meta(min_length=1, max_length=64)]
+ProductName = Annotated[str, Meta(min_length=1, max_length=200)]
+PriceCents = Annotated[int, Meta(ge=0, le=100_000_000)]
+StockUnits = Annotated[int, Meta(ge=0, le=1_000_000_000)]
+StockDelta = Annotated[int, Meta(ge=-1_000_000_000, le=1_000_000_000)]
+ImageUrl = Annotated[str, Meta(max_length=2000)]
 
 
 # --- client -> server (WebSocket) -------------------------------------------------
@@ -100,6 +108,7 @@ class ItemDoc(Struct, frozen=True):
     line_total_cents: int
     image_url: str | None
     current_price_cents: int
+    available: bool  # False: the product was archived (or removed); checkout refuses it
 
 
 class CartDoc(Struct, frozen=True):
@@ -179,6 +188,20 @@ class PongMsg(_ServerMessage, tag="pong"):
     pass
 
 
+class CatalogItem(Struct, frozen=True):
+    product_id: str
+    name: str
+    price_cents: int
+    stock: int  # units that can still be reserved now
+    active: bool
+
+
+class CatalogMsg(_ServerMessage, tag="catalog"):
+    """Products of this cart's lines that changed in the catalog; no cart version."""
+
+    products: list[CatalogItem]
+
+
 # --- outbox events (CART_EVENTS_WEBHOOK_URL) -----------------------------------------
 
 
@@ -202,7 +225,37 @@ class CartEventDoc(Struct, frozen=True):
     at: str
 
 
-ServerMessage = PatchMsg | SnapshotMsg | AckMsg | PresenceMsg | MovedMsg | PongMsg
+# --- the shop's side (admin API, order events) ----------------------------------------
+
+
+class OrderItemDoc(Struct, frozen=True):
+    product_id: str
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
+
+class OrderDoc(Struct, frozen=True):
+    id: str
+    cart_id: str
+    user_id: str | None
+    status: str  # paid | needs_review
+    amount_cents: int  # what the provider says was paid
+    currency: str
+    payment_intent: str | None
+    created_at: str
+    items: list[OrderItemDoc]
+
+
+class OrderEventDoc(OrderDoc, frozen=True):
+    """The JSON body of an order event: the order document, its type and when."""
+
+    type: str  # order_paid | order_needs_review
+    at: str
+
+
+ServerMessage = PatchMsg | SnapshotMsg | AckMsg | PresenceMsg | MovedMsg | PongMsg | CatalogMsg
 server_message_decoder = msgspec.json.Decoder(ServerMessage)
 
 encode = msgspec.json.Encoder().encode

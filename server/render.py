@@ -35,6 +35,7 @@ def item_doc(line: Line, catalog: Mapping[str, Product]) -> ItemDoc:
         line_total_cents=line.quantity * line.unit_price_cents,
         image_url=product.image_url if product else None,
         current_price_cents=product.price_cents if product else line.unit_price_cents,
+        available=product is not None and product.active,
     )
 
 

@@ -14,7 +14,7 @@ from msgspec import Raw
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from . import errors, merge
+from . import errors, listing, merge
 from .auth import make_user_token, verify_user_token
 from .cart import AddItem, ClearCart, Op, RemoveItem, SetQuantity, Status
 from .identity import COOKIE, HEADER, CartRef
@@ -49,8 +49,11 @@ def _ref(request: Request, svc: Services) -> CartRef:
 
 
 async def products(request: Request) -> Response:
-    body = services(request).hub.catalog.products_doc()
-    return Response(body, media_type="application/json", headers={"cache-control": "no-cache"})
+    """The catalog: whole, ?ids=a,b or a page (?limit=&after=); ETag, gzip if large."""
+    try:
+        return await listing.answer(services(request).hub.catalog.shelf, request)
+    except errors.CartError as exc:
+        return error_response(exc, request, None)
 
 
 async def get_cart(request: Request) -> Response:

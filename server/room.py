@@ -12,21 +12,30 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from msgspec import Raw, Struct
 
 from . import cart as domain
 from . import errors, render
-from .cart import FINISHED, Abandon, Cart, Expire, Op, Status
+from .cart import FINISHED, Abandon, Cart, Expire, Op, Product, Status
 from .catalog import Catalog
 from .clock import iso, utcnow
 from .config import Settings
 from .frames import Tab, broadcast
 from .limits import TokenBucket
 from .metrics import Metrics
-from .protocol import CartEventDoc, EventItem, MovedMsg, PresenceMsg, SnapshotMsg, encode
+from .protocol import (
+    CartEventDoc,
+    CatalogItem,
+    CatalogMsg,
+    EventItem,
+    MovedMsg,
+    PresenceMsg,
+    SnapshotMsg,
+    encode,
+)
 from .store import AlreadyApplied, CartWrite, Effect, Emit, StaleVersion, Store, StoredCart
 
 log = logging.getLogger("server.room")
@@ -181,6 +190,17 @@ class Room:
             return
         self._shown_tabs = count
         broadcast(self.tabs, encode(PresenceMsg(tabs=count)))
+
+    def catalog_changed(self, changed: Mapping[str, Product]) -> None:
+        """Tell the tabs about changed products this cart holds (price, stock, name,
+        archived): no new version; the next document carries the same values."""
+        if not self.tabs:
+            return
+        held = [changed[x.product_id] for x in self.cart.lines if x.product_id in changed]
+        if held:
+            items = [CatalogItem(p.id, p.name, p.price_cents, p.stock, p.active) for p in held]
+            broadcast(self.tabs, encode(CatalogMsg(products=items)))
+            self.ctx.metrics.inc("cart_catalog_frames_total", len(self.tabs))
 
     def broadcast(self, message: str | bytes) -> None:
         """One message to every tab: encoded and framed once, the same bytes for all."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 from msgspec import Struct
@@ -24,6 +24,9 @@ from .metrics import Metrics
 from .protocol import DECODE_ERRORS
 from .store import Store
 
+if TYPE_CHECKING:
+    from .admin import AdminGate
+
 T = TypeVar("T")
 _ETAG = re.compile(r'\s*(?:W/)?"?(\d{1,18})"?\s*')
 _TOKEN = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
@@ -41,6 +44,7 @@ class Services(Struct, frozen=True):
     auth_secret: str  # verifies user tokens; empty: login is off
     connections: ConnectionCounter
     new_carts: AddressRate
+    admin: AdminGate | None = None  # the admin API's token check; None: ADMIN_TOKEN unset
 
     def __repr__(self) -> str:
         # Request state is logged whole at trace level: never the secret.

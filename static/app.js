@@ -16,8 +16,11 @@ const params = new URLSearchParams(location.search);
 const transport = ["ws", "poll"].includes(params.get("transport")) ? params.get("transport") : "auto";
 // The page is served under the server's ROOT_PATH: <base href> names it, and so the API.
 const client = new CartClient({ transport, baseUrl: document.baseURI });
+const PAGE = 24; // products per page of the grid: the page loads only what it shows
 let products = new Map();
 let productList = [];
+let nextPage = null; // `after` of the next page of the grid, or null
+const asked = new Set(); // products of cart lines already asked for (?ids=)
 let currency = "usd";
 let leaving = false; // this tab started the checkout and is on its way to the payment page
 
@@ -57,6 +60,12 @@ function errorText(err) {
       return "This cart is locked while a checkout is in progress.";
     case "empty_cart":
       return "Your cart is empty: add something first.";
+    case "product_unavailable":
+      if (Array.isArray(d.lines) && d.lines.length) {
+        return "Remove what is no longer available before checking out: " +
+          d.lines.map((l) => name(l.product_id)).join(", ") + ".";
+      }
+      return `Sorry, ${pid ? name(pid) : "this product"} is no longer available.`;
     default:
   }
   return err.message || "Something went wrong; please try again.";
@@ -107,6 +116,15 @@ function lineRow(item) {
   return li;
 }
 
+// What the shop changed about a line since it was added, as the catalog says now.
+function lineNote(item) {
+  if (item.available === false) return "No longer available";
+  if (item.stock === undefined) return "";
+  if (item.stock <= 0) return "Sold out";
+  if (item.stock <= 5 || item.stock < item.quantity) return `Only ${item.stock} left`;
+  return "";
+}
+
 function lockText(status) {
   if (status === "checking_out") {
     return leaving ? "Taking you to payment…" : "Checkout in progress in another tab.";
@@ -141,6 +159,12 @@ function renderCart(reset = false) {
     changed.textContent = item.current_price_cents > item.unit_price_cents
       ? `Price went up: now ${money(item.current_price_cents)}`
       : `Price dropped: now ${money(item.current_price_cents)}`;
+    const note = $(".line-note", li);
+    note.textContent = lineNote(item);
+    note.hidden = !note.textContent;
+    li.dataset.unavailable = item.available === false ? "1" : "";
+    // No more can be added than the stock left (it counts no cart's lines, only checkouts).
+    li.dataset.noMore = item.available === false || item.stock <= item.quantity ? "1" : "";
     $(".total", li).textContent = money(item.line_total_cents);
     const qty = $(".qty", li);
     if (reset || !qty.dataset.dirty) qty.value = String(item.quantity);
@@ -154,6 +178,7 @@ function renderCart(reset = false) {
   const status = cart ? cart.status : "active";
   const editable = !!cart && client.editable;
   list.querySelectorAll("button, input").forEach((el) => { el.disabled = !editable; });
+  list.querySelectorAll('.line[data-no-more="1"] .inc').forEach((el) => { el.disabled = true; });
   for (const btn of document.querySelectorAll("#products .add")) {
     btn.disabled = !editable || btn.dataset.soldOut === "1";
   }
@@ -195,7 +220,18 @@ function renderUser() {
 
 // --- events -----------------------------------------------------------------------------
 
-client.onChange(() => renderCart());
+client.onChange(() => { renderCart(); loadLineProducts(); });
+// The shop changed a product this cart holds: the grid shows it too (the lines follow
+// through `change`).
+client.onCatalog((changed) => {
+  for (const c of changed) {
+    const p = products.get(c.product_id);
+    if (p) Object.assign(p, { name: c.name, price_cents: c.price_cents, stock: c.stock, active: c.active });
+  }
+  productList = productList.filter((p) => p.active !== false);
+  renderProducts(productList);
+  renderCart();
+});
 client.onStatus(renderStatus);
 client.onPresence(renderPresence);
 client.onMoved(() => renderPresence(null));
@@ -238,6 +274,7 @@ $("#lines").addEventListener("change", (ev) => {
 });
 
 $("#clear").addEventListener("click", () => client.clear());
+$("#more-products").addEventListener("click", () => loadPage());
 
 $("#checkout").addEventListener("click", async () => {
   $("#checkout").disabled = true;
@@ -313,19 +350,35 @@ async function start() {
   // not when the reservation expires.
   if (outcome === "cancelled") client.cancelCheckout().catch(() => {});
   const cartReady = client.start();
+  await loadPage();
+  await cartReady;
+}
+
+// The grid a page at a time: the first page at start, the next on "Show more".
+async function loadPage() {
   try {
-    const res = await fetch("api/products");
-    if (!res.ok) throw new Error(`HTTP ${res.status}`);
-    const list = (await res.json()).products;
-    productList = list;
-    products = new Map(list.map((p) => [p.id, p]));
-    client.setCatalog(list);
-    renderProducts(list);
+    const { products: page, next } = await client.loadProducts({ limit: PAGE, after: nextPage });
+    for (const p of page) {
+      if (!products.has(p.id)) productList.push(p);
+      products.set(p.id, p);
+    }
+    nextPage = next;
+    $("#more-products").hidden = !next;
+    renderProducts(productList);
     renderCart();
   } catch (err) {
     $("#products-state").textContent = `Could not load the products (${err.message}).`;
   }
-  await cartReady;
+}
+
+// Lines of products the grid has not loaded: ask for just those (their stock and state).
+function loadLineProducts() {
+  const missing = (client.cart ? client.cart.items : [])
+    .map((item) => item.product_id)
+    .filter((id) => !client.catalog.has(id) && !asked.has(id));
+  if (!missing.length) return;
+  missing.forEach((id) => asked.add(id));
+  client.loadProducts({ ids: missing.slice(0, 100) }).catch(() => {});
 }
 
 start();

@@ -118,7 +118,9 @@ export class CartClient {
 
   // --- events ----------------------------------------------------------------------------
 
-  /** Subscribe to `change` | `status` | `error` | `presence` | `moved`; returns an unsubscribe. */
+  /** Subscribe to `change` | `status` | `error` | `presence` | `moved` | `catalog`; returns an
+   *  unsubscribe. `catalog` gets the products of this cart that changed in the shop (price,
+   *  stock, name, `active`), as the server sent them; `change` follows with the lines updated. */
   on(event, cb) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
     this.listeners.get(event).add(cb);
@@ -129,6 +131,7 @@ export class CartClient {
   onError(cb) { return this.on("error", cb); }
   onPresence(cb) { return this.on("presence", cb); }
   onMoved(cb) { return this.on("moved", cb); }
+  onCatalog(cb) { return this.on("catalog", cb); }
 
   emit(event, value) {
     for (const cb of this.listeners.get(event) || []) {
@@ -142,9 +145,49 @@ export class CartClient {
     this.emit("status", status);
   }
 
-  /** Products by id, so that an add can be shown before the server answers it. */
+  /** Products by id (merged into those known), so that an add can be shown before the
+   *  server answers it and lines can show their stock. */
   setCatalog(products) {
-    this.catalog = new Map(products.map((p) => [p.id, p]));
+    for (const p of products) this.catalog.set(p.id, { ...this.catalog.get(p.id), ...p });
+  }
+
+  /** GET /api/products, merged into the catalog: the products named (`ids`, e.g. a cart's
+   *  lines), or a page of the catalog (`limit`, `after`: the previous page's `next`). The
+   *  browser revalidates with the ETag, so an unchanged catalog costs a 304.
+   *  Returns {products, next}. */
+  async loadProducts({ ids, limit, after } = {}) {
+    if (ids && !ids.length) return { products: [], next: null };
+    const url = this.url("/api/products");
+    if (ids) url.searchParams.set("ids", ids.join(","));
+    if (limit) url.searchParams.set("limit", String(limit));
+    if (after) url.searchParams.set("after", after);
+    const res = await fetch(url, { credentials: this.crossOrigin ? "include" : "same-origin", cache: "no-cache" });
+    let data = null;
+    try { data = await res.json(); } catch { /* not JSON */ }
+    if (!res.ok) {
+      throw new CartError((data && data.error) || { code: `http_${res.status}` }, res.status);
+    }
+    this.setCatalog(data.products);
+    this.refresh();
+    return { products: data.products, next: data.next || null };
+  }
+
+  /** A `catalog` message: the shop changed products this cart holds. The lines show it at
+   *  once (current price, name, availability, stock); the cart's version does not move. */
+  catalogNews(products) {
+    for (const p of products) {
+      const known = this.catalog.get(p.product_id) || { id: p.product_id };
+      const { product_id: id, ...fields } = p;
+      this.catalog.set(id, { ...known, ...fields });
+      for (const item of this.confirmed ? this.confirmed.items : []) {
+        if (item.product_id !== id) continue;
+        item.name = p.name;
+        item.current_price_cents = p.price_cents;
+        item.available = p.active;
+      }
+    }
+    this.emit("catalog", products);
+    this.refresh();
   }
 
   /** True when the shown cart accepts edits (not locked by a checkout, not finished). */
@@ -408,6 +451,9 @@ export class CartClient {
         // sign-in set, in this browser) names the cart to go on with.
         if (!msg.cart_id) this.followMerge();
         else if (msg.cart_id !== this.signed) this.switchCart(msg.cart_id, null);
+        break;
+      case "catalog":
+        this.catalogNews(msg.products);
         break;
       default: // pong, and types a later server may add
     }
@@ -694,6 +740,10 @@ export function applyPatch(cart, patch) {
 /** The cart as it will be if the pending edits are accepted; their lines say `pending`. */
 export function withPending(confirmed, pending, catalog) {
   const cart = structuredClone(confirmed);
+  for (const item of cart.items) { // the stock left, where the catalog knows it
+    const known = catalog.get(item.product_id);
+    if (known && known.stock !== undefined) item.stock = known.stock;
+  }
   if (!pending.length || !MUTABLE.has(cart.status)) return cart;
   const setQty = (item, quantity) => {
     item.quantity = quantity;
@@ -714,6 +764,7 @@ export function withPending(confirmed, pending, catalog) {
         product_id: product.id, sku: product.sku, name: product.name,
         image_url: product.image_url, unit_price_cents: product.price_cents,
         current_price_cents: product.price_cents, quantity: 0, line_total_cents: 0,
+        available: product.active !== false, stock: product.stock,
       };
       setQty(added, p.quantity);
       cart.items.push(added);

@@ -11,9 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
-from tests.support import ServerProcess, rest
+from tests.support import ServerProcess, rest, unavailable
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Locator, Page
@@ -100,11 +98,8 @@ def require_chromium() -> None:
             import playwright.async_api  # noqa: F401
         except ImportError:
             missing = "the playwright package is missing (pip install -e '.[test]')"
-    if missing is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"browser tests cannot run in CI: {missing}")
-    pytest.skip(missing)
+    if missing is not None:
+        unavailable(f"browser tests cannot run: {missing}")
 
 
 # Runs before the page's own scripts: records CSP violations, which the page must have none of.

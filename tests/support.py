@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -46,12 +46,22 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def service_missing(what: str, exc: BaseException) -> None:
-    """Skip locally; in CI a missing service is a failure, never a silent skip."""
-    message = f"{what} is not reachable: {type(exc).__name__}: {exc}"
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(message + " (CI must provide it)")
-    pytest.skip(message)
+def in_ci() -> bool:
+    """CI=true (or 1, yes): everything must run there, nothing may be skipped."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def unavailable(message: str, *, module: bool = False) -> NoReturn:
+    """The one rule for what a test needs and does not find (a service, a browser, a
+    package): skipped locally, a failure in CI, never a silent skip. `module`: called
+    while a test module is imported."""
+    if in_ci():
+        pytest.fail(f"{message} (CI must provide it)", pytrace=False)
+    pytest.skip(message, allow_module_level=module)
+
+
+def service_missing(what: str, exc: BaseException) -> NoReturn:
+    unavailable(f"{what} is not reachable: {type(exc).__name__}: {exc}")
 
 
 @contextlib.asynccontextmanager

@@ -140,6 +140,16 @@ def test_cold_waits_for_an_external_server_to_evict(
     assert result["wrong_snapshots"] == 0
 
 
+def test_catalog_loads_lists_and_times_a_change_to_the_tabs() -> None:
+    args = ("--products", "300", "--requests", "3", "--changes", "3", "--carts", "2", "--tabs", "2")
+    result = bench("catalog", *args)
+    assert result["listed"] == 300 + 100  # the bench server's own catalog, and these
+    assert 0 < result["whole_gzip_bytes"] < result["whole_bytes"]
+    assert result["tabs"] == 4 and result["changes"] == 3
+    for kind in ("whole_ms", "whole_304_ms", "page_100_ms", "ids_20_ms", "change_to_all_tabs_ms"):
+        assert 0 < result[kind]["p50"] <= result[kind]["max"], kind
+
+
 def test_attack_counts_held_and_refused_connections() -> None:
     # Its own server: 200 sockets per address (twice MAX_CONNECTIONS_PER_IP), 2 s for a head.
     args = ("--half-open", "250", "--probes", "5", "--header-mib", "2", "--timeout", "30")

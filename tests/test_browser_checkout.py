@@ -6,22 +6,17 @@ POST /api/demo/login + /api/cart/login (DEMO_LOGIN=1): they fail until those end
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import pytest
-
 from tests.browser_support import WAIT_MS, Shop, change_product
-from tests.support import ServerProcess, rest
+from tests.support import ServerProcess, rest, unavailable
 
 try:
     from playwright.async_api import expect
-except ImportError:  # the browser fixture fails in CI, skips elsewhere
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("the playwright package is missing", allow_module_level=True)
+except ImportError:
+    unavailable("the playwright package is missing", module=True)
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser

@@ -5,23 +5,18 @@ gets a clear error through onError instead of "offline" forever."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-import pytest
-
 from tests.browser_support import ROOT, WAIT_MS
-from tests.support import ServerProcess, free_port
+from tests.support import ServerProcess, free_port, unavailable
 
 try:
     from playwright.async_api import expect
-except ImportError:  # the browser fixture fails in CI, skips elsewhere
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("the playwright package is missing", allow_module_level=True)
+except ImportError:
+    unavailable("the playwright package is missing", module=True)
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser

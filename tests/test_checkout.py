@@ -48,10 +48,10 @@ async def start(client: httpx.AsyncClient) -> dict[str, Any]:
 
 
 async def frame(tab: Tab) -> dict[str, Any]:
-    """The next frame that is not a presence count."""
+    """The next frame that is not a presence count or catalog news (stock reserved)."""
     while True:
         found = await tab.next()
-        if found["type"] != "presence":
+        if found["type"] not in ("presence", "catalog"):
             return found
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from server.config import ConfigError, Settings, parse_duration, redact, sqlite_path
+from tests.support import ServerProcess
 
 
 @pytest.mark.parametrize(
@@ -265,3 +268,24 @@ def test_redact_hides_only_the_password() -> None:
         == "postgresql://app:***@db:5432/cart?x=1"
     )
     assert redact("redis://db:6379/0") == "redis://db:6379/0"
+
+
+def test_a_heroku_dyno_with_sqlite_warns_loudly_at_start(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server({"DYNO": "web.1"}).start()
+    server.stop()
+    warnings = [line for line in server.lines if "DYNO=web.1 with a SQLite store" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0]
+    assert "Add Heroku Postgres" in warnings[0]
+
+
+def test_no_dyno_warning_off_heroku_or_with_postgres(caplog: pytest.LogCaptureFixture) -> None:
+    from server.app import warn_ephemeral_disk
+
+    with caplog.at_level("WARNING", logger="server"):
+        warn_ephemeral_disk(Settings.from_env({}))
+        warn_ephemeral_disk(Settings.from_env({"DYNO": "web.1", "DATABASE_URL": "postgres://x/y"}))
+        assert caplog.records == []
+        warn_ephemeral_disk(Settings.from_env({"DYNO": "web.2"}))
+    assert [r.getMessage().startswith("!!! DYNO=web.2") for r in caplog.records] == [True]

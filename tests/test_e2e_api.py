@@ -28,7 +28,7 @@ CART_KEYS = {
 }  # fmt: skip
 ITEM_KEYS = {
     "product_id", "sku", "name", "quantity", "unit_price_cents", "line_total_cents",
-    "image_url", "current_price_cents",
+    "image_url", "current_price_cents", "available",
 }  # fmt: skip
 PRODUCT_KEYS = {"id", "sku", "name", "price_cents", "stock", "image_url"}
 COOKIE_FLAGS = "; HttpOnly; SameSite=Lax; Path=/; Max-Age=2592000"
@@ -269,7 +269,7 @@ async def test_add_creates_a_line_then_adds_to_it(s: Session) -> None:
     assert line == {
         "product_id": "p-005", "sku": "SKU-005", "name": "Product 5", "quantity": 5,
         "unit_price_cents": price("p-005"), "line_total_cents": 5 * price("p-005"),
-        "image_url": "/static/img/5.svg", "current_price_cents": price("p-005"),
+        "image_url": "/static/img/5.svg", "current_price_cents": price("p-005"), "available": True,
     }  # fmt: skip
     subtotal = 5 * price("p-005") + price("p-006")
     assert doc["item_count"] == 6 and doc["subtotal_cents"] == subtotal

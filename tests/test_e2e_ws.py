@@ -99,7 +99,7 @@ def item(product_id: str, quantity: int) -> dict[str, Any]:
         "product_id": product_id, "sku": f"SKU-{n:03d}", "name": f"Product {n}",
         "quantity": quantity, "unit_price_cents": PRICE[product_id],
         "line_total_cents": quantity * PRICE[product_id], "image_url": f"/static/img/{n}.svg",
-        "current_price_cents": PRICE[product_id],
+        "current_price_cents": PRICE[product_id], "available": True,
     }  # fmt: skip
 
 

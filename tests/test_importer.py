@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -12,8 +15,11 @@ from typing import Any
 
 import pytest
 
+from server.__main__ import main
 from server.cart import Product
 from server.importer import DEMO_CATALOG, CatalogFileError, read_products
+from server.store.tables import SCHEMA_TABLES
+from tests.support import fresh_schema
 
 CSV_HEADER = "id,sku,name,price_cents,stock,image_url\n"
 
@@ -135,8 +141,7 @@ def test_csv_negative_stock(tmp_path: Path) -> None:
 def test_csv_header_missing_a_column(tmp_path: Path) -> None:
     path = write(tmp_path / "c.csv", "id,sku,name,stock\np-1,SKU-1,One,1\n")
     message = error_of(path)
-    assert "line 1" in message
-    assert "price_cents" in message
+    assert "line 1: the header row lacks the column price_cents" in message
 
 
 def test_csv_duplicate_id(tmp_path: Path) -> None:
@@ -164,9 +169,65 @@ def test_csv_extra_fields(tmp_path: Path) -> None:
     assert "more fields" in message
 
 
-def test_csv_empty_file(tmp_path: Path) -> None:
-    message = error_of(write(tmp_path / "c.csv", ""))
-    assert "line 1" in message
+@pytest.mark.parametrize("name", ["c.csv", "c.json"])
+@pytest.mark.parametrize("text", ["", "\n\n", "\ufeff"])
+def test_an_empty_file_is_called_empty(tmp_path: Path, name: str, text: str) -> None:
+    assert error_of(write(tmp_path / name, text)).endswith(": the file is empty")
+
+
+@pytest.mark.parametrize("name", ["c.csv", "c.json"])
+def test_a_file_that_is_not_utf8_is_named_as_such(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    # What a spreadsheet saving "CSV" in Windows-1252 writes: é as one byte, on line 3.
+    path.write_bytes(
+        (CSV_HEADER + "p-1,SKU-1,One,100,1,\np-2,SKU-2,Caf\xe9,100,1,\n").encode("cp1252")
+    )
+    message = error_of(path)
+    assert "line 3: the file is not UTF-8 text" in message
+    assert "CSV UTF-8" in message
+
+
+@pytest.mark.parametrize("price", ["12.50", "12,50", "0.5"])
+def test_csv_price_in_units_names_the_cents(tmp_path: Path, price: str) -> None:
+    cents = {"12.50": 1250, "12,50": 1250, "0.5": 50}[price]
+    path = write(tmp_path / "c.csv", CSV_HEADER + f'p-1,SKU-1,One,"{price}",1,\n')
+    message = error_of(path)
+    assert f"line 2: price_cents is {price}: prices are integer cents: {cents}" in message
+
+
+@pytest.mark.parametrize(("price", "shown"), [(12.5, "12.5"), ("12.50", "12.50")])
+def test_json_price_in_units_names_the_cents(tmp_path: Path, price: object, shown: str) -> None:
+    message = error_of(write(tmp_path / "c.json", json.dumps([product(price_cents=price)])))
+    assert f"item 1: price_cents is {shown}: prices are integer cents: 1250" in message
+
+
+def test_csv_unknown_column_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.csv", "id,sku,name,price_cents,stock,colour\np-1,S,One,1,1,red\n")
+    message = error_of(path)
+    assert "line 1: unknown column 'colour'" in message
+    assert "id, sku, name, price_cents, stock, image_url" in message
+
+
+def test_csv_repeated_column(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.csv", "id,sku,name,price_cents,stock,sku\np-1,S,One,1,1,T\n")
+    assert "line 1: the column 'sku' appears twice" in error_of(path)
+
+
+def test_errors_speak_plainly(tmp_path: Path) -> None:
+    # No msgspec wording ("Expected `int`, got `str`", "Object contains unknown field").
+    cases = {
+        "abc": "price_cents is 'abc'; it must be a whole number of cents from 0 to 100000000",
+        "-1": "price_cents is '-1'; it must be a whole number of cents",
+    }
+    for price, expected in cases.items():
+        path = write(tmp_path / "c.csv", CSV_HEADER + f"p-1,SKU-1,One,{price},1,\n")
+        message = error_of(path)
+        assert expected in message
+        assert "Expected" not in message and "`" not in message
+    blank_name = write(tmp_path / "n.csv", CSV_HEADER + "p-1,SKU-1,,100,1,\n")
+    assert "line 2: name is empty; it must be 1 to 200 characters" in error_of(blank_name)
+    spaced = write(tmp_path / "s.csv", CSV_HEADER + "p 1,SKU-1,One,100,1,\n")
+    assert "id is 'p 1'; it must be one word (no spaces)" in error_of(spaced)
 
 
 def test_csv_header_only(tmp_path: Path) -> None:
@@ -196,15 +257,13 @@ def test_json_missing_field(tmp_path: Path) -> None:
     row = product()
     del row["sku"]
     message = error_of(write(tmp_path / "c.json", json.dumps([row])))
-    assert "item 1" in message
-    assert "sku" in message
+    assert "item 1: no sku (every product needs it)" in message
 
 
 def test_json_unknown_key(tmp_path: Path) -> None:
     path = write(tmp_path / "c.json", json.dumps([product(), product(id="p-2", color="red")]))
     message = error_of(path)
-    assert "item 2" in message
-    assert "color" in message
+    assert "item 2: unknown field 'color'; the fields are id, sku" in message
 
 
 def test_json_duplicate_id_and_sku(tmp_path: Path) -> None:
@@ -369,6 +428,71 @@ def test_cli_migrate_creates_the_tables_in_wal_mode(tmp_path: Path) -> None:
     assert cli(db, "migrate").returncode == 0
 
 
+def test_cli_migrate_says_which_tables_it_created(tmp_path: Path) -> None:
+    db = tmp_path / "cart.db"
+    first = cli(db, "migrate")
+    assert first.returncode == 0, first.stderr
+    every = ", ".join(SCHEMA_TABLES)
+    n = len(SCHEMA_TABLES)
+    assert f"created {every} ({n} of {n} tables) in sqlite:///{db}" in first.stdout
+    assert "the schema is up to date" in first.stdout
+    again = cli(db, "migrate")
+    assert f"nothing to create: all {n} tables were there" in again.stdout
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DROP TABLE payment_events")
+    repaired = cli(db, "migrate")
+    assert f"created payment_events (1 of {n} tables)" in repaired.stdout
+
+
+async def test_cli_migrate_on_postgresql_says_which_tables_it_created(tmp_path: Path) -> None:
+    async with fresh_schema() as url:
+        env = {**os.environ, "DATABASE_URL": url, "CART_SECRET": "x"}
+        run = functools.partial(
+            subprocess.run,
+            [sys.executable, "-m", "server", "migrate"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        first = await asyncio.to_thread(run)
+        assert first.returncode == 0, first.stderr
+        assert f"({len(SCHEMA_TABLES)} of {len(SCHEMA_TABLES)} tables)" in first.stdout
+        again = await asyncio.to_thread(run)
+        assert "nothing to create" in again.stdout, again.stdout + again.stderr
+
+
+def test_cli_import_of_a_file_that_is_not_utf8_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_bytes((CSV_HEADER + "p-1,SKU-1,Café,100,1,\n").encode("latin-1"))
+    result = cli(tmp_path / "cart.db", "import", str(path))
+    assert result.returncode == 1
+    assert f"error: {path} line 2: the file is not UTF-8 text" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+HELP = {
+    (): ["serve", "migrate", "import", "events", "DATABASE_URL", "LOG_LEVEL", "--port"],
+    ("serve",): ["HOST", "PORT", "DATABASE_URL", "CART_SECRET", "REDIS_URL", "drain"],
+    ("migrate",): ["DATABASE_URL", "schema.sql", "Existing tables and their rows are kept"],
+    ("import",): ["DATABASE_URL", "price_cents", "integer cents", "every row or none"],
+    ("events",): ["DATABASE_URL", "one JSON object per line", "--undelivered", "--limit"],
+}
+
+
+@pytest.mark.parametrize("command", list(HELP), ids=lambda c: " ".join(c) or "top")
+def test_help_says_what_each_command_does_and_reads(
+    command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as ended:
+        main([*command, "--help"])
+    assert ended.value.code == 0
+    shown = capsys.readouterr().out
+    missing = [phrase for phrase in HELP[command] if phrase not in shown]
+    assert not missing, shown
+
+
 def test_cli_refuses_a_bad_setting(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/c.db", "PATCH_HISTORY": "none"}
     result = subprocess.run(
@@ -382,3 +506,8 @@ def test_cli_refuses_a_bad_setting(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "PATCH_HISTORY" in result.stderr
     assert not (tmp_path / "c.db").exists()
+
+
+def test_csv_active_that_is_not_true_or_false(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.csv", "id,sku,name,price_cents,stock,active\np-1,S,One,1,1,maybe\n")
+    assert "line 2: active is 'maybe'; it must be true or false" in error_of(path)

@@ -4,6 +4,7 @@ it against a live server, finds no 5xx and no response that breaks the document.
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,9 +14,11 @@ from starlette.routing import Route
 
 from server.app import create_app
 from server.config import Settings
+from tests import support
 from tests.support import ServerProcess
 
 EXAMPLES = 25
+ADMIN_TOKEN = "schemathesis-admin-token-0123456789"
 # The demo payment provider's own pages (HTML forms standing in for Stripe's hosted page)
 # are not part of the shop's API.
 NOT_API = "/checkout/demo/"
@@ -64,7 +67,8 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(
     make_server: Callable[..., ServerProcess],
 ) -> None:
     # Long-polls answer within 0.2 s, or generated `wait`s would stall the run.
-    server = make_server({"LONG_POLL_MAX": "0.2"}).start()
+    # The admin API on, and schemathesis holding its token: it exercises those routes too.
+    server = make_server({"LONG_POLL_MAX": "0.2", "ADMIN_TOKEN": ADMIN_TOKEN}).start()
     options = {
         "--checks": "not_a_server_error,response_schema_conformance",
         "--max-examples": str(EXAMPLES),
@@ -77,6 +81,7 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(
         [
             *(sys.executable, "-c", SCHEMATHESIS, "run", f"{server.url}/openapi.json"),
             *(part for option in options.items() for part in option),
+            *("--header", f"Authorization: Bearer {ADMIN_TOKEN}"),
             "--no-color",
         ],
         capture_output=True,
@@ -89,6 +94,10 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(
     assert int(counts[1]) == int(counts[2]) >= 200
     print(f"\nschemathesis: {counts[0]}")
     assert "Traceback" not in server.log()
+    # The token went with the requests: the admin routes ran, and made products.
+    with sqlite3.connect(server.db) as db:
+        (count,) = db.execute("SELECT count(*) FROM products").fetchone()
+    assert count > len(support.test_catalog())
 
 
 # --- what schemathesis found, pinned ---------------------------------------------------

@@ -201,6 +201,7 @@ ITEM = ItemDoc(
     line_total_cents=3998,
     image_url="/static/img/tee.svg",
     current_price_cents=1999,
+    available=True,
 )
 
 
@@ -230,6 +231,7 @@ def test_patch_encodes_with_type_first_and_the_protocol_field_names() -> None:
                 "line_total_cents": 3998,
                 "image_url": "/static/img/tee.svg",
                 "current_price_cents": 1999,
+                "available": True,
             },
         },
         {"op": "remove", "product_id": "p-002"},

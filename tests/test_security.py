@@ -371,6 +371,7 @@ async def test_a_whole_session_logs_no_secret_and_no_credential(
         "CART_AUTH_SECRET": f"auth-secret-{tag}",
         "STRIPE_WEBHOOK_SECRET": f"whsec_{tag}",
         "CART_EVENTS_SECRET": f"events-secret-{tag}",
+        "ADMIN_TOKEN": f"admin-token-{tag}",
     }
     passwords = {"PostgreSQL": f"pg-password-{tag}", "Redis": f"redis-password-{tag}"}
     redis = RedisServer(tmp_path, password=passwords["Redis"]).start()
@@ -420,6 +421,14 @@ async def _whole_session(
         assert webhook.status_code == 400
         await client.get("/metrics")
         await client.get("/nowhere")
+        admin = {"Authorization": f"Bearer {secrets['ADMIN_TOKEN']}"}
+        changed = await client.patch(
+            "/api/admin/products/p-003", json={"stock_delta": -1}, headers=admin
+        )
+        assert changed.status_code == 200, changed.text
+        assert (await client.get("/api/admin/orders", headers=admin)).status_code == 200
+        wrong = {"Authorization": f"Bearer {secrets['ADMIN_TOKEN'][:-1]}x"}
+        assert (await client.get("/api/admin/orders", headers=wrong)).status_code == 401
     tab = await Tab.open(server, signed, client_id="logged")
     await tab.next("snapshot")
     await tab.send({"type": "add", "id": "w1", "product_id": "p-002", "quantity": 1})

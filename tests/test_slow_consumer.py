@@ -48,17 +48,19 @@ async def test_a_tab_that_stops_reading_is_dropped_without_slowing_the_others(
     sent: dict[int, float] = {}
     latencies: list[float] = []
     dropped_after: float | None = None
+    last: int | None = None  # the last version sent, once the driver is done
     began = time.monotonic()
 
     async def watch(tab: Tab) -> None:
+        """Every patch, in order, up to the last one sent; a wrong one fails the test."""
         nonlocal dropped_after
         expected = 1
-        while True:
+        while last is None or expected <= last:
             frame = await tab.next(timeout=20)
-            if frame["type"] == "presence" and frame["tabs"] == 3:
+            if frame["type"] == "presence" and frame["tabs"] == 3 and last is None:
                 dropped_after = dropped_after or time.monotonic() - began
             elif frame["type"] == "patch":
-                assert frame["version"] == expected  # every patch, in order
+                assert frame["version"] == expected, (frame["version"], expected)
                 latencies.append(time.monotonic() - sent[expected])
                 expected += 1
 
@@ -73,6 +75,14 @@ async def test_a_tab_that_stops_reading_is_dropped_without_slowing_the_others(
             assert (await driver.next("ack"))["version"] == n
             if dropped_after is not None and n > 50 or time.monotonic() - began > 20:
                 break
+            if any(task.done() for task in watching):
+                break  # a watcher failed: its error is raised below
+        last = n
+        # A frame to each watcher after the last patch (the driver leaves: presence), so a
+        # watcher that already has every patch sees `last` set and returns.
+        await driver.close()
+        async with asyncio.timeout(30):
+            await asyncio.gather(*watching)  # a watcher's assertion fails the test here
     finally:
         for task in watching:
             task.cancel()
@@ -85,5 +95,5 @@ async def test_a_tab_that_stops_reading_is_dropped_without_slowing_the_others(
     assert len(latencies) >= 2 * 300  # both watchers saw every patch of a real load
     p99 = latencies[int(len(latencies) * 0.99)]
     assert p99 < 0.25 and latencies[-1] < 1.0, (p99, latencies[-1])
-    for tab in (*watchers, driver):
+    for tab in watchers:
         await tab.close()

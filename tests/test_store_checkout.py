@@ -5,6 +5,7 @@ runs on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from server.metrics import Metrics
 from server.protocol import encode
 from server.render import patch_msg
 from server.store import (
+    Archived,
     AttachSession,
     CartWrite,
     Checkout,
@@ -28,6 +30,7 @@ from server.store import (
     Fulfil,
     Order,
     OrderLine,
+    ProductChange,
     RecordEvent,
     Release,
     Reserve,
@@ -162,6 +165,30 @@ async def test_a_short_line_reserves_nothing_and_stores_no_cart_change(
     ) == [(0,)]
 
 
+async def test_a_line_of_an_archived_product_reserves_nothing(
+    store: Store, database_url: str
+) -> None:
+    cart = await cart_holding(store, "c1", [("tee", 2), ("mug", 1)])
+    await store.change_product("mug", ProductChange(active=False))
+    with pytest.raises(Archived) as archived:
+        await reserve(store, cart, "co-1")
+    assert archived.value.product_ids == ["mug"]
+    assert await stocks(database_url) == {"tee": 5, "mug": 2, "pen": 100}
+    assert await store.load_checkout("co-1") is None
+    await store.change_product("mug", ProductChange(active=True))
+    await reserve(store, cart, "co-1")
+    assert await stocks(database_url) == {"tee": 3, "mug": 1, "pen": 100}
+
+
+async def test_products_are_read_by_id_as_stored_now(store: Store) -> None:
+    await store.change_product("mug", ProductChange(stock_delta=-1, active=False))
+    found = {p.id: p for p in await store.products_by_id(["mug", "nope", "tee"])}
+    assert found == {
+        "mug": Product("mug", "MUG", "Mug", 500, 1, None, False),
+        "tee": Product("tee", "TEE", "Tee", 2000, 5),
+    }
+
+
 async def test_concurrent_reservations_never_oversell(
     store: Store, database_url: str, metrics: Metrics
 ) -> None:
@@ -279,6 +306,25 @@ async def test_fulfil_turns_the_reservation_into_one_order(store: Store, databas
         await store.record(Fulfil(order_for(checkout)), RecordEvent("e2", "x"))
     assert await query(database_url, "SELECT COUNT(*) FROM orders") == [(1,)]
     assert await query(database_url, "SELECT event_id FROM payment_events") == [("e1",)]
+    # The order's event, written with it (and not again by the refused second payment).
+    [(cart_id, kind, payload)] = await query(
+        database_url, "SELECT cart_id, type, payload FROM cart_events"
+    )
+    event = json.loads(payload)
+    [(order_id, created_at)] = await query(database_url, "SELECT id, created_at FROM orders")
+    assert (cart_id, kind) == ("c1", "order_paid")
+    assert event == {
+        "id": order_id, "cart_id": "c1", "user_id": None, "status": "paid",
+        "amount_cents": 4000, "currency": "usd", "payment_intent": "pi_1",
+        "created_at": created_at, "type": "order_paid", "at": created_at,
+        "items": [
+            {"product_id": "tee", "sku": "TEE", "name": "Tee", "quantity": 2,
+             "unit_price_cents": 2000},
+            {"product_id": "pen", "sku": "PEN", "name": "Pen", "quantity": 3,
+             "unit_price_cents": 150},
+        ],
+    }  # fmt: skip
+    assert await store.load_order(order_id) is not None
 
 
 async def test_paid_after_release_takes_the_stock_again(store: Store, database_url: str) -> None:
@@ -302,6 +348,9 @@ async def test_paid_after_release_with_the_stock_gone_needs_review(
     # tee was there and is taken; mug (2 wanted, 1 left) is not: never below zero.
     assert await stocks(database_url) == {"tee": 3, "mug": 1, "pen": 100}
     assert await query(database_url, "SELECT status FROM orders") == [("needs_review",)]
+    [(kind, payload)] = await query(database_url, "SELECT type, payload FROM cart_events")
+    assert kind == "order_needs_review"
+    assert json.loads(payload)["status"] == "needs_review"
     assert (await store.load_checkout("co-1")).status == "paid"  # type: ignore[union-attr]
 
 

@@ -62,6 +62,7 @@ class RedisBus:
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._wake = asyncio.Event()
+        self._sending = 0  # messages taken from the outbox, not yet answered by Redis
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -184,6 +185,7 @@ class RedisBus:
             while self._outbox:
                 count = min(len(self._outbox), PUBLISH_BATCH)
                 batch = [self._outbox.popleft() for _ in range(count)]
+                self._sending = count
                 try:
                     if count == 1:
                         await self._client.publish(*batch[0])
@@ -199,9 +201,11 @@ class RedisBus:
                     self._metrics.inc("cart_bus_dropped_total", dropped)
                     if delay == BACKOFF_MIN:
                         log.warning("Redis publish failed (%s): dropped", _describe(exc))
+                    self._sending = 0
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, BACKOFF_MAX)
                     break
+                self._sending = 0
                 delay = BACKOFF_MIN
                 self._metrics.inc("cart_bus_published_total", count)
 
@@ -215,7 +219,8 @@ class RedisBus:
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_FLUSH):
-                while self._outbox and self._connected.is_set():
+                # Also the batch on its way: cancelling the sender mid-publish loses it.
+                while (self._outbox or self._sending) and self._connected.is_set():
                     await asyncio.sleep(0.01)
         for task in self._tasks:
             task.cancel()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from msgspec import Struct
 
 from ..cart import Cart, Change, Product
 from ..config import ConfigError, Settings
 from ..metrics import Metrics
+from ..protocol import OrderDoc, OrderEventDoc, OrderItemDoc, encode
 
 
 class StaleVersion(Exception):
@@ -31,6 +32,39 @@ class ShortStock(Exception):
     def __init__(self, lines: list[dict[str, object]]) -> None:
         super().__init__(lines)
         self.lines = lines  # [{"product_id", "requested", "available"}]
+
+
+class Archived(Exception):
+    """A reservation found lines of archived products (`active` 0); nothing was reserved."""
+
+    def __init__(self, product_ids: list[str]) -> None:
+        super().__init__(product_ids)
+        self.product_ids = product_ids
+
+
+class ProductConflict(ValueError):
+    """A product the store refused (its SKU belongs to another product); nothing stored."""
+
+    def __init__(self, product_id: str, message: str) -> None:
+        super().__init__(message)
+        self.product_id = product_id
+
+
+def product_from_row(row: Any) -> Product:
+    """(id, sku, name, price_cents, stock, image_url, active, ...) -> Product."""
+    return Product(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+
+
+class ProductChange(Struct, frozen=True):
+    """A partial update of one product, applied atomically; None leaves a field as it is."""
+
+    name: str | None = None
+    price_cents: int | None = None
+    stock: int | None = None
+    stock_delta: int = 0  # added to the stock (or to `stock`); never below zero
+    image_url: str | None = None
+    set_image_url: bool = False  # image_url given (None then clears it)
+    active: bool | None = None
 
 
 # REST answers kept for replay per cart: those of its last this many versions. An older
@@ -147,6 +181,27 @@ class CreateCart(Struct, frozen=True):
     expires_at: datetime
 
 
+def order_event(order: Order, status: str, now: str) -> Emit:
+    """The outbox event written with an order: order_paid or order_needs_review."""
+    doc = OrderEventDoc(
+        id=order.id,
+        cart_id=order.cart_id,
+        user_id=order.user_id,
+        status=status,
+        amount_cents=order.amount_total_cents,
+        currency=order.currency,
+        payment_intent=order.payment_intent,
+        created_at=now,
+        items=[
+            OrderItemDoc(x.product_id, x.sku, x.name, x.quantity, x.unit_price_cents)
+            for x in order.lines
+        ],
+        type=f"order_{status}",
+        at=now,
+    )
+    return Emit(order.cart_id, doc.type, encode(doc))
+
+
 Effect = Reserve | Release | Fulfil | AttachSession | RecordEvent | Emit | CreateCart
 
 
@@ -259,8 +314,24 @@ class Store(Protocol):
         """Products updated at or after `changed_since` (all by default), and the latest
         updated_at among them: the `changed_since` for the next call."""
 
+    async def products_by_id(self, product_ids: list[str]) -> list[Product]:
+        """These products as stored now (unknown ids left out)."""
+
     async def upsert_products(self, products: list[Product]) -> tuple[int, int]:
-        """Insert or update products in one transaction; (inserted, updated)."""
+        """Insert or update products in one transaction; (inserted, updated). Raises
+        ProductConflict (nothing stored)."""
+
+    async def change_product(self, product_id: str, change: ProductChange) -> Product:
+        """Apply a partial update atomically; the product after it. Raises UnknownProduct,
+        or InsufficientStock when a movement would take the stock below zero."""
+
+    async def list_orders(
+        self, status: str | None, limit: int, after: tuple[str, str] | None
+    ) -> list[OrderDoc]:
+        """Orders newest first (of one status, if given), after the (created_at, id)
+        cursor, at most `limit`."""
+
+    async def load_order(self, order_id: str) -> OrderDoc | None: ...
 
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""

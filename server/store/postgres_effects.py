@@ -10,6 +10,7 @@ import asyncpg
 
 from ..clock import iso, parse_iso
 from . import (
+    Archived,
     AttachSession,
     Checkout,
     CheckoutLine,
@@ -25,6 +26,7 @@ from . import (
     Reserve,
     ShortStock,
     TooManyHolds,
+    order_event,
 )
 
 
@@ -166,6 +168,12 @@ async def _hold(conn: asyncpg.Connection, checkout_id: str, holder: str, cap: in
 
 
 async def _reserve(conn: asyncpg.Connection, checkout: Checkout, now: str) -> None:
+    archived = await conn.fetch(
+        "SELECT id FROM products WHERE active = 0 AND id = ANY($1::text[])",
+        [x.product_id for x in checkout.lines],
+    )
+    if archived:
+        raise Archived(sorted(row[0] for row in archived))
     short = await _take_stock(conn, checkout.lines, now)
     if short:
         raise ShortStock(short)  # the transaction rolls the other lines back
@@ -243,3 +251,5 @@ async def _fulfil(conn: asyncpg.Connection, order: Order, now: str) -> None:
             for x in order.lines
         ],
     )
+    # The shop's backend hears of the order from the outbox, written in this transaction.
+    await apply_effects(conn, (order_event(order, status, now),), now)

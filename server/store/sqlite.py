@@ -31,6 +31,7 @@ from ..cart import Cart, Line, Product, Status
 from ..clock import iso, parse_iso, utcnow
 from ..config import SCHEMA_PATH, Settings, sqlite_path
 from ..metrics import Metrics
+from ..protocol import OrderDoc
 from . import (
     ANSWERS_PER_CART,
     AlreadyApplied,
@@ -40,11 +41,15 @@ from . import (
     CheckoutLine,
     Effect,
     Held,
+    ProductChange,
+    ProductConflict,
     StaleVersion,
     StoredCart,
     StoreStats,
+    product_from_row,
 )
 from .sqlite_effects import apply_effects, checkout_from_row
+from .sqlite_shop import change_product, list_orders, load_order
 
 log = logging.getLogger("server.store")
 T = TypeVar("T")
@@ -296,6 +301,17 @@ class SQLiteStore:
     async def upsert_products(self, products: list[Product]) -> tuple[int, int]:
         return await self._write(partial(_upsert_products, products, iso(utcnow())))
 
+    async def change_product(self, product_id: str, change: ProductChange) -> Product:
+        return await self._write(partial(change_product, product_id, change, iso(utcnow())))
+
+    async def list_orders(
+        self, status: str | None, limit: int, after: tuple[str, str] | None
+    ) -> list[OrderDoc]:
+        return await list_orders(self._read, status, limit, after)
+
+    async def load_order(self, order_id: str) -> OrderDoc | None:
+        return await load_order(self._read, order_id)
+
     # --- reads -----------------------------------------------------------------------
 
     async def load_cart(self, cart_id: str, keys_since: datetime) -> StoredCart | None:
@@ -432,12 +448,20 @@ class SQLiteStore:
 
     async def load_products(self, changed_since: str = "") -> tuple[list[Product], str]:
         rows = await self._read(
-            "SELECT id, sku, name, price_cents, stock, image_url, updated_at FROM products"
-            " WHERE updated_at >= ? ORDER BY id",
+            "SELECT id, sku, name, price_cents, stock, image_url, active, updated_at"
+            " FROM products WHERE updated_at >= ? ORDER BY id",
             (changed_since,),
         )
-        latest = max((row[6] for row in rows), default=changed_since)
-        return [Product(*row[:6]) for row in rows], latest
+        latest = max((row[7] for row in rows), default=changed_since)
+        return [product_from_row(row) for row in rows], latest
+
+    async def products_by_id(self, product_ids: list[str]) -> list[Product]:
+        rows = await self._read(
+            "SELECT id, sku, name, price_cents, stock, image_url, active FROM products"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(product_ids),),
+        )
+        return [product_from_row(row) for row in rows]
 
     async def versions(self, cart_ids: list[str]) -> dict[str, int]:
         if not cart_ids:
@@ -514,20 +538,20 @@ def _upsert_products(
         try:
             cur = conn.execute(
                 "UPDATE products SET sku = ?, name = ?, price_cents = ?, stock = ?, image_url = ?,"
-                " updated_at = ? WHERE id = ?",
-                (p.sku, p.name, p.price_cents, p.stock, p.image_url, now, p.id),
+                " active = ?, updated_at = ? WHERE id = ?",
+                (p.sku, p.name, p.price_cents, p.stock, p.image_url, int(p.active), now, p.id),
             )
             if cur.rowcount:
                 updated += 1
                 continue
             conn.execute(
-                "INSERT INTO products (id, sku, name, price_cents, stock, image_url, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (p.id, p.sku, p.name, p.price_cents, p.stock, p.image_url, now, now),
+                "INSERT INTO products (id, sku, name, price_cents, stock, image_url, active,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (p.id, p.sku, p.name, p.price_cents, p.stock, p.image_url, int(p.active), now, now),
             )
             inserted += 1
         except sqlite3.IntegrityError as exc:
-            raise ValueError(f"product {p.id!r} (sku {p.sku!r}): {exc}") from None
+            raise ProductConflict(p.id, f"product {p.id!r} (sku {p.sku!r}): {exc}") from None
     return inserted, updated
 
 
@@ -607,6 +631,16 @@ def _add_columns(conn: sqlite3.Connection) -> None:
     if "request" not in columns:
         try:
             conn.execute("ALTER TABLE applied_mutations ADD COLUMN request TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(products)")}
+    if "active" not in columns:
+        try:
+            conn.execute(
+                "ALTER TABLE products ADD COLUMN active INTEGER NOT NULL DEFAULT 1"
+                " CHECK (active IN (0, 1))"
+            )
         except sqlite3.OperationalError as exc:  # another process added it first
             if "duplicate column" not in str(exc):
                 raise

@@ -3,11 +3,13 @@ reservations, orders, payment events, outbox events, user carts (the store's Eff
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
 from ..clock import iso, parse_iso
 from . import (
+    Archived,
     AttachSession,
     Checkout,
     CheckoutLine,
@@ -23,6 +25,7 @@ from . import (
     Reserve,
     ShortStock,
     TooManyHolds,
+    order_event,
 )
 
 
@@ -136,6 +139,12 @@ def _hold(checkout_id: str, holder: str, cap: int, conn: sqlite3.Connection) -> 
 
 
 def _reserve(checkout: Checkout, now: str, conn: sqlite3.Connection) -> None:
+    archived = conn.execute(
+        "SELECT id FROM products WHERE active = 0 AND id IN (SELECT value FROM json_each(?))",
+        (json.dumps([x.product_id for x in checkout.lines]),),
+    ).fetchall()
+    if archived:
+        raise Archived(sorted(row[0] for row in archived))
     short = _take_stock(checkout.lines, now, conn)
     if short:
         raise ShortStock(short)  # the job's savepoint rolls the other lines back
@@ -211,3 +220,5 @@ def _fulfil(order: Order, now: str, conn: sqlite3.Connection) -> None:
             for x in order.lines
         ],
     )
+    # The shop's backend hears of the order from the outbox, written in this transaction.
+    apply_effects((order_event(order, status, now),), now, conn)

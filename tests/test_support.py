@@ -1,0 +1,44 @@
+"""The suite's own rule for what a test needs and does not find: skipped on a developer's
+machine, a failure in CI (CI=true), decided in one place."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.support import unavailable
+
+TESTS = Path(__file__).parent
+
+
+@pytest.mark.parametrize("value", ["true", "1", "yes", "TRUE", "True"])
+def test_in_ci_what_is_missing_fails(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CI", value)
+    with pytest.raises(pytest.fail.Exception, match=r"Redis is gone \(CI must provide it\)"):
+        unavailable("Redis is gone")
+
+
+@pytest.mark.parametrize("value", [None, "", "false", "0", "no"])
+def test_elsewhere_what_is_missing_is_skipped(
+    monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", value)
+    with pytest.raises(pytest.skip.Exception, match="Redis is gone"):
+        unavailable("Redis is gone")
+
+
+def test_no_test_module_reads_ci_on_its_own() -> None:
+    reads = re.compile(r"""environ(\.get)?\s*[\[(]\s*["']CI["']|getenv\(\s*["']CI["']""")
+    own = [
+        f"{path.name}:{n}"
+        for path in sorted(TESTS.glob("*.py"))
+        if path.name not in {"support.py", "test_support.py"}
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if reads.search(line)
+    ]
+    assert not own, f"use tests.support.unavailable / in_ci instead: {own}"
