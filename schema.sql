@@ -167,3 +167,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS idx_cart_sessions_user_open ON cart_sessions(u
 -- The purge finds finished carts past their time without scanning every cart.
 CREATE INDEX IF NOT EXISTS idx_cart_sessions_finished ON cart_sessions(updated_at)
     WHERE status IN ('expired', 'merged', 'checked_out');
+
+-- The background purge finds old records by these, oldest first (see EVENTS_TTL).
+CREATE INDEX IF NOT EXISTS idx_payment_events_received ON payment_events(received_at);
+CREATE INDEX IF NOT EXISTS idx_checkouts_released ON checkouts(updated_at) WHERE status = 'released';

@@ -1,6 +1,6 @@
 """Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold,
-catalog; the crash test, `python -m bench crash --kills 1000`; and `attack`, half-open
-connections and a huge header from one address.
+catalog; the crash test, `python -m bench crash --kills 1000`; `attack`, half-open
+connections and a huge header from one address; and the long runs, churn and soak.
 
 Starts its own server (SQLite in a temp dir) unless given --url. Every run is bounded in
 count and time, and prints a human table and one JSON line (with the machine)."""
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import attack, catalog, cold, crash, fanout, floor, max, rest, side, tabs
+from . import attack, catalog, churn, cold, crash, fanout, floor, max, rest, side, soak, tabs
 from .harness import FloorServer, LocalServer, Target, raise_nofile
 
 MODES = {
@@ -24,6 +24,8 @@ MODES = {
     "attack": (attack, "half-open connections and a huge header: what others see meanwhile"),
     "floor": (floor, "serve the floor: the leanest in-memory server of the protocol"),
     "side": (side, "the issue's figures for this server and the floor, alternating: ratios"),
+    "soak": (soak, "a steady mix of everything for N minutes: nothing lost, nothing grows"),
+    "churn": (churn, "anonymous shoppers come and go for weeks (TTLs shortened): rows level off"),
 }
 # Modes that can measure the floor (--floor) instead of this server.
 FLOOR_MODES = {"fanout", "max", "rest", "tabs"}

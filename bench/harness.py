@@ -81,6 +81,7 @@ class LocalServer:
             "CONNECTION_RATE_BURST": "1000000",
             "NEW_CART_RATE": "1000000",
             "NEW_CART_BURST": "1000000",
+            "MAX_CHECKOUTS_PER_IP": "1000000",
             **(env or {}),
         }
         catalog = [

@@ -1,5 +1,5 @@
-"""Command line: serve (the default), migrate, import a catalog, list outbox events;
-what each does and reads is its --help."""
+"""Command line: serve (the default), migrate, import a catalog, list outbox events, back
+up and restore the SQLite database; what each does and reads is its --help."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from .backup import DatabaseInUse
 from .config import ConfigError, Settings, redact
 
 TRACE = 5
@@ -86,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     events.add_argument("--undelivered", action="store_true", help="only those not delivered")
     events.add_argument("--limit", type=int, default=100, help="at most this many (oldest first)")
+    copy = commands.add_parser("backup", help="copy the live SQLite database while it serves")
+    copy.add_argument("path", type=Path)
+    copy.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    put = commands.add_parser(
+        "restore", help="put a backup in place of the SQLite database (server stopped)"
+    )
+    put.add_argument("path", type=Path)
     args = parser.parse_args(argv)
 
     try:
@@ -104,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_import(settings, args.file))
         if args.command == "events":
             return asyncio.run(_events(settings, args.undelivered, args.limit))
+        if args.command in ("backup", "restore"):
+            return _backup_or_restore(settings, args)
         return _serve(settings, args)
-    except ConfigError as exc:
+    except (ConfigError, DatabaseInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -245,6 +255,35 @@ async def _events(settings: Settings, undelivered: bool, limit: int) -> int:
         record = msgspec.structs.asdict(event)
         record["payload"] = msgspec.json.decode(event.payload)
         sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+    return 0
+
+
+def _backup_or_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from . import backup
+    from .config import sqlite_path
+
+    if not settings.database_url.startswith("sqlite:"):
+        tool = "pg_dump" if args.command == "backup" else "pg_restore (of a pg_dump archive)"
+        print(
+            f"error: the store is PostgreSQL ({redact(settings.database_url)}): use {tool};"
+            f" `python -m server {args.command}` is for the SQLite store",
+            file=sys.stderr,
+        )
+        return 2
+    db = Path(sqlite_path(settings.database_url))
+    try:
+        if args.command == "backup":
+            print(f"backing up {db} (the server may keep serving)", flush=True)
+            summary = backup.backup(db, args.path, args.force, lambda s: print(s, flush=True))
+            print(f"backup written and checked: {summary.describe()}")
+        else:
+            kept = backup.restore(db, args.path)
+            print(f"restored {args.path} as {db}")
+            if kept is not None:
+                print(f"the database it replaced is kept as {kept}")
+    except backup.BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

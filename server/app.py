@@ -27,10 +27,12 @@ from .hub import Hub
 from .identity import CartIds, load_secret
 from .importer import DEMO_CATALOG, read_products
 from .limits import AddressRate, ConnectionCounter
+from .loopwatch import LoopWatch
 from .metrics import Metrics
 from .outbox import Outbox
 from .payments import open_provider
 from .store import open_store
+from .vitals import Vitals
 from .web import Services, error_response
 
 log = logging.getLogger("server")
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         hub = Hub(store, bus, catalog, settings, metrics, ids.sign)
         checkouts = Checkouts(hub, store, open_provider(settings), settings, metrics)
         outbox = Outbox(store, settings, metrics)
+        Vitals(store, metrics)
+        watch = LoopWatch(metrics).start()
         try:
             await catalog.refresh(store)
             if not catalog.products and settings.demo_catalog:
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
             yield {"services": services}
         finally:
+            await watch.close()
             await outbox.close()
             await checkouts.close()
             await hub.close()

@@ -136,6 +136,9 @@ class Settings:
     abandon_after: float = 30 * 60.0
     cart_ttl: float = 30 * 86400.0
     idempotency_ttl: float = 86400.0
+    # Outbox events (delivered ones; all of them without a webhook), payment event ids and
+    # released checkouts are deleted this long after the fact.
+    events_ttl: float = 30 * 86400.0
     # How often each process re-reads products changed meanwhile (by the CLI import, or
     # another process whose bus message was lost): GET /api/products is this fresh.
     catalog_refresh_seconds: float = 1.0
@@ -311,6 +314,7 @@ class Settings:
             abandon_after=duration("ABANDON_AFTER", cls.abandon_after),
             cart_ttl=duration("CART_TTL", cls.cart_ttl),
             idempotency_ttl=duration("IDEMPOTENCY_TTL", cls.idempotency_ttl),
+            events_ttl=duration("EVENTS_TTL", cls.events_ttl),
             catalog_refresh_seconds=duration("CATALOG_REFRESH", cls.catalog_refresh_seconds),
             sqlite_synchronous=synchronous,
             sqlite_busy_timeout=duration("SQLITE_BUSY_TIMEOUT", cls.sqlite_busy_timeout),

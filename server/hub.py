@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from . import errors
+from . import errors, retention
 from .bus import RESYNC, Bus
 from .cart import Cart, Product
 from .catalog import Catalog
@@ -320,7 +320,7 @@ class Hub:
         self._spawn(self._sweep_now_and_every(self.sweep_period()))
         self._spawn(self._every(max(1.0, self.settings.room_idle_seconds / 4), self.evict_idle))
         self._spawn(self._every(self.settings.catalog_refresh_seconds, self._refresh_catalog))
-        self._spawn(self._every(3600.0, self._prune))
+        self._spawn(self._every(retention.period(self.settings), self.purge))
         self._spawn(self._every(max(0.1, self.settings.bus_check_seconds), self.check_versions))
         presence = max(0.1, self.settings.presence_ttl_seconds / 3)
         self._spawn(self._every(presence, self.refresh_presence))
@@ -328,10 +328,9 @@ class Hub:
     async def _refresh_catalog(self) -> None:
         await self.catalog.refresh(self.store)
 
-    async def _prune(self) -> None:
-        before = utcnow() - timedelta(seconds=self.settings.idempotency_ttl)
-        await self.store.prune(before)
-        await self.store.purge_expired(utcnow() - timedelta(seconds=self.settings.cart_ttl), 500)
+    async def purge(self) -> None:
+        purged = await retention.purge(self.store, self.settings, utcnow())
+        self.metrics.inc("cart_purged_rows_total", purged)
 
     async def _sweep_now_and_every(self, seconds: float) -> None:
         # At once on start: deadlines that passed while the server was down fire soon.

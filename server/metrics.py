@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -28,6 +28,16 @@ _HELP = {
     "cart_bus_reconnects_total": ("counter", "Reconnections of the bus subscription."),
     "cart_bus_applied_total": ("counter", "Other processes' commits taken from the bus."),
     "cart_room_repairs_total": ("counter", "Rooms re-read from the store: a message lost."),
+    "cart_purged_rows_total": ("counter", "Rows deleted by the background purge."),
+    "cart_database_bytes": ("gauge", "Database size: SQLite file and WAL, or the schema's tables."),
+    "cart_outbox_pending": ("gauge", "Lifecycle events not delivered yet (the outbox backlog)."),
+    "cart_outbox_oldest_seconds": ("gauge", "Age of the oldest undelivered event (0: none)."),
+    "cart_checkouts_reserved": ("gauge", "Checkouts holding stock (reserved, not settled)."),
+    "cart_event_loop_lag_seconds": (
+        "gauge",
+        "Longest event-loop delay in the last 30-60 s (probed every 0.1 s).",
+    ),
+    "cart_gc_pause_seconds": ("gauge", "Longest garbage-collector pass in the last 30-60 s."),
     "cart_catalog_frames_total": ("counter", "Catalog messages queued to tabs (products changed)."),
     "cart_admin_requests_total": ("counter", "Admin API requests by result (ok or error code)."),
 }
@@ -49,6 +59,7 @@ class Metrics:
         self.counters: defaultdict[tuple[str, Labels], float] = defaultdict(float)
         self.histograms: defaultdict[str, Histogram] = defaultdict(Histogram)
         self.gauges: dict[str, Callable[[], float]] = {}
+        self.collectors: list[Callable[[], Awaitable[None]]] = []
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
         self.counters[(name, tuple(sorted(labels.items())))] += value
@@ -58,6 +69,14 @@ class Metrics:
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         self.gauges[name] = read
+
+    def collector(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Run before each render: gauges whose source must be awaited (the store)."""
+        self.collectors.append(refresh)
+
+    async def collect(self) -> None:
+        for refresh in self.collectors:
+            await refresh()
 
     def render(self) -> str:
         lines: list[str] = []

@@ -312,5 +312,6 @@ async def metrics(request: Request) -> Response:
             return error_response(
                 errors.Unauthorized("/metrics needs its bearer token"), request, None
             )
+    await svc.metrics.collect()
     text = svc.metrics.render()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

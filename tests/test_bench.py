@@ -162,3 +162,43 @@ def test_attack_counts_held_and_refused_connections() -> None:
     assert huge["header_bytes"] == 2 * 1024 * 1024
     assert huge["answer"] == "HTTP/1.1 431 Request Header Fields Too Large"
     assert huge["healthz_ok"] == huge["healthz_probes"]
+
+
+def bench_any(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
+    """Like bench(), for modes that exit 1 with a verdict: the code and the JSON line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.returncode, result
+
+
+def test_churn_samples_every_growing_table_and_says_whether_they_level_off() -> None:
+    # Too short to level off (the carts' TTL is 20 s): the samples and the verdict are there.
+    code, run = bench_any("churn", "--minutes", "0.25", "--rate", "10", "--every", "2")
+    assert run["outcomes"] == {"ok": 150}
+    assert len(run["samples"]) >= 5
+    last = run["samples"][-1]
+    assert last["cart_sessions"] > 0 and last["applied_mutations"] > 0
+    assert last["cart_database_bytes"] > 0 and last["rss"] > 0
+    assert set(run["levelled"]) >= {"cart_events", "payment_events", "RSS", "database size"}
+    assert code == (0 if all(run["levelled"].values()) else 1)
+
+
+def test_soak_checks_every_ack_and_every_tab() -> None:
+    code, run = bench_any(
+        "soak", "--minutes", "0.5", "--shoppers", "4", "--rate", "10", "--every", "3"
+    )
+    failures = run["failures"]
+    assert failures["acknowledged but not stored"] == 0, run["examples"]
+    assert failures["tab or long-poll saw a version out of order"] == 0, run["examples"]
+    assert failures["tab behind at the end"] == 0, run["examples"]
+    assert run["acked"] > 50 and run["actions"]["ws_edit"] > 0
+    assert len(run["samples"]) >= 5
+    assert {"cart_event_loop_lag_seconds", "cart_outbox_pending"} <= set(run["samples"][0])
+    assert code == (0 if not any(failures.values()) else 1)  # growth judged on long runs

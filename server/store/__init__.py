@@ -234,6 +234,15 @@ class CartWrite(Struct, frozen=True):
     request: str | None = None  # REST: a digest of what was asked, to refuse a reused key
 
 
+class StoreStats(Struct, frozen=True):
+    """What an operator watches in the store (see /metrics)."""
+
+    size_bytes: int  # SQLite: the file and its WAL; PostgreSQL: the schema's tables
+    outbox_pending: int  # events not yet delivered
+    outbox_oldest: str | None  # created_at of the oldest of them
+    checkouts_reserved: int  # checkouts holding stock
+
+
 class Held(Protocol):
     """One cart held in the store for the length of a block (see Store.hold)."""
 
@@ -273,6 +282,11 @@ class Store(Protocol):
     async def purge_expired(self, finished_before: datetime, limit: int) -> int:
         """Delete the lines, patches and ids of expired carts, and finished carts last
         changed before `finished_before`, at most `limit` rows per transaction."""
+
+    async def purge_records(self, before: datetime, undelivered_too: bool, limit: int) -> int:
+        """Delete outbox events delivered (or, with `undelivered_too`, any) and payment event
+        ids and released checkouts from before `before`, at most `limit` rows per
+        transaction."""
 
     async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
         """Undelivered events due for a try, leased to the caller for `lease` seconds."""
@@ -321,6 +335,8 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""
+
+    async def stats(self) -> StoreStats: ...
 
     async def close(self) -> None: ...
 

@@ -51,6 +51,7 @@ from . import (
     ProductChange,
     StaleVersion,
     StoredCart,
+    StoreStats,
     product_from_row,
 )
 from .postgres_effects import apply_effects, checkout_from_row, rowcount
@@ -353,6 +354,24 @@ class PostgresStore:
                     break
         return total
 
+    async def purge_records(self, before: datetime, undelivered_too: bool, limit: int) -> int:
+        total = 0
+        for sql in _RECORD_PURGES:
+            params = (iso(before), undelivered_too, limit) if "$3" in sql else (iso(before), limit)
+            while True:
+                async with self._connection("purge old records") as conn:
+                    deleted = rowcount(await conn.execute(sql, *params))
+                total += deleted
+                if deleted < limit:
+                    break
+        return total
+
+    async def stats(self) -> StoreStats:
+        async with self._connection("read the store's figures") as conn:
+            row = await conn.fetchrow(_STATS)
+        assert row is not None
+        return StoreStats(*row)
+
     async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
         until = iso(now + timedelta(seconds=lease))
         async with self._connection("claim outbox events") as conn, conn.transaction():
@@ -586,4 +605,24 @@ _PURGES = (
     " JOIN cart_sessions s ON s.id = m.cart_id WHERE s.status = 'expired' LIMIT $1))",
     "DELETE FROM cart_sessions WHERE id IN (SELECT id FROM cart_sessions"
     " WHERE status IN ('expired', 'merged', 'checked_out') AND updated_at < $1 LIMIT $2)",
+)
+
+# SQLite's three record purges (see server/store/sqlite.py).
+_RECORD_PURGES = (
+    "DELETE FROM cart_events WHERE id IN (SELECT id FROM cart_events WHERE created_at < $1"
+    " AND (delivered_at IS NOT NULL OR $2) ORDER BY id LIMIT $3)",
+    "DELETE FROM payment_events WHERE event_id IN (SELECT event_id FROM payment_events"
+    " WHERE received_at < $1 LIMIT $2)",
+    "DELETE FROM checkouts WHERE id IN (SELECT id FROM checkouts"
+    " WHERE status = 'released' AND updated_at < $1 LIMIT $2)",
+)
+
+# The schema's own tables (the test database holds many schemas), then SQLite's figures.
+_STATS = (
+    "SELECT (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = current_schema() AND c.relkind = 'r'),"
+    " (SELECT count(*) FROM cart_events WHERE delivered_at IS NULL),"
+    " (SELECT min(created_at) FROM cart_events WHERE delivered_at IS NULL),"
+    " (SELECT count(*) FROM checkouts WHERE status = 'reserved' AND expires_at > '')"
 )

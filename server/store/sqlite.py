@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from .. import errors
+from ..backup import hold_open
 from ..cart import Cart, Line, Product, Status
 from ..clock import iso, parse_iso, utcnow
 from ..config import SCHEMA_PATH, Settings, sqlite_path
@@ -43,6 +45,7 @@ from . import (
     ProductConflict,
     StaleVersion,
     StoredCart,
+    StoreStats,
     product_from_row,
 )
 from .sqlite_effects import apply_effects, checkout_from_row
@@ -75,11 +78,13 @@ class SQLiteStore:
         self._pending: list[tuple[Job, asyncio.Future[Any], float]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._unfinished = 0  # writes submitted and not yet committed or failed
+        self._open_lock: int | None = None  # shared lock: no restore while this is open
         metrics.gauge("cart_store_writes_pending", lambda: self._unfinished)
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics | None = None) -> SQLiteStore:
         store = cls(sqlite_path(settings.database_url), settings, metrics or Metrics())
+        store._open_lock = hold_open(store._path)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(store._executor, store._open_writer)
         store._reader = await aiosqlite.connect(
@@ -369,6 +374,19 @@ class SQLiteStore:
                     break
         return total
 
+    async def purge_records(self, before: datetime, undelivered_too: bool, limit: int) -> int:
+        total = 0
+        for sql in _RECORD_PURGES:
+            params = (
+                (iso(before), int(undelivered_too), limit) if "?3" in sql else (iso(before), limit)
+            )
+            while True:
+                deleted = await self._write(partial(_execute, sql, params))
+                total += deleted
+                if deleted < limit:
+                    break
+        return total
+
     async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
         return await self._write(
             partial(_claim_events, iso(now), iso(now + timedelta(seconds=lease)), limit)
@@ -457,6 +475,15 @@ class SQLiteStore:
     async def ping(self) -> None:
         await self._read("SELECT 1", ())
 
+    async def stats(self) -> StoreStats:
+        rows = await self._read(_STATS, ())
+        size = sum(
+            os.stat(path).st_size
+            for path in (self._path, f"{self._path}-wal")
+            if os.path.exists(path)
+        )
+        return StoreStats(size, *rows[0])
+
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         reader = self._reader
         assert reader is not None
@@ -471,6 +498,9 @@ class SQLiteStore:
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.close)
         self._executor.shutdown(wait=True)
+        if self._open_lock is not None:
+            os.close(self._open_lock)
+            self._open_lock = None
 
 
 class _Held:
@@ -555,6 +585,25 @@ _PURGES = (
     " JOIN cart_sessions s ON s.id = m.cart_id WHERE s.status = 'expired' LIMIT ?)",
     "DELETE FROM cart_sessions WHERE id IN (SELECT id FROM cart_sessions"
     " WHERE status IN ('expired', 'merged', 'checked_out') AND updated_at < ? LIMIT ?)",
+)
+
+
+# Both counts are served by partial indexes (pending events, reserved checkouts).
+_STATS = (
+    "SELECT (SELECT count(*) FROM cart_events WHERE delivered_at IS NULL),"
+    " (SELECT min(created_at) FROM cart_events WHERE delivered_at IS NULL),"
+    " (SELECT count(*) FROM checkouts WHERE status = 'reserved' AND expires_at > '')"
+)
+
+# Records kept for a while after the fact (EVENTS_TTL), oldest first, in short batches.
+# Released checkouts only: a paid one is the order's record.
+_RECORD_PURGES = (
+    "DELETE FROM cart_events WHERE id IN (SELECT id FROM cart_events WHERE created_at < ?1"
+    " AND (delivered_at IS NOT NULL OR ?2) ORDER BY id LIMIT ?3)",
+    "DELETE FROM payment_events WHERE event_id IN (SELECT event_id FROM payment_events"
+    " WHERE received_at < ? LIMIT ?)",
+    "DELETE FROM checkouts WHERE id IN (SELECT id FROM checkouts"
+    " WHERE status = 'released' AND updated_at < ? LIMIT ?)",
 )
 
 
