@@ -19,13 +19,16 @@ def tracked_text_files() -> list[Path]:
     return [ROOT / name for name in listed if not name.endswith((".png", ".svg", ".ico"))]
 
 
+# The one folder outside the repository that documents have pointed at, spelled so that
+# this file does not name it itself.
+OUTSIDE = "/".join(("..", "shared"))
+
+
 def test_nothing_refers_to_a_file_outside_the_repository() -> None:
     outside = [
         str(path.relative_to(ROOT))
         for path in tracked_text_files()
-        if path.is_file()
-        and "../shared" in path.read_text(errors="replace")
-        and path != Path(__file__)
+        if path.is_file() and OUTSIDE in path.read_text(errors="replace")
     ]
     assert outside == []
 
