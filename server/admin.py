@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from . import errors
 from .cart import Product
+from .importer import ProductRow, row_product
 from .limits import TokenBucket
 from .protocol import (
     ImageUrl,
@@ -65,20 +66,8 @@ class ProductBody(Struct, frozen=True, forbid_unknown_fields=True):
     active: bool = True
 
 
-class BulkProduct(Struct, frozen=True, forbid_unknown_fields=True):
-    """One row of POST /api/admin/products: a whole product with its id."""
-
-    id: ProductKey
-    sku: Sku
-    name: ProductName
-    price_cents: PriceCents
-    stock: StockUnits
-    image_url: ImageUrl | None = None
-    active: bool = True
-
-
 class BulkBody(Struct, frozen=True, forbid_unknown_fields=True):
-    products: Annotated[list[BulkProduct], Meta(min_length=1, max_length=MAX_BULK)]
+    products: Annotated[list[ProductRow], Meta(min_length=1, max_length=MAX_BULK)]
 
 
 class ProductPatch(Struct, frozen=True, forbid_unknown_fields=True):
@@ -248,10 +237,7 @@ async def _bulk_products(request: Request, svc: Services) -> Response:
                     index=index,
                 )
             first[key] = index
-    products = [
-        Product(r.id, r.sku, r.name, r.price_cents, r.stock, r.image_url, r.active)
-        for r in body.products
-    ]
+    products = [row_product(row) for row in body.products]
     try:
         inserted, updated = await svc.store.upsert_products(products)
     except ProductConflict as exc:
