@@ -255,6 +255,10 @@ class Held(Protocol):
 
 
 class Store(Protocol):
+    # Commits of one cart started in order are stored in that order (one writer queue):
+    # a room may then start the next before the last one returns (pipeline.py).
+    ordered_commits: bool
+
     async def load_cart(self, cart_id: str, keys_since: datetime) -> StoredCart | None:
         """The cart with its recent patches and mutation ids, or None if never stored."""
 

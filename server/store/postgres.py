@@ -96,6 +96,8 @@ RESTAMP_AFTER = 1.0  # seconds an import may take before its rows are stamped ag
 
 
 class PostgresStore:
+    ordered_commits = False  # each commit takes its own pooled connection
+
     def __init__(self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> None:
         self._pool = pool
         self._history = settings.patch_history

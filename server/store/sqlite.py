@@ -64,6 +64,8 @@ _held: dict[tuple[str, str], asyncio.Event] = {}
 
 
 class SQLiteStore:
+    ordered_commits = True  # one writer thread takes the jobs in the order they came
+
     def __init__(self, path: str, settings: Settings, metrics: Metrics) -> None:
         self._path = path
         self._synchronous = settings.sqlite_synchronous
