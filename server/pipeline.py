@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Container, Coroutine
-from typing import Any
+from collections.abc import Callable, Container
 
 from . import errors
 from .cart import Cart
@@ -21,7 +20,7 @@ from .store import CartWrite, StaleVersion
 class _InFlight:
     __slots__ = ("write", "commit", "done")
 
-    def __init__(self, write: CartWrite, commit: asyncio.Task[None]) -> None:
+    def __init__(self, write: CartWrite, commit: asyncio.Future[None]) -> None:
         self.write = write
         self.commit = commit
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -55,10 +54,10 @@ class Pipeline:
             return False
         return key is None or (key not in applied and all(e.write.key != key for e in self._queue))
 
-    def push(self, write: CartWrite, commit: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
-        """Start committing `write` (the store must take commits in the order they start);
-        the future is done once it is stored and taken, or failed."""
-        entry = _InFlight(write, asyncio.ensure_future(commit))
+    def push(self, write: CartWrite, commit: asyncio.Future[None]) -> asyncio.Future[None]:
+        """Follow `write`, whose commit (Store.start_commit) has begun; the future returned
+        is done once it is stored and taken, or failed."""
+        entry = _InFlight(write, commit)
         self._queue.append(entry)
         entry.commit.add_done_callback(self._settle)
         return entry.done

@@ -187,7 +187,7 @@ class Room:
                 return await apply(base_version=base_version)
             # Applied on top of the writes in flight, so it joins their group commit.
             write = self.prepare(op, origin=origin, key=key, respond=respond, request=request)
-            stored = self._pipe.push(write, self.ctx.store.commit(write))
+            stored = self._pipe.push(write, self.ctx.store.start_commit(write))
         try:
             await stored
         except (StaleVersion, AlreadyApplied) as exc:

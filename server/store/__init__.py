@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
@@ -265,6 +266,10 @@ class Store(Protocol):
     async def commit(self, write: CartWrite, *more: CartWrite) -> None:
         """Durably commit one mutation (or several carts' at once, all or none). Raises
         StaleVersion, AlreadyApplied, or Unavailable when it could not."""
+
+    def start_commit(self, write: CartWrite) -> asyncio.Future[None]:
+        """commit() of one write, begun now: with ordered_commits, a later call for the same
+        cart is stored after this one."""
 
     async def record(self, *effects: Effect) -> None:
         """Durably write effects that change no cart, in one transaction."""

@@ -98,6 +98,9 @@ RESTAMP_AFTER = 1.0  # seconds an import may take before its rows are stamped ag
 class PostgresStore:
     ordered_commits = False  # each commit takes its own pooled connection
 
+    def start_commit(self, write: CartWrite) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self.commit(write))
+
     def __init__(self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> None:
         self._pool = pool
         self._history = settings.patch_history

@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import time
+from asyncio import Future
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -54,6 +55,7 @@ from .sqlite_shop import change_product, list_orders, load_order
 log = logging.getLogger("server.store")
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
+Fail = Callable[[Exception], Exception] | None
 PRUNE_BATCH = 500
 FORGET_OLD_ANSWERS = (
     "UPDATE applied_mutations SET response = NULL"
@@ -77,7 +79,7 @@ class SQLiteStore:
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._read_lock = asyncio.Lock()  # one read transaction at a time on the reader
-        self._pending: list[tuple[Job, asyncio.Future[Any], float]] = []
+        self._pending: list[tuple[Job, Future[Any], float, Fail]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._unfinished = 0  # writes submitted and not yet committed or failed
         self._open_lock: int | None = None  # shared lock: no restore while this is open
@@ -107,22 +109,24 @@ class SQLiteStore:
     # --- the writer: group commit ----------------------------------------------------
 
     async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((job, fut, time.perf_counter()))
+        return await self._submit(job)
+
+    def _submit(self, job: Callable[[sqlite3.Connection], T], failed: Fail = None) -> Future[T]:
+        """Queue `job` for the next transaction: its place in the order is taken now.
+        `failed` turns the exception a failed job raised into the one its future gets."""
+        fut: Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, fut, time.perf_counter(), failed))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         self._unfinished += 1
-        try:
-            return await fut
-        finally:
-            self._unfinished -= 1
+        return fut
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                jobs = [job for job, _, _ in batch]
+                jobs = [job for job, _, _, _ in batch]
                 try:
                     results = await loop.run_in_executor(self._executor, self._run_batch, jobs)
                 except Exception as exc:  # the transaction failed as a whole: nothing is stored
@@ -132,14 +136,15 @@ class SQLiteStore:
                     self._metrics.inc("cart_commit_batches_total")
                     self._metrics.inc("cart_commit_writes_total", len(batch))
                 now = time.perf_counter()
-                for (_, fut, started), (ok, value) in zip(batch, results, strict=True):
+                self._unfinished -= len(batch)
+                for (_, fut, started, failed), (ok, value) in zip(batch, results, strict=True):
                     self._metrics.observe("cart_commit_seconds", now - started)
                     if fut.done():
                         continue
                     if ok:
                         fut.set_result(value)
                     else:
-                        fut.set_exception(value)
+                        fut.set_exception(failed(value) if failed is not None else value)
         finally:
             self._flusher = None
 
@@ -173,14 +178,14 @@ class SQLiteStore:
         while (released := _held.get((self._path, cart_id))) is not None:
             await released.wait()
 
+    def start_commit(self, write: CartWrite) -> Future[None]:
+        if (self._path, write.cart.id) in _held:  # waits for the hold, in order with others
+            return asyncio.ensure_future(self.commit(write))
+        return self._submit(partial(self._write_carts, (write,)), partial(_unstored, write))
+
     async def _commit(self, write: CartWrite, *more: CartWrite) -> None:
-        try:
-            await self._write(partial(self._write_carts, (write, *more)))
-        except (StaleVersion, AlreadyApplied):
-            raise
-        except sqlite3.Error as exc:
-            log.error("could not commit cart %s v%d: %s", write.cart.id, write.cart.version, exc)
-            raise errors.Unavailable("the change could not be stored; nothing changed") from exc
+        job = partial(self._write_carts, (write, *more))
+        await self._submit(job, partial(_unstored, write))
 
     def _write_carts(self, writes: tuple[CartWrite, ...], conn: sqlite3.Connection) -> None:
         for write in writes:  # one job: one savepoint for all of them
@@ -646,3 +651,14 @@ def _add_columns(conn: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as exc:  # another process added it first
             if "duplicate column" not in str(exc):
                 raise
+
+
+def _unstored(write: CartWrite, exc: Exception) -> Exception:
+    """What a caller of commit() gets for a failed write: the store's refusals as they
+    are, a database error as Unavailable."""
+    if not isinstance(exc, sqlite3.Error):
+        return exc
+    log.error("could not commit cart %s v%d: %s", write.cart.id, write.cart.version, exc)
+    unavailable = errors.Unavailable("the change could not be stored; nothing changed")
+    unavailable.__cause__ = exc
+    return unavailable
