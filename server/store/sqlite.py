@@ -179,7 +179,9 @@ class SQLiteStore:
             await released.wait()
 
     def start_commit(self, write: CartWrite) -> Future[None]:
-        if (self._path, write.cart.id) in _held:  # waits for the hold, in order with others
+        if (self._path, write.cart.id) in _held:
+            # Queued once the hold ends; a later write that overtakes it meanwhile fails
+            # the version check and is retried, so the order never breaks.
             return asyncio.ensure_future(self.commit(write))
         return self._submit(partial(self._write_carts, (write,)), partial(_unstored, write))
 
