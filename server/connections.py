@@ -262,14 +262,9 @@ class HeadGuard(asyncio.Protocol):
         if self.flow.read_paused:  # we stopped reading (a pipelined request, a slow app)
             self._start_body_timer()
             return
-        self._dropping = True
-        self._cancel_timer()
-        if self.cycle is None or not self.cycle.response_started:
-            message = f"request body not complete within {self.body_timeout:g} s"
-            headers = self.server_state.default_headers
-            self.transport.write(http_response(408, "request_timeout", message, headers))
         # The app, still reading the body, sees the client gone.
-        self.transport.close()
+        message = f"request body not complete within {self.body_timeout:g} s"
+        self._answer(408, "request_timeout", message, late_body=True)
 
     def _start_timer(self) -> None:
         self._cancel_timer()
@@ -290,16 +285,23 @@ class HeadGuard(asyncio.Protocol):
         message = f"request headers not complete within {self.header_timeout:g} s"
         self._answer(408, "request_timeout", message)
 
-    def _answer(self, status: int, code: str, message: str, linger: bool = False) -> None:
+    def _answer(
+        self, status: int, code: str, message: str, linger: bool = False, late_body: bool = False
+    ) -> None:
         """Answer and close, parsing nothing more. With `linger`, the write side is shut
         at once but what the client is still sending is read (and dropped) for a moment:
         closing with unread data would reset the connection, and the client could lose
-        the answer before reading it."""
+        the answer before reading it. A `late_body` is the open request's own: it is
+        answered unless the app has begun to answer it."""
         self._dropping = True
         self._cancel_timer()
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A pipelined head behind a response still being sent: no answer of ours can
-            # go out in the middle of it.
+        self._cancel_body_timer()
+        cycle = self.cycle
+        if cycle is not None and (
+            cycle.response_started if late_body else not cycle.response_complete
+        ):
+            # No answer of ours can go out in the middle of another (a pipelined head
+            # behind a response still being sent) or after the app's own.
             self.transport.close()
             return
         headers = self.server_state.default_headers
