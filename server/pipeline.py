@@ -1,20 +1,23 @@
 """A cart's writes in flight: the next mutation of a cart is applied on top of the ones
 still being committed, so it joins the same group commit instead of waiting a whole
 commit for its turn. Each write is taken into the room (memory, tabs, other processes)
-only once it is stored, and strictly in version order; a write that failed takes every
-later one down with it, since the store's compare-and-set on the version refuses them.
-Nothing is sent before its commit, so a failure only drops memory here: the pending
-state the later writes were applied on."""
+only once it is stored, and strictly in version order. A write that failed takes down
+the ones applied on top of it (the store's compare-and-set on the version refuses them),
+and their callers apply them again on what is stored. Nothing is sent before a commit,
+so a failure only drops memory: the pending state the later writes were applied on."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable, Container
 
 from . import errors
 from .cart import Cart
 from .store import CartWrite, StaleVersion
+
+log = logging.getLogger("server.room")
 
 
 class _InFlight:
@@ -81,7 +84,12 @@ class Pipeline:
                 # author's ack leaves in the same write as the patch.
                 if not entry.done.done():
                     entry.done.set_result(None)
-                self._take(entry.write)  # the caller may be gone: taken all the same
+                try:
+                    self._take(entry.write)  # the caller may be gone: taken all the same
+                except Exception:  # a bug; the writes behind it must still be settled
+                    log.exception(
+                        "taking %s v%d failed", entry.write.cart.id, entry.write.cart.version
+                    )
             elif not entry.done.done():
                 entry.done.set_exception(failure)
 
