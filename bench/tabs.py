@@ -204,5 +204,5 @@ async def gc_pause_ms(url: str) -> float | None:
         status, _, body = await conn.request("GET", "/metrics")
     finally:
         await conn.close()
-    found = re.search(rb"^cart_gc_pause_seconds (\d+(?:\.\d+)?(?:e-?\d+)?)", body, re.M)
+    found = re.search(rb"^cart_gc_pause_seconds (\S+)", body, re.M)
     return float(found.group(1)) * 1000 if status == 200 and found else None

@@ -23,7 +23,7 @@ SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def counter(store: SQLiteStore, name: str) -> float:
-    return float(store._metrics.counters[(name, ())])
+    return store._metrics.value(name)
 
 
 @SQLITE
