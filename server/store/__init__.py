@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from msgspec import Struct
 
@@ -48,11 +48,6 @@ class ProductConflict(ValueError):
     def __init__(self, product_id: str, message: str) -> None:
         super().__init__(message)
         self.product_id = product_id
-
-
-def product_from_row(row: Any) -> Product:
-    """(id, sku, name, price_cents, stock, image_url, active, ...) -> Product."""
-    return Product(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
 
 
 class ProductChange(Struct, frozen=True):
