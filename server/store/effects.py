@@ -32,7 +32,7 @@ RELEASE = (
     " WHERE id = :id AND status = 'reserved'"
 )
 # Product rows locked in id order, as reservations take them: no deadlock.
-LOCK_RELEASED_STOCK = (
+RELEASED_STOCK_LOCK = (
     "SELECT 1 FROM products WHERE id IN (SELECT product_id FROM checkout_items"
     ' WHERE checkout_id = :id) ORDER BY id COLLATE "C" FOR UPDATE'
 )
@@ -117,7 +117,7 @@ def apply_effects(effects: tuple[Effect, ...], now: str) -> Plan[None]:
             case Release(checkout_id):
                 if (yield Run(RELEASE, {"now": now, "id": checkout_id})) != 1:
                     raise CheckoutMoved(checkout_id)
-                yield Lock(LOCK_RELEASED_STOCK, {"id": checkout_id})
+                yield Lock(RELEASED_STOCK_LOCK, {"id": checkout_id})
                 yield Run(GIVE_BACK_STOCK, {"now": now, "id": checkout_id})
             case Fulfil(order):
                 yield from _fulfil(order, now)

@@ -88,7 +88,8 @@ POSTGRES = Dialect(
 
 class Run(NamedTuple):
     """Execute one statement: the number of rows it changed. An integrity error (a
-    unique or check constraint) raises what `refused` makes of it instead, when given."""
+    unique or check constraint) raises what `refused` makes of it instead, when given.
+    A refusal ends the plan: PostgreSQL voids the transaction, so a plan never goes on."""
 
     sql: str
     params: Params
