@@ -53,17 +53,27 @@ def test_positional_marks_and_unclosed_quotes_are_refused(sql: str) -> None:
         numbered(sql)
 
 
-def test_each_dialect_fills_the_slots_its_own_way() -> None:
-    sql = "SELECT id FROM products WHERE id {in_ids} ORDER BY id{bytewise}{for_update}"
-    assert SQLITE.render(sql) == (
-        "SELECT id FROM products WHERE id IN (SELECT value FROM json_each(:ids)) ORDER BY id",
-        (),
+def test_each_dialect_fills_the_slots_and_numbers_the_parameters_its_own_way() -> None:
+    sql = "SELECT id FROM products WHERE id {in_ids} AND stock > :n ORDER BY id{bytewise}"
+    assert SQLITE.render(sql)[:2] == (
+        "SELECT id FROM products WHERE id IN (SELECT value FROM json_each(?1)) AND stock > ?2"
+        " ORDER BY id",
+        ("ids", "n"),
     )
-    assert POSTGRES.render(sql) == (
-        'SELECT id FROM products WHERE id = ANY($1) ORDER BY id COLLATE "C" FOR UPDATE',
-        ("ids",),
+    assert POSTGRES.render(sql)[:2] == (
+        'SELECT id FROM products WHERE id = ANY($1) AND stock > $2 ORDER BY id COLLATE "C"',
+        ("ids", "n"),
     )
     assert POSTGRES.render(sql) is POSTGRES.render(sql)  # rendered once
+
+
+def test_values_are_bound_in_the_numbered_order_a_list_as_each_driver_takes_it() -> None:
+    params = {"n": 3, "ids": ["a", "b"], "unused": 0}
+    sql = "SELECT id FROM products WHERE id {in_ids} AND stock > :n"
+    assert SQLITE.render(sql).bind(params) == ('["a", "b"]', 3)
+    assert POSTGRES.render(sql).bind(params) == (["a", "b"], 3)
+    assert SQLITE.render("SELECT :n, :n").bind(params) == (3,)
+    assert SQLITE.render("SELECT 1").bind(params) == ()
 
 
 @pytest.fixture
@@ -91,9 +101,8 @@ async def test_every_shared_statement_is_accepted_by_both_databases(store: Store
 async def prepare(store: Store, sql: str) -> None:
     """Parse and plan the statement in the store's database, without running it."""
     if isinstance(store, SQLiteStore):
-        text, _ = SQLITE.render(sql)
-        names = numbered(text)[1]
-        await store._read(f"EXPLAIN {sql}", dict.fromkeys(names))
+        explain = f"EXPLAIN {sql}"
+        await store._read(explain, dict.fromkeys(SQLITE.render(explain).names))
         return
     assert isinstance(store, PostgresStore)
     async with store._connection("prepare") as conn:

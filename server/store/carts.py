@@ -130,7 +130,8 @@ def write_cart(write: CartWrite, ttl: timedelta, history: int) -> Plan[None]:
     if write.change.removed:
         yield Many(DROP_LINE, [{"cart_id": cart.id, "product_id": p} for p in write.change.removed])
     patch = {"cart_id": cart.id, "version": cart.version, "body": write.patch}
-    yield Pair(TRIM_PATCHES, ADD_PATCH, {**patch, "oldest": cart.version - history})
+    patch["oldest"] = cart.version - history
+    yield Pair(TRIM_PATCHES, ADD_PATCH, patch)
     yield from apply_effects(write.effects, now)
 
 

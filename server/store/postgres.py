@@ -227,26 +227,25 @@ async def drive(plan: Plan[T], conn: asyncpg.Connection) -> T:
 
 
 async def _step(step: Step, conn: asyncpg.Connection) -> Any:
-    match step:
-        case Run(sql, params, refused):
-            text, names = POSTGRES.render(sql)
-            try:
-                status = await conn.execute(text, *[params[n] for n in names])
-            except asyncpg.IntegrityConstraintViolationError as exc:
-                if refused is None:
-                    raise
-                # The transaction is void now, which is what the refusal asks for.
-                raise refused(exc) from None
-            return rowcount(status)
-        case Rows(sql, params) | Lock(sql, params):
-            text, names = POSTGRES.render(sql)
-            return await conn.fetch(text, *[params[n] for n in names])
-        case Many(sql, rows):
-            text, names = POSTGRES.render(sql)
-            await conn.executemany(text, [[row[n] for n in names] for row in rows])
-        case Pair(first, then, params):
-            text, names = POSTGRES.render(f"WITH done AS ({first}) {then}")
-            await conn.execute(text, *[params[n] for n in names])
+    if isinstance(step, Run):
+        sql = POSTGRES[step.sql]
+        try:
+            status = await conn.execute(sql.text, *sql.bind(step.params))
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            if step.refused is None:
+                raise
+            # The transaction is void now, which is what the refusal asks for.
+            raise step.refused(exc) from None
+        return rowcount(status)
+    if isinstance(step, Rows | Lock):
+        sql = POSTGRES[step.sql]
+        return await conn.fetch(sql.text, *sql.bind(step.params))
+    if isinstance(step, Many):
+        sql = POSTGRES[step.sql]
+        await conn.executemany(sql.text, map(sql.bind, step.params))
+    elif isinstance(step, Pair):
+        sql = POSTGRES[f"WITH done AS ({step.first}) {step.then}"]
+        await conn.execute(sql.text, *sql.bind(step.params))
     return None
 
 

@@ -1,9 +1,9 @@
 """One SQL for both stores: each statement is written once, and each driver runs it.
 
 Statements use named parameters (`:name`) and, where SQLite and PostgreSQL spell a
-thing differently, a `{slot}` that the driver's Dialect fills in. sqlite3 takes named
-parameters as they are; asyncpg wants `$1..$n`, so the PostgreSQL dialect numbers them
-(`numbered`). Statements that change several rows, or decide on what they find, are
+thing differently, a `{slot}` that the driver's Dialect fills in. Each dialect numbers
+the parameters (`numbered`: asyncpg's `$1..$n`, SQLite's `?1..?n`) and the driver binds
+the values in that order. Statements that change several rows, or decide on what they find, are
 written as plans: generators that yield steps and receive each step's result, so the
 logic of a cart write is written once and run by the SQLite writer thread and by an
 asyncpg connection alike (see `drive` in each store).
@@ -11,8 +11,10 @@ asyncpg connection alike (see `drive` in each store).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Generator, Mapping
+from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
@@ -22,41 +24,65 @@ Params = Mapping[str, Any]
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|::|:(\w+)|(\?)|(['\"])")
 
 
-def numbered(sql: str) -> tuple[str, tuple[str, ...]]:
-    """`:name` parameters as asyncpg's `$n`, and the names in that order. One name used
-    twice is one parameter. Quoted text is left as it is; `?` and an unclosed quote are
-    refused, so a statement never binds other values than it names."""
+def numbered(sql: str, mark: str = "$") -> tuple[str, tuple[str, ...]]:
+    """`:name` parameters numbered (asyncpg's `$n`, or SQLite's `?n`), and the names in
+    that order. One name used twice is one parameter. Quoted text is left as it is; `?`
+    and an unclosed quote are refused, so a statement never binds other values than it
+    names."""
     names: list[str] = []
 
     def number(found: re.Match[str]) -> str:
-        name, mark, quote = found.groups()
-        if mark or quote:
-            raise ValueError(f"statement has a stray {mark or quote!r}: {sql}")
+        name, stray, quote = found.groups()
+        if stray or quote:
+            raise ValueError(f"statement has a stray {stray or quote!r}: {sql}")
         if name is None:  # quoted text or a cast
             return found.group(0)
         if name not in names:
             names.append(name)
-        return f"${names.index(name) + 1}"
+        return f"{mark}{names.index(name) + 1}"
 
     return _TOKEN.sub(number, sql), tuple(names)
 
 
-class Dialect:
-    """What one database calls the slots of the shared statements, and the rendered
-    statements, cached: a statement is turned into its driver's text once."""
+class Rendered(NamedTuple):
+    """A shared statement as one driver sends it."""
 
-    def __init__(self, slots: dict[str, str], numbers: bool) -> None:
+    text: str
+    names: tuple[str, ...]  # its parameters, in the order they are numbered
+    bind: Callable[[Params], tuple[Any, ...]]  # their values, in that order
+
+
+class Dialect(dict[str, Rendered]):
+    """What one database calls the slots of the shared statements. Indexed by a shared
+    statement: that statement for this driver, rendered once. Both drivers bind by
+    position, through an itemgetter: binding by name costs the writer thread more."""
+
+    def __init__(self, slots: dict[str, str], mark: str, lists: Callable[[Any], Any]) -> None:
+        super().__init__()
         self._slots = slots
-        self._numbers = numbers
-        self._rendered: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._mark = mark
+        self._lists = lists  # how a list parameter (always `:ids`) is bound
 
-    def render(self, sql: str) -> tuple[str, tuple[str, ...]]:
-        """The statement for this driver, and (PostgreSQL) its parameters' names in order."""
-        found = self._rendered.get(sql)
-        if found is None:
-            text = sql.format_map(self._slots)
-            found = self._rendered[sql] = numbered(text) if self._numbers else (text, ())
+    def __missing__(self, sql: str) -> Rendered:
+        text, names = numbered(sql.format_map(self._slots), self._mark)
+        found = self[sql] = Rendered(text, names, self._binder(names))
         return found
+
+    def render(self, sql: str) -> Rendered:
+        return self[sql]
+
+    def _binder(self, names: tuple[str, ...]) -> Callable[[Params], tuple[Any, ...]]:
+        if "ids" in names:
+            lists = self._lists
+            return lambda params: tuple(
+                lists(params[name]) if name == "ids" else params[name] for name in names
+            )
+        if len(names) == 1:
+            (name,) = names
+            return lambda params: (params[name],)
+        if not names:
+            return lambda params: ()
+        return itemgetter(*names)
 
 
 SQLITE = Dialect(
@@ -68,7 +94,8 @@ SQLITE = Dialect(
         "skip_locked": "",
         "seq": "rowid",  # insertion order
     },
-    numbers=False,
+    mark="?",
+    lists=json.dumps,
 )
 POSTGRES = Dialect(
     {
@@ -79,7 +106,8 @@ POSTGRES = Dialect(
         # PostgreSQL has no rowid: a column of its own keeps insertion order.
         "seq": "seq",
     },
-    numbers=True,
+    mark="$",
+    lists=lambda values: values,
 )
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -39,7 +38,7 @@ from .carts import stored_cart, write_cart
 from .queries import SqlStore
 from .records import FIGURES
 from .shop import PARK_SKUS, SKU_PARK, upsert_each
-from .sql import SQLITE, Lock, Many, Pair, Params, Plan, Rows, Run, Step
+from .sql import SQLITE, Many, Pair, Params, Plan, Rows, Run, Step
 
 log = logging.getLogger("server.store")
 T = TypeVar("T")
@@ -231,9 +230,9 @@ class SQLiteStore(SqlStore):
     async def _read(self, sql: str, params: Params) -> list[Any]:
         reader = self._reader
         assert reader is not None
-        text, _ = SQLITE.render(sql)
+        rendered = SQLITE[sql]
         async with self._read_lock:
-            return list(await reader.execute_fetchall(text, _bind(params)))
+            return list(await reader.execute_fetchall(rendered.text, rendered.bind(params)))
 
     async def close(self) -> None:
         while self._flusher is not None:
@@ -273,31 +272,26 @@ def drive(plan: Plan[T], conn: sqlite3.Connection) -> T:
 
 
 def _step(step: Step, conn: sqlite3.Connection) -> Any:
-    match step:
-        case Run(sql, params, refused):
-            try:
-                return conn.execute(SQLITE.render(sql)[0], _bind(params)).rowcount
-            except sqlite3.IntegrityError as exc:
-                if refused is None:
-                    raise
-                raise refused(exc) from None
-        case Rows(sql, params):
-            return conn.execute(SQLITE.render(sql)[0], _bind(params)).fetchall()
-        case Many(sql, params):
-            conn.executemany(SQLITE.render(sql)[0], params)
-        case Pair(first, then, params):
-            conn.execute(SQLITE.render(first)[0], params)
-            conn.execute(SQLITE.render(then)[0], params)
-        case Lock():
-            pass  # one writer: it holds every lock already
+    # Tests, not `match` patterns: this runs for every statement of every write.
+    if isinstance(step, Run):
+        sql = SQLITE[step.sql]
+        try:
+            return conn.execute(sql.text, sql.bind(step.params)).rowcount
+        except sqlite3.IntegrityError as exc:
+            if step.refused is None:
+                raise
+            raise step.refused(exc) from None
+    if isinstance(step, Rows):
+        sql = SQLITE[step.sql]
+        return conn.execute(sql.text, sql.bind(step.params)).fetchall()
+    if isinstance(step, Many):
+        sql = SQLITE[step.sql]
+        conn.executemany(sql.text, map(sql.bind, step.params))
+    elif isinstance(step, Pair):
+        for each in (SQLITE[step.first], SQLITE[step.then]):
+            conn.execute(each.text, each.bind(step.params))
+    # A Lock: one writer holds every lock already.
     return None
-
-
-def _bind(params: Params) -> Params:
-    """A list parameter (always `ids`) as the JSON text json_each reads."""
-    if "ids" in params:
-        return {**params, "ids": json.dumps(params["ids"])}
-    return params
 
 
 def _upsert(products: list[Product], now: str) -> Plan[tuple[int, int]]:
