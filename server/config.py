@@ -111,6 +111,7 @@ class Settings:
     # the environment it defaults to twice MAX_CONNECTIONS_PER_IP.
     max_sockets_per_ip: int = 200
     header_timeout: float = 10.0  # a request line and headers must arrive within this
+    body_timeout: float = 60.0  # and its body within this of the head
     max_header_bytes: int = 32 * 1024  # request line plus headers; larger: 431
     # Proxies whose X-Forwarded-For and -Proto are believed ('*': any peer), and how many
     # stand in front of the server: the client is the entry that many from the right.
@@ -258,6 +259,9 @@ class Settings:
         header_timeout = duration("HEADER_TIMEOUT", cls.header_timeout)
         if header_timeout <= 0:
             raise ConfigError("HEADER_TIMEOUT must be more than 0 s")
+        body_timeout = duration("BODY_TIMEOUT", cls.body_timeout)
+        if body_timeout <= 0:
+            raise ConfigError("BODY_TIMEOUT must be more than 0 s")
         connections = number("MAX_CONNECTIONS_PER_IP", cls.max_connections_per_ip)
         sockets = number("MAX_SOCKETS_PER_IP", 2 * connections)
         if sockets < connections:
@@ -297,6 +301,7 @@ class Settings:
             max_connections_per_ip=connections,
             max_sockets_per_ip=sockets,
             header_timeout=header_timeout,
+            body_timeout=body_timeout,
             max_header_bytes=number("MAX_HEADER_BYTES", cls.max_header_bytes),
             forwarded_allow_ips=forwarded_allow_ips(get("FORWARDED_ALLOW_IPS", "127.0.0.1")),
             forwarded_hops=number("FORWARDED_HOPS", cls.forwarded_hops),
