@@ -18,7 +18,9 @@ T = TypeVar("T")
 
 class SqlStore:
     async def _query(self, what: str, plan: Plan[T], snapshot: bool = False) -> T:
-        """Run a plan of reads; with `snapshot`, all of them see one moment."""
+        """Run a plan of reads; with `snapshot`, PostgreSQL runs them in one snapshot
+        (SQLite reads each statement as committed: its writer commits a checkout or an
+        order with all its lines at once)."""
         raise NotImplementedError
 
     async def _change(self, what: str, plan: Plan[T], atomic: bool = True) -> T:
