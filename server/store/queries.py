@@ -57,9 +57,10 @@ class SqlStore:
         return (response.encode() if response is not None else None), request
 
     async def prune(self, applied_before: datetime) -> int:
-        before = iso(applied_before)
-        sql, limit = carts.PRUNE_KEYS, carts.PRUNE_BATCH
-        return await self._repeat("forget old mutation ids", sql, before=before, limit=limit)
+        before, limit = iso(applied_before), carts.PRUNE_BATCH
+        return await self._repeat(
+            "forget old mutation ids", carts.PRUNE_KEYS, before=before, limit=limit
+        )
 
     # --- lifecycle -------------------------------------------------------------------
 
