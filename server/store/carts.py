@@ -132,7 +132,8 @@ def write_cart(write: CartWrite, ttl: timedelta, history: int) -> Plan[None]:
     patch = {"cart_id": cart.id, "version": cart.version, "body": write.patch}
     patch["oldest"] = cart.version - history
     yield Pair(TRIM_PATCHES, ADD_PATCH, patch)
-    yield from apply_effects(write.effects, now)
+    if write.effects:
+        yield from apply_effects(write.effects, now)
 
 
 def _remember_key(write: CartWrite, now: str) -> Plan[None]:
