@@ -3,9 +3,9 @@
 Statements use named parameters (`:name`) and, where SQLite and PostgreSQL spell a
 thing differently, a `{slot}` that the driver's Dialect fills in. Each dialect numbers
 the parameters (`numbered`: asyncpg's `$1..$n`, SQLite's `?1..?n`) and the driver binds
-the values in that order. Statements that change several rows, or decide on what they find, are
-written as plans: generators that yield steps and receive each step's result, so the
-logic of a cart write is written once and run by the SQLite writer thread and by an
+the values in that order. Work of several statements, or that decides on what it finds,
+is written as a plan: a generator that yields steps and receives each step's result, so
+the logic of a cart write is written once and run by the SQLite writer thread and by an
 asyncpg connection alike (see `drive` in each store).
 """
 
