@@ -53,16 +53,16 @@ async def test_a_failed_write_in_flight_takes_down_nothing_stored_and_sends_noth
     hub = await make_hub()
     store = hub.store
     assert isinstance(store, SQLiteStore)
-    written = store._write_cart
+    written = store._write_carts
     attempts: list[str | None] = []
 
-    def write_cart(write: CartWrite, conn: sqlite3.Connection) -> None:
-        attempts.append(write.key)
-        if write.key == "bad":
+    def write_carts(writes: tuple[CartWrite, ...], conn: sqlite3.Connection) -> None:
+        attempts.extend(write.key for write in writes)
+        if any(write.key == "bad" for write in writes):
             raise sqlite3.OperationalError("disk I/O error")
-        written(write, conn)
+        written(writes, conn)
 
-    monkeypatch.setattr(store, "_write_cart", write_cart)
+    monkeypatch.setattr(store, "_write_carts", write_carts)
     tabs = [Tab(f"t{n}", limit=1000) for n in range(3)]
     keys = [f"k{n}" for n in range(10)] + ["bad"] + [f"k{n}" for n in range(10, 20)]
     async with hub.use("faulty") as room:
