@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -199,23 +200,26 @@ async def test_failed_commit_acknowledges_nothing_and_recovers(make_hub: Any) ->
     assert isinstance(store, SQLiteStore)
     tab = Tab("t", limit=100)
 
-    def pages(limit: int | None) -> None:  # a real SQLITE_FULL: the file may not grow
-        assert store._writer is not None
-        count = store._writer.execute("PRAGMA page_count").fetchone()[0]
-        store._writer.execute(f"PRAGMA max_page_count = {limit or count}")
+    # A real SQLITE_FULL: the file may not grow.
+    def pages(limit: int | None) -> Callable[[sqlite3.Connection], None]:
+        def run(conn: sqlite3.Connection) -> None:
+            count = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {limit or count}")
+
+        return run
 
     async with hub.use("cart-full") as room:
         room.join(tab, None)
         await room.submit(AddItem("p-1", 1))
         await frames(tab)
-        await asyncio.get_running_loop().run_in_executor(store._executor, pages, None)
+        await store._write(pages(None))
         with pytest.raises(errors.Unavailable):
             for n in range(200):  # fill whatever room is left in the last page
                 await room.submit(AddItem("p-2", 1), key=f"fill-{n}" + "x" * 2000)
         version = room.version
         sent = await frames(tab)
         assert all(f["version"] <= version for f in sent if f["type"] == "patch")
-        await asyncio.get_running_loop().run_in_executor(store._executor, pages, 1 << 30)
+        await store._write(pages(1 << 30))
         outcome = await room.submit(AddItem("p-3", 1))
         assert outcome.version == version + 1
     fresh = await store.load_cart("cart-full", keys_since=room.cart.updated_at)

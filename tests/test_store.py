@@ -606,12 +606,8 @@ async def test_unknown_database_scheme_is_refused_with_a_clear_message() -> None
 # --- pragmas --------------------------------------------------------------------------
 
 
-def writer_pragma(store: SQLiteStore, name: str) -> object:
-    def read() -> object:
-        assert store._writer is not None
-        return store._writer.execute(f"PRAGMA {name}").fetchone()[0]
-
-    return store._executor.submit(read).result()
+async def writer_pragma(store: SQLiteStore, name: str) -> object:
+    return await store._write(lambda conn: conn.execute(f"PRAGMA {name}").fetchone()[0])
 
 
 async def test_wal_mode_and_full_synchronous_by_default(
@@ -622,8 +618,8 @@ async def test_wal_mode_and_full_synchronous_by_default(
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
-    assert writer_pragma(sqlite_store, "synchronous") == 2  # FULL
-    assert writer_pragma(sqlite_store, "foreign_keys") == 1
+    assert await writer_pragma(sqlite_store, "synchronous") == 2  # FULL
+    assert await writer_pragma(sqlite_store, "foreign_keys") == 1
     await sqlite_store.ping()
 
 
@@ -631,7 +627,7 @@ async def test_synchronous_follows_the_setting(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path}/n.db", sqlite_synchronous="NORMAL")
     store = await SQLiteStore.open(settings)
     try:
-        assert writer_pragma(store, "synchronous") == 1  # NORMAL
+        assert await writer_pragma(store, "synchronous") == 1  # NORMAL
     finally:
         await store.close()
 

@@ -3,7 +3,6 @@ Every test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -254,13 +253,9 @@ async def traced(
 ) -> AsyncIterator[None]:
     """Every statement the store sends to its database meanwhile, in `statements`."""
     if isinstance(store, SQLiteStore):
-        writer = store._writer
-        assert writer is not None
 
         async def trace(callback: Callable[[str], object] | None) -> None:
-            await asyncio.get_running_loop().run_in_executor(
-                store._executor, writer.set_trace_callback, callback
-            )
+            await store._write(lambda conn: conn.set_trace_callback(callback))
 
         await trace(statements.append)
         try:

@@ -20,7 +20,6 @@ import sqlite3
 import time
 from asyncio import Future
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -40,11 +39,10 @@ from .queries import SqlStore
 from .records import FIGURES
 from .shop import PARK_SKUS, SKU_PARK, upsert_each
 from .sql import SQLITE, Many, Pair, Params, Plan, Rows, Run, Step
+from .writer import Entry, Fail, Outcome, Writer
 
 log = logging.getLogger("server.store")
 T = TypeVar("T")
-Job = Callable[[sqlite3.Connection], Any]
-Fail = Callable[[Exception], Exception] | None
 # Carts held (see hold) by database file: a commit to a held cart waits for the hold to end.
 _held: dict[tuple[str, str], asyncio.Event] = {}
 
@@ -59,12 +57,9 @@ class SQLiteStore(SqlStore):
         self._history = settings.patch_history
         self._ttl = timedelta(seconds=settings.cart_ttl)
         self._metrics = metrics
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._writer: sqlite3.Connection | None = None
+        self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
         self._read_lock = asyncio.Lock()  # one read transaction at a time on the reader
-        self._pending: list[tuple[Job, Future[Any], float, Fail]] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._unfinished = 0  # writes submitted and not yet committed or failed
         self._open_lock: int | None = None  # shared lock: no restore while this is open
         metrics.gauge("cart_store_writes_pending", lambda: self._unfinished)
@@ -73,85 +68,55 @@ class SQLiteStore(SqlStore):
     async def open(cls, settings: Settings, metrics: Metrics | None = None) -> SQLiteStore:
         store = cls(sqlite_path(settings.database_url), settings, metrics or Metrics())
         store._open_lock = hold_open(store._path)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(store._executor, store._open_writer)
+        writer = Writer(asyncio.get_running_loop(), store._settle)
+        await writer.open(store._open_writer)
+        store._writer = writer
         store._reader = await aiosqlite.connect(
             store._path, isolation_level=None, timeout=store._busy
         )
         await store._reader.execute("PRAGMA query_only = ON")
         return store
 
-    def _open_writer(self) -> None:
+    def _open_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")  # validated in Settings
         conn.execute("PRAGMA foreign_keys = ON")
         conn.executescript("BEGIN IMMEDIATE;\n" + SCHEMA_PATH.read_text() + "\nCOMMIT;")
         _add_columns(conn)
-        self._writer = conn
+        return conn
 
-    # --- the writer: group commit ----------------------------------------------------
+    # --- the writer: group commit (writer.py) ---------------------------------------
 
     async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._submit(job)
+        return await self._submit(job)  # type: ignore[no-any-return]
 
-    def _submit(self, job: Callable[[sqlite3.Connection], T], failed: Fail = None) -> Future[T]:
+    def _submit(self, job: Callable[[sqlite3.Connection], T], failed: Fail = None) -> Future[Any]:
         """Queue `job` for the next transaction: its place in the order is taken now.
         `failed` turns the exception a failed job raised into the one its future gets."""
-        fut: Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((job, fut, time.perf_counter(), failed))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+        assert self._writer is not None, "the store is not open"
         self._unfinished += 1
-        return fut
+        return self._writer.submit(job, failed)
 
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                jobs = [job for job, _, _, _ in batch]
-                try:
-                    results = await loop.run_in_executor(self._executor, self._run_batch, jobs)
-                except Exception as exc:  # the transaction failed as a whole: nothing is stored
-                    log.error("SQLite transaction of %d writes failed: %s", len(batch), exc)
-                    results = [(False, exc)] * len(batch)
-                else:
-                    self._metrics.inc("cart_commit_batches_total")
-                    self._metrics.inc("cart_commit_writes_total", len(batch))
-                now = time.perf_counter()
-                self._unfinished -= len(batch)
-                for (_, fut, started, failed), (ok, value) in zip(batch, results, strict=True):
-                    self._metrics.observe("cart_commit_seconds", now - started)
-                    if fut.done():
-                        continue
-                    if ok:
-                        fut.set_result(value)
-                    else:
-                        fut.set_exception(failed(value) if failed is not None else value)
-        finally:
-            self._flusher = None
-
-    def _run_batch(self, jobs: list[Job]) -> list[tuple[bool, Any]]:
-        conn = self._writer
-        assert conn is not None
-        results: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for job in jobs:
-                conn.execute("SAVEPOINT job")
-                try:
-                    results.append((True, job(conn)))
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    results.append((False, exc))
-                conn.execute("RELEASE job")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return results
+    def _settle(self, batch: list[Entry], outcome: Outcome) -> None:
+        """On the loop: a committed (or failed) batch's futures, in the order submitted."""
+        if isinstance(outcome, BaseException):
+            log.error("SQLite transaction of %d writes failed: %s", len(batch), outcome)
+            outcome = [(False, outcome)] * len(batch)
+        else:
+            self._metrics.inc("cart_commit_batches_total")
+            self._metrics.inc("cart_commit_writes_total", len(batch))
+        now = time.perf_counter()
+        self._unfinished -= len(batch)
+        observe = self._metrics.observe
+        for (_, fut, started, failed), (ok, value) in zip(batch, outcome, strict=True):
+            observe("cart_commit_seconds", now - started)
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(failed(value) if failed is not None else value)
 
     async def commit(self, write: CartWrite, *more: CartWrite) -> None:
         for cart_id in dict.fromkeys(w.cart.id for w in (write, *more)):
@@ -244,13 +209,10 @@ class SQLiteStore(SqlStore):
             return list(await reader.execute_fetchall(rendered.text, rendered.bind(params)))
 
     async def close(self) -> None:
-        while self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        if self._writer is not None:
+            await self._writer.close()  # after committing what was submitted
         if self._reader is not None:
             await self._reader.close()
-        if self._writer is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.close)
-        self._executor.shutdown(wait=True)
         if self._open_lock is not None:
             os.close(self._open_lock)
             self._open_lock = None
