@@ -20,6 +20,8 @@ from . import errors
 from .limits import AddressCount
 from .ws import SUBPROTOCOL
 
+MEMO = 1024  # peers whose trust is remembered; the memo starts over when full
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -33,12 +35,21 @@ class TrustedProxies:
         self.networks: list[Network] = [
             ipaddress.ip_network(e, strict=False) for e in entries if e != "*"
         ]
+        self._known: dict[str | None, bool] = {}
 
     def __contains__(self, host: str | None) -> bool:
         if self.everyone:
             return True
-        address = _ip(host or "")
-        return address is not None and any(address in net for net in self.networks)
+        # Asked on every request, nearly always of the same few peers (the proxies):
+        # an address is parsed and matched once, while the answers fit in the memo.
+        known = self._known.get(host)
+        if known is None:
+            address = _ip(host or "")
+            known = address is not None and any(address in net for net in self.networks)
+            if len(self._known) >= MEMO:
+                self._known.clear()
+            self._known[host] = known
+        return known
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -4,7 +4,6 @@ holds, bounded bodies, and cart responses."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
@@ -154,13 +153,26 @@ def if_match(headers: Headers) -> int | None:
 def cart_response(
     conn: HTTPConnection, body: bytes, ref: CartRef, version: int | None, status: int = 200
 ) -> Response:
-    headers: Mapping[str, str] = {"x-cart-id": ref.signed, "cache-control": "no-store"}
-    response = Response(body, status, headers, media_type="application/json")
+    raw = [(b"x-cart-id", ref.signed.encode("latin-1")), (b"cache-control", b"no-store")]
+    if status >= 200 and status not in (204, 304):
+        raw.append((b"content-length", b"%d" % len(body)))
+    raw.append((b"content-type", b"application/json"))
     if version is not None:
-        response.headers["etag"] = f'"{version}"'
+        raw.append((b"etag", b'"%d"' % version))
     # Sent every time: the 30-day expiry slides with each visit.
-    response.headers.append("set-cookie", cart_cookie(conn, ref.signed))
-    return response
+    raw.append((b"set-cookie", cart_cookie(conn, ref.signed).encode("latin-1")))
+    return _Prebuilt(body, status, raw)
+
+
+class _Prebuilt(Response):
+    """A response whose header lines are built as bytes in one go (every mutation is
+    answered with one), not from a mapping and then edited through MutableHeaders."""
+
+    def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.body = body
+        self.status_code = status
+        self.background = None
+        self.raw_headers = raw_headers
 
 
 def error_response(exc: errors.CartError, conn: HTTPConnection, ref: CartRef | None) -> Response:
