@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from server.connections import Sockets, capacity
-from server.forwarded import ProxyHeaders, TrustedProxies, forwarded_client, forwarded_scheme
+from server.forwarded import MEMO, ProxyHeaders, TrustedProxies, forwarded_client, forwarded_scheme
 from server.limits import AddressCount
 
 
@@ -64,6 +64,13 @@ def test_trusted_proxies() -> None:
     assert "" not in trusted and None not in trusted and "localhost" not in trusted
     anyone = TrustedProxies(["*"])
     assert "192.0.2.77" in anyone and "2001:db8::5" in anyone
+
+
+def test_trusted_proxies_answer_alike_from_memory_and_past_its_size() -> None:
+    trusted = TrustedProxies(["10.1.0.0/16"])
+    asked = [f"10.{n % 3}.0.{n % 250}" for n in range(MEMO * 2 + 7)]
+    first = [a in trusted for a in asked]
+    assert [a in trusted for a in asked] == first == [a.startswith("10.1.") for a in asked]
 
 
 async def test_proxied_requests_count_per_forwarded_client() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -355,6 +356,48 @@ async def test_failing_update_of_an_existing_cart_leaves_it_as_it_was(
     stored = await store.load_cart("cart-1", LONG_AGO)
     assert stored is not None
     assert stored.cart == v2
+
+
+async def test_writes_queued_while_a_batch_commits_share_the_next_one(
+    sqlite_store: SQLiteStore, metrics: Metrics
+) -> None:
+    """The writer's thread takes the next batch itself when a commit ends: whatever was
+    queued meanwhile, in the order it came, in one transaction."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocking(conn: sqlite3.Connection) -> str:
+        entered.set()
+        release.wait(10)
+        return "first"
+
+    first = sqlite_store._submit(blocking)
+    await asyncio.to_thread(entered.wait, 10)
+    batches = metrics.value(BATCHES)
+    queued = [sqlite_store._submit(lambda conn, n=n: n) for n in range(5)]
+    release.set()
+    assert await first == "first"
+    assert await asyncio.gather(*queued) == [0, 1, 2, 3, 4]
+    assert metrics.value(BATCHES) - batches == 2  # the blocked one and the next
+
+
+async def test_close_commits_what_was_submitted(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/c.db")
+    store = await SQLiteStore.open(settings)
+    await store.upsert_products(list(CATALOG.values()))
+    built = [build(fresh(f"cart-{n}"), AddItem("p-001", 1)) for n in range(20)]
+    pending = [store.start_commit(write) for _, write in built]
+    await store.close()
+    assert all(f.done() and f.exception() is None for f in pending)
+    with pytest.raises(RuntimeError, match="closed"):
+        store.start_commit(built[0][1])
+    reopened = await SQLiteStore.open(settings)
+    try:
+        for cart, _ in built:
+            stored = await reopened.load_cart(cart.id, LONG_AGO)
+            assert stored is not None and stored.cart == cart
+    finally:
+        await reopened.close()
 
 
 # --- idempotency keys -----------------------------------------------------------------
