@@ -164,12 +164,16 @@ class Hub:
     # --- other processes -------------------------------------------------------------
 
     def _published(self, cart: Cart, patch: str, key: str | None) -> None:
-        message = BusMessage(self.id, cart.id, cart.version, cart, patch, key)
-        self.bus.publish(channel(cart.id), _bus_encode(message))
+        name = channel(cart.id)
+        if self.bus.heard(name):  # one process alone: no cart to encode per mutation
+            message = BusMessage(self.id, cart.id, cart.version, cart, patch, key)
+            self.bus.publish(name, _bus_encode(message))
 
     def _present(self, cart_id: str, version: int, tabs: int) -> None:
-        message = BusMessage(self.id, cart_id, version, tabs=tabs)
-        self.bus.publish(channel(cart_id), _bus_encode(message))
+        name = channel(cart_id)
+        if self.bus.heard(name):
+            message = BusMessage(self.id, cart_id, version, tabs=tabs)
+            self.bus.publish(name, _bus_encode(message))
 
     async def _listen(self) -> None:
         async for name, data in self.bus.listen():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.bus import RESYNC, Bus, open_bus
-from server.bus.local import LocalBus
+from server.bus.local import LocalBroker, LocalBus
 from server.bus.redis import RedisBus
 from server.config import ConfigError
 from tests.support import REDIS_URL, RedisServer, require_redis
@@ -41,6 +41,18 @@ async def test_open_bus_picks_by_url() -> None:
     await local.close()
     with pytest.raises(ConfigError, match="'amqp' is not supported"):
         await open_bus("amqp://localhost")
+
+
+async def test_a_local_bus_is_heard_only_by_another_subscriber() -> None:
+    broker = LocalBroker()
+    a, b = broker.connect(), broker.connect()
+    await a.subscribe("c")
+    assert not a.heard("c")  # its own subscription does not count
+    assert b.heard("c") and not b.heard("d")
+    await b.subscribe("c")
+    assert a.heard("c") and not a.heard("d")
+    await b.unsubscribe("c")
+    assert not a.heard("c")
 
 
 async def test_messages_reach_subscribers_in_order(buses: tuple[Bus, Bus]) -> None:

@@ -22,6 +22,10 @@ class Bus(Protocol):
     def publish(self, channel: str, message: bytes) -> None:
         """Queue a message for every other subscriber of `channel`; never blocks."""
 
+    def heard(self, channel: str) -> bool:
+        """False only when no one else could receive `channel` now: then a message need
+        not even be encoded."""
+
     async def subscribe(self, channel: str) -> None:
         """Receive the channel's messages from now on (once the bus is reachable)."""
 

@@ -27,6 +27,9 @@ class LocalBus:
             if bus is not self:  # a process never needs its own news
                 bus._inbox.put_nowait((channel, message))
 
+    def heard(self, channel: str) -> bool:
+        return any(bus is not self for bus in self._broker._subscribers.get(channel, ()))
+
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
         self._broker._subscribers[channel].add(self)

@@ -177,6 +177,9 @@ class RedisBus:
         self._outbox.append((channel, message))
         self._wake.set()
 
+    def heard(self, channel: str) -> bool:
+        return True  # other processes' subscriptions are Redis's to know
+
     async def _sender(self) -> None:
         delay = BACKOFF_MIN
         while True:
