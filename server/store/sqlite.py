@@ -1,10 +1,11 @@
 """SQLite store (the embedded default): one file in WAL mode.
 
-Writes go to one writer connection owned by a single thread. Every write is a job; jobs
-submitted while the previous transaction runs are committed together in the next one
-(group commit: one fsync for many carts), each inside its own SAVEPOINT so one bad write
-fails alone. A whole batch costs one thread hop, not one per statement, which is why the
-writer uses the stdlib driver on its own thread rather than aiosqlite's per-call hops.
+Writes go to one writer connection owned by a single thread (writer.py). Every write is
+a job; jobs submitted while the previous transaction runs are committed together in the
+next one (group commit: one fsync for many carts), each inside its own SAVEPOINT so one
+bad write fails alone. A whole batch costs one thread hop each way, not one per
+statement, which is why the writer uses the stdlib driver on its own thread rather than
+aiosqlite's per-call hops.
 Reads use an aiosqlite connection: WAL lets them run beside the writer.
 
 The statements are both stores' (see sql.py); a plan runs on the writer in one job.
