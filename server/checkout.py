@@ -168,7 +168,7 @@ class Checkouts:
             lines=lines,
             amount_cents=sum(x.quantity * x.unit_price_cents for x in lines),
             currency=self.settings.currency,
-            expires_at=utcnow() + timedelta(seconds=self.settings.checkout_expires),
+            expires_at=utcnow() + timedelta(seconds=self.settings.checkout_expires_seconds),
         )
 
     async def _session(self, checkout: Checkout) -> Started:
@@ -380,7 +380,7 @@ class Checkouts:
             # is stored now so that their next login finds it.
             successor = str(uuid.uuid4())
             if tx.cart.user_id is not None:
-                expires = utcnow() + timedelta(seconds=self.settings.cart_ttl)
+                expires = utcnow() + timedelta(seconds=self.settings.cart_ttl_seconds)
                 effects += (CreateCart(successor, tx.cart.user_id, expires),)
             await tx.apply(SetStatus(Status.CHECKED_OUT, successor), effects=lambda _: effects)
         else:
@@ -470,7 +470,7 @@ class Checkouts:
         )
 
     def start_sweeper(self) -> None:
-        period = min(30.0, max(0.25, self.settings.checkout_expires / 4))
+        period = min(30.0, max(0.25, self.settings.checkout_expires_seconds / 4))
         self._sweeper = asyncio.create_task(self._sweep_every(period))
 
     async def _sweep_every(self, seconds: float) -> None:

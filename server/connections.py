@@ -333,7 +333,7 @@ def guarded_http(
     limits = {
         "sockets": sockets,
         "ws": released,
-        "header_timeout": settings.header_timeout,
+        "header_timeout": settings.header_timeout_seconds,
         "max_header_bytes": settings.max_header_bytes,
     }
     return type(parser.__name__, (parser,), limits)

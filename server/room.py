@@ -281,7 +281,9 @@ class Room:
         """The write that applying `op` now would commit (CartError if refused)."""
         settings = self.ctx.settings
         products = self.ctx.catalog.products
-        new, change = domain.apply(self.cart, op, products, utcnow(), settings.abandon_after)
+        new, change = domain.apply(
+            self.cart, op, products, utcnow(), settings.abandon_after_seconds
+        )
         patch = encode(render.patch_msg(new, change, products, origin)).decode()
         body = self._render(new) if respond else None
         extra = effects(new) if effects is not None else ()
@@ -338,7 +340,7 @@ class Room:
         with several processes); True if it did."""
         settings = self.ctx.settings
         async with self._lock:
-            for op in (Expire(settings.cart_ttl, str(uuid.uuid4())), Abandon()):
+            for op in (Expire(settings.cart_ttl_seconds, str(uuid.uuid4())), Abandon()):
                 try:
                     await self._apply(op, effects=self._event)
                 except errors.NotDue:
@@ -381,7 +383,7 @@ class Room:
         self._adopt(await self.ctx.store.load_cart(self.cart.id, self._keys_since()))
 
     def _keys_since(self) -> datetime:
-        return utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl)
+        return utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
 
     def _adopt(self, stored: StoredCart | None) -> None:
         """Take what the store holds if it is newer, and send the tabs what they missed."""
