@@ -63,12 +63,13 @@ database, one JSON object per line, oldest first. Delivering them to
 CART_EVENTS_WEBHOOK_URL, if set, is the server's job; this only reads."""
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The commands, their options and their --help."""
     text = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    top = argparse.ArgumentParser(
         prog="python -m server", description=DESCRIPTION, formatter_class=text
     )
-    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    commands = top.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
         help="run the cart server (the default)",
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=text,
     )
     _serve_options(serve)
-    _serve_options(parser)
+    _serve_options(top)
     commands.add_parser(
         "migrate",
         help="create the database tables that are missing, then exit",
@@ -113,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=text,
     )
     listed.add_argument("--markdown", action="store_true", help="README's table, unfilled")
-    args = parser.parse_args(argv)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.command == "settings" and args.markdown:
         sys.stdout.write(settings_table())
         return 0

@@ -279,11 +279,9 @@ class Room:
         request: str | None = None,
     ) -> CartWrite:
         """The write that applying `op` now would commit (CartError if refused)."""
-        settings = self.ctx.settings
+        abandon_after = self.ctx.settings.abandon_after_seconds
         products = self.ctx.catalog.products
-        new, change = domain.apply(
-            self.cart, op, products, utcnow(), settings.abandon_after_seconds
-        )
+        new, change = domain.apply(self.cart, op, products, utcnow(), abandon_after)
         patch = encode(render.patch_msg(new, change, products, origin)).decode()
         body = self._render(new) if respond else None
         extra = effects(new) if effects is not None else ()
