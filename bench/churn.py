@@ -37,7 +37,7 @@ SETTLE = 1.10  # "levelled off": the last third peaks within 10 % of the middle 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--minutes", type=float, default=8.0)
     parser.add_argument("--rate", type=float, default=20.0, help="shoppers arriving per second")
     parser.add_argument("--edits", type=int, default=3, help="edits per shopper")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")

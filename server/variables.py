@@ -1,6 +1,7 @@
 """How a setting is declared: its environment variable, type and unit, default, one line of
-help and the values it allows. `Settings` in config.py declares each setting once with
-these; parsing, README's table and `serve --help` are read off the declarations."""
+help and the values it allows. settings_service.py, settings_shop.py and settings_limits.py
+declare each setting once with these; parsing (config.Settings.from_env), README's table
+and `serve --help` are read off the declarations."""
 
 from __future__ import annotations
 
