@@ -6,6 +6,8 @@ buffers them by repeated concatenation: a 100 MB header held the loop for second
 accepts until the process runs out of descriptors. Here, per connection:
 
 - the request line and headers must be complete within HEADER_TIMEOUT (408, then closed);
+- a request's body must be complete within BODY_TIMEOUT of its head (408, then closed): a
+  body that never ends would hold the request, and its cart, forever;
 - they may be at most MAX_HEADER_BYTES (431, then closed); the parser is never fed more;
 - a TCP peer may hold MAX_SOCKETS_PER_IP connections of any kind. A trusted proxy's
   connections carry many clients, so they are not counted per address here; the requests
@@ -156,6 +158,7 @@ class HeadGuard(asyncio.Protocol):
     sockets: Sockets
     ws: type[asyncio.Protocol] | None = None
     header_timeout = 10.0
+    body_timeout = 60.0
     max_header_bytes = 32 * 1024
     # uvicorn's, set by the protocol this is mixed into
     transport: asyncio.Transport
@@ -164,12 +167,14 @@ class HeadGuard(asyncio.Protocol):
     server_state: ServerState
     ws_protocol_class: Any
     cycle: Any  # the request being answered, if any
+    flow: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ws_protocol_class = self.ws
         self._head_bytes = 0  # of the current head, fed to the parser so far
         self._timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._dropping = False  # answered and closing: what still arrives is not parsed
 
     def _awaiting_head(self) -> bool:
@@ -177,6 +182,10 @@ class HeadGuard(asyncio.Protocol):
 
     def _head_started(self) -> bool:
         """Some of the awaited head has arrived."""
+        raise NotImplementedError
+
+    def _body_pending(self) -> bool:
+        """A head has arrived and the rest of its body has not."""
         raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -189,6 +198,7 @@ class HeadGuard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        self._cancel_body_timer()
         self.sockets.release(self.transport)
         super().connection_lost(exc)
 
@@ -196,6 +206,8 @@ class HeadGuard(asyncio.Protocol):
         while data and not self._dropping:
             if not self._awaiting_head():  # a body: the app's limits apply
                 super().data_received(data)
+                if not self._body_pending():
+                    self._cancel_body_timer()
                 return
             # Never more than the limit to the parser (httptools copies a header each time
             # a piece of it arrives).
@@ -231,6 +243,28 @@ class HeadGuard(asyncio.Protocol):
         self._cancel_timer()
         self._head_bytes = 0
         self.sockets.set_waiting(self.transport, False)
+        if self._body_pending():
+            self._start_body_timer()
+
+    def _start_body_timer(self) -> None:
+        self._cancel_body_timer()
+        self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or not self._body_pending():
+            return
+        if self.flow.read_paused:  # we stopped reading (a pipelined request, a slow app)
+            self._start_body_timer()
+            return
+        # The app, still reading the body, sees the client gone.
+        message = f"request body not complete within {self.body_timeout:g} s"
+        self._answer(408, "request_timeout", message, late_body=True)
 
     def _start_timer(self) -> None:
         self._cancel_timer()
@@ -251,16 +285,23 @@ class HeadGuard(asyncio.Protocol):
         message = f"request headers not complete within {self.header_timeout:g} s"
         self._answer(408, "request_timeout", message)
 
-    def _answer(self, status: int, code: str, message: str, linger: bool = False) -> None:
+    def _answer(
+        self, status: int, code: str, message: str, linger: bool = False, late_body: bool = False
+    ) -> None:
         """Answer and close, parsing nothing more. With `linger`, the write side is shut
         at once but what the client is still sending is read (and dropped) for a moment:
         closing with unread data would reset the connection, and the client could lose
-        the answer before reading it."""
+        the answer before reading it. A `late_body` is the open request's own: it is
+        answered unless the app has begun to answer it."""
         self._dropping = True
         self._cancel_timer()
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A pipelined head behind a response still being sent: no answer of ours can
-            # go out in the middle of it.
+        self._cancel_body_timer()
+        cycle = self.cycle
+        if cycle is not None and (
+            cycle.response_started if late_body else not cycle.response_complete
+        ):
+            # No answer of ours can go out in the middle of another (a pipelined head
+            # behind a response still being sent) or after the app's own.
             self.transport.close()
             return
         headers = self.server_state.default_headers
@@ -278,12 +319,16 @@ class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
 
     _in_head = True
     _begun = False
+    _in_body = False
 
     def _awaiting_head(self) -> bool:
         return self._in_head
 
     def _head_started(self) -> bool:
         return self._begun
+
+    def _body_pending(self) -> bool:
+        return self._in_body
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -293,10 +338,13 @@ class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = self._begun = False
+        self._in_body = True
         self._head_done()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._in_body = False
+        self._cancel_body_timer()
         super().on_message_complete()
         self._in_head = True
 
@@ -316,6 +364,9 @@ class GuardedH11Protocol(HeadGuard, H11Protocol):
     def _head_started(self) -> bool:
         return bool(self.conn.trailing_data[0])  # what h11 holds of a head it awaits
 
+    def _body_pending(self) -> bool:
+        return self.conn.their_state is h11.SEND_BODY
+
 
 PARSERS: dict[str, type[HeadGuard]] = {
     "httptools": GuardedHttpToolsProtocol,
@@ -334,6 +385,7 @@ def guarded_http(
         "sockets": sockets,
         "ws": released,
         "header_timeout": settings.header_timeout_seconds,
+        "body_timeout": settings.body_timeout_seconds,
         "max_header_bytes": settings.max_header_bytes,
     }
     return type(parser.__name__, (parser,), limits)

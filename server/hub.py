@@ -381,3 +381,9 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # No timer may fire once the store is closed; one already running is a mutation
+        # like any other and finishes.
+        for room in self.rooms.values():
+            room.close()
+        running = [room.timer.task for room in self.rooms.values() if room.timer.task]
+        await asyncio.gather(*running, return_exceptions=True)

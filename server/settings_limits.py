@@ -89,6 +89,12 @@ class LimitSettings:
         " or the previous response); else `408` and the connection is closed",
         "10s",
     )
+    body_timeout_seconds: float = duration(
+        "BODY_TIMEOUT",
+        "a request's body must be complete within this of its head; else `408` (if nothing"
+        " was answered yet) and the connection is closed",
+        "60s",
+    )
     max_header_bytes: int = integer(
         "MAX_HEADER_BYTES",
         "request line plus headers; over it `431 headers_too_large` and the connection is"

@@ -332,11 +332,14 @@ def test_durations_are_float_seconds_named_alike() -> None:
     """Every duration reads '30m', '0.5s', '30d' and lands in a float field whose name
     says seconds the same way."""
     durations = [f for f in fields(Settings) if var_of(f).unit == "s"]
-    assert len(durations) == 13
+    rates = [f for f in fields(Settings) if "per second" in var_of(f).allowed]
+    floats = [f for f in fields(Settings) if f.type == "float"]
+    assert len(durations) >= 14 and floats == sorted(durations + rates, key=floats.index)
     for f in durations:
         assert f.type == "float" and f.name.endswith("_seconds"), f.name
         env = var_of(f).env
         assert getattr(Settings.from_env({env: "1.5h"}), f.name) == 5400.0
+    assert all(not f.name.endswith("_seconds") for f in rates)
 
 
 @pytest.mark.parametrize(

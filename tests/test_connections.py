@@ -188,6 +188,31 @@ async def test_a_head_that_does_not_finish_in_time_is_answered_408_and_closed(
 
 
 @pytest.mark.parametrize("parser", PARSERS)
+async def test_a_body_that_does_not_finish_in_time_is_answered_408_and_applies_nothing(
+    make_server: Callable[..., ServerProcess], parser: str
+) -> None:
+    server = make_server({**DIRECT, "BODY_TIMEOUT": "500ms", "HTTP_PARSER": parser}).start()
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        signed = (await client.get("/api/cart")).headers["x-cart-id"].encode()
+    body = b'{"product_id": "p-001", "quantity": 1}'
+    head = b"POST /api/cart/items HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Cart-Id: " + signed
+    head += b"\r\nContent-Type: application/json\r\nContent-Length: "
+    # The head is complete; of the body only the first byte ever comes.
+    status, raw = await answer(await connect(server, head + b"%d\r\n\r\n{" % len(body)))
+    assert status == 408 and b'"request_timeout"' in raw and b"body" in raw
+    # A body that came in time is answered, and so is a long-poll behind it on the same
+    # connection that outlasts the body's deadline: its timer stopped with the body.
+    poll = b"GET /api/cart/changes?since=1&wait=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    poll += b"X-Cart-Id: " + signed + b"\r\nConnection: close\r\n\r\n"
+    _, raw = await answer(await connect(server, head + b"%d\r\n\r\n" % len(body) + body + poll))
+    assert raw.count(b"HTTP/1.1 201 ") + raw.count(b"HTTP/1.1 200 ") == 2, raw
+    assert b"408" not in raw.split(b"\r\n")[0]
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        cart = (await client.get("/api/cart", headers={"X-Cart-Id": signed.decode()})).json()
+    assert cart["version"] == 1 and [x["quantity"] for x in cart["items"]] == [1]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
 async def test_a_stalled_pipelined_head_never_cuts_into_a_response(
     make_server: Callable[..., ServerProcess], parser: str
 ) -> None:

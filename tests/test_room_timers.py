@@ -107,6 +107,28 @@ async def test_an_evicted_room_keeps_no_timer(
     assert await hub.sweep() == 0  # once
 
 
+async def test_closing_the_hub_stops_every_timer_and_lets_a_running_one_finish(
+    make_hub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await make_hub(abandon_after_seconds=60.0)
+    for cart_id in ("a", "b"):
+        async with hub.use(cart_id) as room:
+            await room.submit(AddItem("p-1", 1))
+    first, second = hub.rooms["a"], hub.rooms["b"]
+    assert first.timer.handle is not None and second.timer.handle is not None
+    # The first cart's timer is running (due, its task not yet done) when the hub closes.
+    monkeypatch.setattr(clock, "offset", timedelta(seconds=61))
+    first.timer.handle.cancel()
+    first.timer.fire()
+    running = first.timer.task
+    assert running is not None and not running.done()
+    await hub.close()
+    assert running.done() and first.cart.status is Status.ABANDONED
+    assert first.timer.handle is None and second.timer.handle is None
+    second.timer.arm()  # nothing arms again once closed: the store closes next
+    assert second.timer.handle is None
+
+
 @pytest.mark.parametrize(
     ("abandon_after", "cart_ttl", "period"),
     [
