@@ -1,6 +1,7 @@
 """Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold,
 catalog; the crash test, `python -m bench crash --kills 1000`; `attack`, half-open
-connections and a huge header from one address; and the long runs, churn and soak.
+connections and a huge header from one address; the long runs, churn and soak; and
+`counters`, the cost of a metrics increment.
 
 Starts its own server (SQLite in a temp dir) unless given --url. Every run is bounded in
 count and time, and prints a human table and one JSON line (with the machine)."""
@@ -10,7 +11,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import attack, catalog, churn, cold, crash, fanout, floor, max, rest, side, soak, tabs
+from . import (
+    attack,
+    catalog,
+    churn,
+    cold,
+    counters,
+    crash,
+    fanout,
+    floor,
+    max,
+    rest,
+    side,
+    soak,
+    tabs,
+)
 from .harness import FloorServer, LocalServer, Target, raise_nofile
 
 MODES = {
@@ -26,6 +41,7 @@ MODES = {
     "side": (side, "the issue's figures for this server and the floor, alternating: ratios"),
     "soak": (soak, "a steady mix of everything for N minutes: nothing lost, nothing grows"),
     "churn": (churn, "anonymous shoppers come and go for weeks (TTLs shortened): rows level off"),
+    "counters": (counters, "the hot path's metrics.inc beside the dict it replaced: ns per call"),
 }
 # Modes that can measure the floor (--floor) instead of this server.
 FLOOR_MODES = {"fanout", "max", "rest", "tabs"}

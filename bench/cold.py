@@ -88,7 +88,8 @@ async def rooms_loaded(url: str) -> int | None:
         status, _, body = await conn.request("GET", "/metrics")
     finally:
         await conn.close()
-    found = re.search(rb"^cart_rooms_loaded(?:\{[^}]*\})? (\d+(?:\.\d+)?)", body, re.M)
+    # The value as prometheus-client writes it: 12.0, or 1.234567e+06 from a million on.
+    found = re.search(rb"^cart_rooms_loaded(?:\{[^}]*\})? (\S+)", body, re.M)
     return int(float(found.group(1))) if status == 200 and found else None
 
 

@@ -1,74 +1,116 @@
-"""Counters, gauges and histograms rendered as Prometheus text; no dependency, no locks
-(everything runs on one event loop)."""
+"""The server's Prometheus metrics: each declared once below with its help, rendered by
+prometheus-client into a registry of the app's own (several apps in one test process
+must not share counts), beside the client's process and garbage-collector figures."""
 
 from __future__ import annotations
 
-import bisect
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
-Labels = tuple[tuple[str, str], ...]
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-_HELP = {
-    "cart_mutations_total": ("counter", "Mutations by source and result (ok or error code)."),
-    "cart_patches_sent_total": ("counter", "Patch frames queued to tabs."),
-    "cart_ws_closed_total": ("counter", "WebSocket closes initiated by the server, by code."),
-    "cart_commit_batches_total": ("counter", "Store transactions (group commits)."),
-    "cart_commit_writes_total": ("counter", "Writes committed inside those transactions."),
-    "cart_commit_seconds": ("histogram", "Time from a write's submission to its commit."),
-    "cart_store_writes_pending": ("gauge", "Writes submitted to the store, not yet committed."),
-    "cart_ws_connections": ("gauge", "Open WebSocket tabs."),
-    "cart_rooms_loaded": ("gauge", "Cart rooms held in memory."),
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cart_mutations_total": (
+        "Mutations by source and result (ok or error code).",
+        ("source", "result"),
+    ),
+    "cart_patches_sent_total": ("Patch frames queued to tabs.", ()),
+    "cart_ws_closed_total": ("WebSocket closes initiated by the server, by code.", ("code",)),
+    "cart_commit_batches_total": ("Store transactions (group commits).", ()),
+    "cart_commit_writes_total": ("Writes committed inside those transactions.", ()),
+    "cart_bus_published_total": ("Messages published to the other processes.", ()),
+    "cart_bus_dropped_total": ("Messages dropped: the bus was out of reach.", ()),
+    "cart_bus_reconnects_total": ("Reconnections of the bus subscription.", ()),
+    "cart_bus_applied_total": ("Other processes' commits taken from the bus.", ()),
+    "cart_room_repairs_total": ("Rooms re-read from the store: a message lost.", ()),
+    "cart_purged_rows_total": ("Rows deleted by the background purge.", ()),
+    "cart_catalog_frames_total": ("Catalog messages queued to tabs (products changed).", ()),
+    "cart_admin_requests_total": (
+        "Admin API requests by result (ok or error code).",
+        ("result",),
+    ),
+    "cart_checkouts_total": (
+        "Checkout steps by result: reserved, refused (insufficient_stock, too_many_checkouts,"
+        " provider_error), paid, cancelled, expired.",
+        ("result",),
+    ),
+    "cart_events_sent_total": (
+        "Lifecycle event deliveries to the webhook, by result (ok or failed).",
+        ("result",),
+    ),
+}
+GAUGES: dict[str, str] = {
+    "cart_store_writes_pending": "Writes submitted to the store, not yet committed.",
+    "cart_ws_connections": "Open WebSocket tabs.",
+    "cart_rooms_loaded": "Cart rooms held in memory.",
     "cart_long_lived_connections": (
-        "gauge",
-        "Open WebSockets and long-polls (counted per address for MAX_CONNECTIONS_PER_IP).",
+        "Open WebSockets and long-polls (counted per address for MAX_CONNECTIONS_PER_IP)."
     ),
-    "cart_bus_published_total": ("counter", "Messages published to the other processes."),
-    "cart_bus_dropped_total": ("counter", "Messages dropped: the bus was out of reach."),
-    "cart_bus_reconnects_total": ("counter", "Reconnections of the bus subscription."),
-    "cart_bus_applied_total": ("counter", "Other processes' commits taken from the bus."),
-    "cart_room_repairs_total": ("counter", "Rooms re-read from the store: a message lost."),
-    "cart_purged_rows_total": ("counter", "Rows deleted by the background purge."),
-    "cart_database_bytes": ("gauge", "Database size: SQLite file and WAL, or the schema's tables."),
-    "cart_outbox_pending": ("gauge", "Lifecycle events not delivered yet (the outbox backlog)."),
-    "cart_outbox_oldest_seconds": ("gauge", "Age of the oldest undelivered event (0: none)."),
-    "cart_checkouts_reserved": ("gauge", "Checkouts holding stock (reserved, not settled)."),
+    "cart_database_bytes": "Database size: SQLite file and WAL, or the schema's tables.",
+    "cart_outbox_pending": "Lifecycle events not delivered yet (the outbox backlog).",
+    "cart_outbox_oldest_seconds": "Age of the oldest undelivered event (0: none).",
+    "cart_checkouts_reserved": "Checkouts holding stock (reserved, not settled).",
     "cart_event_loop_lag_seconds": (
-        "gauge",
-        "Longest event-loop delay in the last 30-60 s (probed every 0.1 s).",
+        "Longest event-loop delay in the last 30-60 s (probed every 0.1 s)."
     ),
-    "cart_gc_pause_seconds": ("gauge", "Longest garbage-collector pass in the last 30-60 s."),
-    "cart_catalog_frames_total": ("counter", "Catalog messages queued to tabs (products changed)."),
-    "cart_admin_requests_total": ("counter", "Admin API requests by result (ok or error code)."),
+    "cart_gc_pause_seconds": "Longest garbage-collector pass in the last 30-60 s.",
+}
+HISTOGRAMS: dict[str, str] = {
+    "cart_commit_seconds": "Time from a write's submission to its commit.",
 }
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
-class Histogram:
-    def __init__(self) -> None:
-        self.counts = [0] * (len(_BUCKETS) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(_BUCKETS, value)] += 1
-        self.total += value
-
-
 class Metrics:
+    """Counts in a dict on the hot path, turned into prometheus-client's metric families at
+    each scrape: `inc` runs per mutation, and a prometheus-client Counter's own increment
+    (validation, then a lock) measured slower than that dict (`python -m bench counters`)."""
+
     def __init__(self) -> None:
-        self.counters: defaultdict[tuple[str, Labels], float] = defaultdict(float)
-        self.histograms: defaultdict[str, Histogram] = defaultdict(Histogram)
-        self.gauges: dict[str, Callable[[], float]] = {}
+        self.registry = CollectorRegistry()
+        self.registry.register(_Families(self))
+        self._histograms = {
+            name: Histogram(name, text, registry=self.registry, buckets=_BUCKETS)
+            for name, text in HISTOGRAMS.items()
+        }
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        # Keyed by the name and the labels in the order given: no sorting per call.
+        self.counts: dict[tuple[Any, ...], float] = {
+            (name,): 0.0 for name, (_, labels) in COUNTERS.items() if not labels
+        }
+        # A gauge is exported once something reads it: a store without a write queue shows
+        # no pending writes rather than a zero that looks measured.
+        self.reads: dict[str, Callable[[], float]] = {}
         self.collectors: list[Callable[[], Awaitable[None]]] = []
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
-        self.counters[(name, tuple(sorted(labels.items())))] += value
+        key = (name, *labels.items())
+        try:
+            self.counts[key] += value
+        except KeyError:
+            _check(name, labels)
+            self.counts[key] = value
 
     def observe(self, name: str, value: float) -> None:
-        self.histograms[name].observe(value)
+        self._histograms[name].observe(value)
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
-        self.gauges[name] = read
+        if name not in GAUGES:
+            raise KeyError(f"{name} is not declared in server/metrics.py")
+        self.reads[name] = read
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0 if it has none yet), for tests and benches."""
+        return self.registry.get_sample_value(name, labels) or 0.0
 
     def collector(self, refresh: Callable[[], Awaitable[None]]) -> None:
         """Run before each render: gauges whose source must be awaited (the store)."""
@@ -79,39 +121,35 @@ class Metrics:
             await refresh()
 
     def render(self) -> str:
-        lines: list[str] = []
-        by_name: defaultdict[str, list[tuple[Labels, float]]] = defaultdict(list)
-        for (name, labels), value in sorted(self.counters.items()):
-            by_name[name].append((labels, value))
+        return generate_latest(self.registry).decode()
+
+
+def _check(name: str, labels: dict[str, str]) -> None:
+    """A counter's first increment with these labels: declared, with its label names."""
+    if name not in COUNTERS:
+        raise KeyError(f"{name} is not declared in server/metrics.py")
+    if set(labels) != set(COUNTERS[name][1]):
+        raise ValueError(f"{name} takes the labels {COUNTERS[name][1]}, not {tuple(labels)}")
+
+
+class _Families(Collector):
+    """The counters and gauges as prometheus-client metric families, at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        by_name: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in COUNTERS}
+        for (name, *pairs), value in self.metrics.counts.items():
+            given = dict(pairs)
+            values = tuple(given[label] for label in COUNTERS[name][1])
+            # Two call sites naming the labels in another order count the same series.
+            by_name[name][values] = by_name[name].get(values, 0.0) + value
         for name, samples in by_name.items():
-            _header(lines, name)
-            lines.extend(f"{name}{_labels(labels)} {_num(value)}" for labels, value in samples)
-        for name, read in sorted(self.gauges.items()):
-            _header(lines, name)
-            lines.append(f"{name} {_num(read())}")
-        for name, hist in sorted(self.histograms.items()):
-            _header(lines, name)
-            running = 0
-            for bound, count in zip((*_BUCKETS, float("inf")), hist.counts, strict=True):
-                running += count
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                lines.append(f'{name}_bucket{{le="{le}"}} {running}')
-            lines.append(f"{name}_sum {hist.total:.6f}")
-            lines.append(f"{name}_count {running}")
-        return "\n".join(lines) + "\n"
-
-
-def _header(lines: list[str], name: str) -> None:
-    kind, text = _HELP.get(name, ("untyped", name))
-    lines.append(f"# HELP {name} {text}")
-    lines.append(f"# TYPE {name} {kind}")
-
-
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
-
-
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(value)
+            text, labels = COUNTERS[name]
+            family = CounterMetricFamily(name, text, labels=labels)
+            for values, value in samples.items():
+                family.add_metric(values, value)
+            yield family
+        for name, read in self.metrics.reads.items():
+            yield GaugeMetricFamily(name, GAUGES[name], value=read())

@@ -7,15 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from .admin import MAX_LIMIT, ORDER_STATUSES
-from .openapi import (
-    _RETRY_AFTER,
+from .openapi_parts import (
     BODY_ERRORS,
     MUTATION_ERRORS,
     PRODUCT_ID,
-    _body,
-    _error,
-    _json,
-    _ref,
+    RETRY_AFTER,
+    error,
+    json_of,
+    ref,
+    request_body,
 )
 
 LISTING_PARAMETERS = [
@@ -52,14 +52,14 @@ LISTING_PARAMETERS = [
 
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 ADMIN_ERRORS = {
-    "401": _error(
+    "401": error(
         "`unauthorized`: no `Authorization: Bearer <ADMIN_TOKEN>`, or another token.",
         {"WWW-Authenticate": {"description": "`Bearer …`", "schema": {"type": "string"}}},
     ),
-    "404": _error("`not_found`: the admin API is off (ADMIN_TOKEN unset)."),
-    "429": _error(
+    "404": error("`not_found`: the admin API is off (ADMIN_TOKEN unset)."),
+    "429": error(
         "`rate_limited`: too many wrong tokens from this address; `retry_after`.",
-        _RETRY_AFTER,
+        RETRY_AFTER,
     ),
     "503": MUTATION_ERRORS["503"],
 }
@@ -84,8 +84,10 @@ def _admin(name: str, summary: str, responses: dict[str, Any], **extra: Any) -> 
 
 
 def shop_paths() -> dict[str, Any]:
-    product = _json(_ref("AdminProduct"), "The product as stored now.")
-    bad_product = _error("`invalid_request`: a body of the wrong shape, or a SKU taken.")
+    return {**_catalog(), **_admin_products(), **_admin_orders()}
+
+
+def _catalog() -> dict[str, Any]:
     return {
         "/api/products": {
             "get": {
@@ -94,27 +96,34 @@ def shop_paths() -> dict[str, Any]:
                 "tags": ["catalog"],
                 "parameters": LISTING_PARAMETERS,
                 "responses": {
-                    "200": _json(
-                        _ref("Products"),
+                    "200": json_of(
+                        ref("Products"),
                         "Every product, the ones named, or a page in id order with `next`"
                         " (gzip when large and accepted).",
                         {"ETag": {"description": "Of this answer.", "schema": {"type": "string"}}},
                     ),
                     "304": {"description": "Still what If-None-Match names."},
-                    "422": _error("`invalid_request`: a bad `ids`, `limit` or `after`."),
+                    "422": error("`invalid_request`: a bad `ids`, `limit` or `after`."),
                 },
             }
         },
+    }
+
+
+def _admin_products() -> dict[str, Any]:
+    product = json_of(ref("AdminProduct"), "The product as stored now.")
+    bad_product = error("`invalid_request`: a body of the wrong shape, or a SKU taken.")
+    return {
         "/api/admin/products": {
             "post": _admin(
                 "upsertProducts",
                 "Create or replace many products in one transaction, all or none.",
                 {
-                    "200": _json(_ref("BulkResult"), "How many were new, how many replaced."),
+                    "200": json_of(ref("BulkResult"), "How many were new, how many replaced."),
                     **BODY_ERRORS,
-                    "422": _error("`invalid_request`; `index` names the first bad row."),
+                    "422": error("`invalid_request`; `index` names the first bad row."),
                 },
-                requestBody=_body("BulkBody"),
+                requestBody=request_body("BulkBody"),
             )
         },
         "/api/admin/products/{product_id}": {
@@ -123,7 +132,7 @@ def shop_paths() -> dict[str, Any]:
                 "Create or replace one product.",
                 {"200": product, **BODY_ERRORS, "422": bad_product},
                 parameters=[ADMIN_PRODUCT_ID],
-                requestBody=_body("ProductBody"),
+                requestBody=request_body("ProductBody"),
             ),
             "patch": _admin(
                 "patchProduct",
@@ -131,21 +140,26 @@ def shop_paths() -> dict[str, Any]:
                 {
                     "200": product,
                     **BODY_ERRORS,
-                    "404": _error("`unknown_product`, or `not_found` (the admin API is off)."),
-                    "409": _error("`insufficient_stock`: the stock would go below 0; `available`."),
-                    "422": _error("`invalid_request`: nothing to change, or a bad field."),
+                    "404": error("`unknown_product`, or `not_found` (the admin API is off)."),
+                    "409": error("`insufficient_stock`: the stock would go below 0; `available`."),
+                    "422": error("`invalid_request`: nothing to change, or a bad field."),
                 },
                 parameters=[ADMIN_PRODUCT_ID],
-                requestBody=_body("ProductPatch"),
+                requestBody=request_body("ProductPatch"),
             ),
         },
+    }
+
+
+def _admin_orders() -> dict[str, Any]:
+    return {
         "/api/admin/orders": {
             "get": _admin(
                 "listOrders",
                 "Orders, newest first, a page at a time.",
                 {
-                    "200": _json(_ref("OrderPage"), "A page; `next` is the next `after`."),
-                    "422": _error("`invalid_request`: a bad `status`, `limit` or `after`."),
+                    "200": json_of(ref("OrderPage"), "A page; `next` is the next `after`."),
+                    "422": error("`invalid_request`: a bad `status`, `limit` or `after`."),
                 },
                 parameters=[
                     {
@@ -176,8 +190,8 @@ def shop_paths() -> dict[str, Any]:
                 "getOrder",
                 "One order.",
                 {
-                    "200": _json(_ref("OrderDoc"), "The order."),
-                    "404": _error("`unknown_order`, or `not_found` (the admin API is off)."),
+                    "200": json_of(ref("OrderDoc"), "The order."),
+                    "404": error("`unknown_order`, or `not_found` (the admin API is off)."),
                 },
                 parameters=[ORDER_ID],
             )

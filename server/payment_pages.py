@@ -13,9 +13,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from . import errors
-from .checkout import Outcome, cancel_url, success_url
+from .checkout import cancel_url, success_url
 from .identity import COOKIE
 from .render import format_money
+from .settlement import Outcome
 from .store import Checkout
 from .web import cart_cookie, error_response, origin_allowed, services
 

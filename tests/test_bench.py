@@ -164,6 +164,14 @@ def test_attack_counts_held_and_refused_connections() -> None:
     assert huge["healthz_ok"] == huge["healthz_probes"]
 
 
+def test_counters_times_each_way_of_counting_and_counts_every_call() -> None:
+    result = bench("counters", "--calls", "1000", "--repeat", "2")
+    for case in ("labelled", "unlabelled"):
+        run = result[case]
+        assert run["dict_ns"] > 0 and run["counter_ns"] > 0 and run["metrics_ns"] > 0
+        assert run["counted"] == 2000  # every timed call of Metrics.inc landed in /metrics
+
+
 def bench_any(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
     """Like bench(), for modes that exit 1 with a verdict: the code and the JSON line."""
     proc = subprocess.run(

@@ -62,7 +62,10 @@ WS_CONN = ["parser", "send_close", "data_to_send"]  # websockets' ServerProtocol
 # connections.HeadGuard and the two guarded parsers
 HTTP_METHODS = ["connection_made", "connection_lost", "data_received", "on_response_complete"]
 HTTPTOOLS_METHODS = ["on_message_begin", "on_headers_complete", "on_message_complete"]
-HTTP_STATE = ["transport", "loop", "client", "server_state", "ws_protocol_class", "cycle"]
+HTTP_STATE = ["transport", "loop", "client", "server_state", "ws_protocol_class", "cycle", "flow"]
+# Read off the request being answered (HeadGuard._answer) and off its flow control.
+CYCLE_STATE = ["response_started", "response_complete"]
+FLOW_STATE = ["read_paused"]
 H11_STATE = ["conn"]  # replaced in GuardedH11Protocol.__init__ with a larger head limit
 ROOT = Path(__file__).resolve().parent.parent
 # Not uvicorn's: the constructor, and what connections.guarded_http sets on the class.
@@ -150,6 +153,10 @@ async def test_the_http_protocols_have_what_the_head_guard_uses(
     try:
         state = HTTP_STATE + (H11_STATE if parser is H11Protocol else [])
         gaps += missing(protocol, state)
+        if hasattr(protocol, "flow"):
+            gaps += missing(protocol.flow, FLOW_STATE)
+        cycle = inspect.getsource(inspect.getmodule(parser).RequestResponseCycle.__init__)
+        gaps += [f"RequestResponseCycle.{x}" for x in CYCLE_STATE if f"self.{x} =" not in cycle]
     finally:
         transport.abort()
     assert not gaps, f"uvicorn {uvicorn.__version__} lacks what server/connections.py uses: {gaps}"

@@ -17,7 +17,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import checkout as checkout_module
+from server import settlement as settlement_module
 from server.auth import make_user_token
 from server.bus.local import LocalBroker
 from server.cart import AddItem, Product
@@ -197,7 +197,7 @@ async def test_one_sweep_releases_every_due_reservation(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A flood of holds comes back in one pass of the sweeper, batch after batch."""
-    monkeypatch.setattr(checkout_module, "SWEEP_BATCH", 3)
+    monkeypatch.setattr(settlement_module, "SWEEP_BATCH", 3)
     settings = Settings(database_url=database_url, max_checkouts_per_ip=100)
     store = await open_store(settings)
     await store.upsert_products([Product("p-1", "SKU-1", "One", 100, 50)])
@@ -211,7 +211,7 @@ async def test_one_sweep_releases_every_due_reservation(
                 await room.submit(AddItem("p-1", 2))
                 await checkouts.start(room, None, "203.0.113.7")
         later = utcnow() + timedelta(seconds=settings.checkout_expires_seconds + 1)
-        monkeypatch.setattr(checkout_module, "utcnow", lambda: later)
+        monkeypatch.setattr(settlement_module, "utcnow", lambda: later)
         assert await checkouts.sweep() == 8
         assert await store.due_checkouts(later, 100) == []
         products, _ = await store.load_products()

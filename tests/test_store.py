@@ -52,8 +52,8 @@ CATALOG: dict[str, Product] = {p.id: p for p in PRODUCTS}
 GHOST = Product("ghost", "GHOST", "Not in the products table", 100, 100)
 WITH_GHOST: dict[str, Product] = {**CATALOG, GHOST.id: GHOST}
 
-BATCHES = ("cart_commit_batches_total", ())
-WRITES = ("cart_commit_writes_total", ())
+BATCHES = "cart_commit_batches_total"
+WRITES = "cart_commit_writes_total"
 
 
 @pytest.fixture
@@ -303,13 +303,13 @@ async def test_patch_history_is_trimmed_to_the_last_five(store: Store) -> None:
 
 
 async def test_concurrent_commits_all_land(store: Store, metrics: Metrics) -> None:
-    batches, writes = metrics.counters[BATCHES], metrics.counters[WRITES]
+    batches, writes = metrics.value(BATCHES), metrics.value(WRITES)
     built = [build(fresh(f"cart-{n}"), AddItem("p-001", n % 5 + 1)) for n in range(50)]
     results = await asyncio.gather(*(store.commit(write) for _, write in built))
     assert results == [None] * 50
-    assert metrics.counters[WRITES] - writes == 50
+    assert metrics.value(WRITES) - writes == 50
     if isinstance(store, SQLiteStore):  # group commit: they share transactions
-        assert 1 <= metrics.counters[BATCHES] - batches < 50
+        assert 1 <= metrics.value(BATCHES) - batches < 50
     for cart, _ in built:
         stored = await store.load_cart(cart.id, LONG_AGO)
         assert stored is not None
@@ -317,7 +317,7 @@ async def test_concurrent_commits_all_land(store: Store, metrics: Metrics) -> No
 
 
 async def test_one_failing_write_in_a_batch_fails_alone(store: Store, metrics: Metrics) -> None:
-    batches = metrics.counters[BATCHES]
+    batches = metrics.value(BATCHES)
     good = [build(fresh(f"good-{n}"), AddItem("p-002", 1)) for n in range(10)]
     bad_cart, bad = build(fresh("bad"), AddItem("ghost", 1), catalog=WITH_GHOST)
     writes = [w for _, w in good[:5]] + [bad] + [w for _, w in good[5:]]
@@ -326,7 +326,7 @@ async def test_one_failing_write_in_a_batch_fails_alone(store: Store, metrics: M
 
     if isinstance(store, SQLiteStore):
         # All eleven went into one transaction, so the bad one really shared it.
-        assert metrics.counters[BATCHES] - batches == 1
+        assert metrics.value(BATCHES) - batches == 1
     assert isinstance(results[5], errors.Unavailable)
     assert results[:5] + results[6:] == [None] * 10
     assert await store.load_cart(bad_cart.id, LONG_AGO) is None
