@@ -1,7 +1,7 @@
 -- Cart sync server schema, applied on every start (idempotent). Written in what SQLite and
 -- PostgreSQL share: both stores apply this file as it is, except that the PostgreSQL store
 -- reads cart_events' "INTEGER PRIMARY KEY AUTOINCREMENT" as "BIGSERIAL PRIMARY KEY" and
--- adds a column standing in for SQLite's rowid (see server/store/postgres.py).
+-- adds a column standing in for SQLite's rowid (see server/store/postgres.py and sql.py).
 --
 -- Timestamps are UTC ISO-8601 text with milliseconds ("2026-11-26T10:00:00.000Z"):
 -- they sort as strings, read well in a shell, and mean the same in PostgreSQL.

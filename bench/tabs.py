@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from typing import Any
@@ -16,7 +17,7 @@ import uvloop
 
 from . import fanout
 from .harness import Target, latency_line, products, raise_nofile, report
-from .http import open_carts
+from .http import Conn, open_carts
 from .pause import PauseProbe
 from .pool import Pool
 
@@ -94,6 +95,7 @@ def main(args: argparse.Namespace, target: Target) -> None:
         cpu = probe.cpu_seconds() if probe else None
         opened = pool.open(show_progress=True)
         open_cpu = probe.cpu_seconds() - cpu if probe and cpu is not None else None
+        gc_open = uvloop.run(gc_pause_ms(target.url))  # the window covers the opening
         time.sleep(1.0)  # let the last handshakes' garbage settle before reading RSS
         rss_tabs = probe.rss_bytes() if probe else None
         cpu = probe.cpu_seconds() if probe else None
@@ -101,13 +103,14 @@ def main(args: argparse.Namespace, target: Target) -> None:
         idle_cpu = (probe.cpu_seconds() - cpu) / args.idle if probe and cpu is not None else None
         raw = pool.run(args.rate, args.seconds, args.warmup, args.active, target.pid)
         rss_after = probe.rss_bytes() if probe else None
-    fan = fanout.summarize(raw, args.rate, args.tabs)
-    stalls = pause.result()
+        gc_run = uvloop.run(gc_pause_ms(target.url))
     n = opened["opened"] or 1
+    rss = {"start": rss_start, "carts": rss_carts, "tabs": rss_tabs, "after_fanout": rss_after}
     per_tab = (rss_tabs - rss_carts) / n if rss_tabs is not None and rss_carts is not None else None
     per_tab_all = (
         (rss_tabs - rss_start) / n if rss_tabs is not None and rss_start is not None else None
     )
+    pauses = [ms for ms in (gc_open, gc_run) if ms is not None]
     result: dict[str, Any] = {
         "carts": carts,
         "tabs_per_cart": args.tabs,
@@ -120,51 +123,69 @@ def main(args: argparse.Namespace, target: Target) -> None:
         "open_seconds": opened["seconds"],
         # Near 1.0: the server's handshakes, not the generator, set the opening pace.
         "open_server_cpu_cores": open_cpu / opened["seconds"] if open_cpu is not None else None,
-        "rss_start_bytes": rss_start,
-        "rss_carts_bytes": rss_carts,
-        "rss_tabs_bytes": rss_tabs,
-        "rss_after_fanout_bytes": rss_after,
+        **{f"rss_{name}_bytes": value for name, value in rss.items()},
         "rss_per_tab_bytes": per_tab,
         "rss_per_tab_with_room_bytes": per_tab_all,
         "idle_server_cpu_cores": idle_cpu,
-        "ping_rtt_ms": stalls,
-        "fanout": {"active_carts": raw["carts"], **fan},
+        "ping_rtt_ms": pause.result(),
+        "gc_pause_max_ms": max(pauses) if pauses else None,
+        "fanout": {"active_carts": raw["carts"], **fanout.summarize(raw, args.rate, args.tabs)},
     }
+    report("tabs", _table(result, args.rate), result)
+
+
+def _table(result: dict[str, Any], rate: float) -> list[tuple[str, str]]:
+    tabs, fan, stalls = (
+        result["carts"] * result["tabs_per_cart"],
+        result["fanout"],
+        result["ping_rtt_ms"],
+    )
+    cores, per_tab = result["open_server_cpu_cores"], result["rss_per_tab_bytes"]
+    idle, gc_ms = result["idle_server_cpu_cores"], result["gc_pause_max_ms"]
     table = [
         (
             "tabs",
-            f"{opened['opened']:,} open of {carts * args.tabs:,} ({carts:,} carts x"
-            f" {args.tabs}), in {opened['seconds']:.1f} s by {procs} procs",
+            f"{result['opened']:,} open of {tabs:,} ({result['carts']:,} carts x"
+            f" {result['tabs_per_cart']}), in {result['open_seconds']:.1f} s by"
+            f" {result['procs']} procs",
         ),
-        (
-            "server CPU opening",
-            f"{result['open_server_cpu_cores']:.2f} cores" if open_cpu is not None else "n/a",
-        ),
+        ("server CPU opening", f"{cores:.2f} cores" if cores is not None else "n/a"),
     ]
-    if capped:
-        table.append(("capped", capped))
-    if opened["failed"]:
-        table.append(("failed to open", f"{opened['failed']:,}: {opened['error']}"))
+    if result["capped"]:
+        table.append(("capped", result["capped"]))
+    if result["failed"]:
+        table.append(("failed to open", f"{result['failed']:,}: {result['open_error']}"))
     table += [
         (
             "server RSS",
-            f"{_mib(rss_start)} at start, {_mib(rss_carts)} with the carts loaded,"
-            f" {_mib(rss_tabs)} with the tabs, {_mib(rss_after)} after the fan-out",
+            f"{_mib(result['rss_start_bytes'])} at start, {_mib(result['rss_carts_bytes'])}"
+            f" with the carts loaded, {_mib(result['rss_tabs_bytes'])} with the tabs,"
+            f" {_mib(result['rss_after_fanout_bytes'])} after the fan-out",
         ),
         (
             "RSS per tab",
-            f"{per_tab / 1024:.1f} KiB (with its share of the rooms {per_tab_all / 1024:.1f} KiB)"
-            if per_tab and per_tab_all
+            f"{per_tab / 1024:.1f} KiB (with its share of the rooms"
+            f" {result['rss_per_tab_with_room_bytes'] / 1024:.1f} KiB)"
+            if per_tab and result["rss_per_tab_with_room_bytes"]
             else "n/a",
         ),
-        ("idle server CPU", f"{idle_cpu:.3f} cores" if idle_cpu is not None else "n/a"),
+        ("idle server CPU", f"{idle:.3f} cores" if idle is not None else "n/a"),
         (
             "ping every 10 ms",
             f"{stalls['pings']:,} round trips: p99 {stalls['p99']:.1f} ms, longest"
             f" {stalls['max']:.1f} ms (bounds the longest stop of the server's loop)"
             + (f"; {stalls['error']}" if stalls["error"] else ""),
         ),
-        ("fan-out", f"{raw['carts']} carts x {args.tabs} tabs at {args.rate:,.0f}/s"),
+        (
+            "longest GC pass",
+            f"{gc_ms:.1f} ms (the server's own timing, /metrics cart_gc_pause_seconds)"
+            if gc_ms is not None
+            else "n/a (no /metrics)",
+        ),
+        (
+            "fan-out",
+            f"{fan['active_carts']} carts x {result['tabs_per_cart']} tabs at {rate:,.0f}/s",
+        ),
         ("fan-out latency", latency_line(fan["latency_ms"])),
         ("errors / unfinished", f"{fan['errors']} / {fan['unfinished']}"),
         (
@@ -172,4 +193,16 @@ def main(args: argparse.Namespace, target: Target) -> None:
             f"{fan['gaps']} / {fan['duplicates']} / {fan['out_of_order']}",
         ),
     ]
-    report("tabs", table, result)
+    return table
+
+
+async def gc_pause_ms(url: str) -> float | None:
+    """The server's longest garbage-collector pass of the last 30-60 s, from /metrics (a
+    server without it, the floor, gives None)."""
+    conn = await Conn.open(url)
+    try:
+        status, _, body = await conn.request("GET", "/metrics")
+    finally:
+        await conn.close()
+    found = re.search(rb"^cart_gc_pause_seconds (\S+)", body, re.M)
+    return float(found.group(1)) * 1000 if status == 200 and found else None

@@ -79,19 +79,26 @@ class Tab:
 
     def write(self, frame: bytes) -> None:
         """Queue one framed message (the same bytes may go to many tabs)."""
+        if self._hold(frame):
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _hold(self, frame: bytes) -> bool:
+        """Keep `frame` for the write at the end of this loop turn; True if that write is
+        still to be scheduled."""
         if self.close_code is not None or not self._open:
-            return
+            return False
         out = self._out
         if out is None:
             out = self._out = []
         elif len(out) >= self.limit:
             # Too slow to keep up: drop what it has not read; it reconnects with ?since=.
             self.close(CLOSE_TRY_AGAIN_LATER)
-            return
+            return False
         out.append(frame)
-        if not self._due:
-            self._due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._due:
+            return False
+        self._due = True
+        return True
 
     def close(self, code: int, *, flush: bool = False) -> None:
         """Close the socket with `code`: now, dropping what is not written yet, or (flush)
@@ -141,7 +148,14 @@ class Tab:
 
 
 def broadcast(tabs: Iterable[Tab], payload: bytes) -> None:
-    """One message to many tabs: framed once, the same bytes written to each."""
+    """One message to many tabs: framed once, the same bytes written to each, by one
+    callback at the end of the loop turn for all of them."""
     frame = text_frame(payload)
+    due = [tab for tab in tabs if tab._hold(frame)]
+    if due:
+        asyncio.get_running_loop().call_soon(_flush, due)
+
+
+def _flush(tabs: list[Tab]) -> None:
     for tab in tabs:
-        tab.write(frame)
+        tab._flush()

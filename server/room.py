@@ -4,6 +4,8 @@ presence.py, the abandonment timer in timer.py.
 
 Every mutation takes the same path: lock -> apply (pure) -> commit (durable) -> accept
 (memory, tabs, other processes) -> answer. Nothing is sent before the commit returns.
+The lock is let go while the commit runs, so the next mutation is applied on top and
+joins the same group commit; acceptance stays in version order (pipeline.py).
 The lock is taken in this module only (and by transaction.together() for two rooms):
 callers that need several steps in one order use Room.transaction().
 """
@@ -14,9 +16,9 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
+from functools import partial
 
 from msgspec import Raw, Struct
 
@@ -27,8 +29,10 @@ from .catalog import Catalog
 from .clock import utcnow
 from .config import Settings
 from .frames import Tab, broadcast
+from .history import History
 from .limits import TokenBucket
 from .metrics import Metrics
+from .pipeline import Pipeline
 from .presence import Presence
 from .protocol import CatalogItem, CatalogMsg, MovedMsg, SnapshotMsg, encode
 from .store import AlreadyApplied, CartWrite, Effect, Emit, StaleVersion, Store, StoredCart
@@ -65,11 +69,11 @@ class Room:
         self.presence = Presence(ctx.metrics)
         self.refs = 0  # requests and sockets using the room; it is never evicted while > 0
         self.last_used = time.monotonic()
-        self.history: deque[tuple[int, str]] = deque(maxlen=ctx.settings.patch_history)
+        self.history = History(ctx.settings.patch_history)
         self.keys: dict[str, int] = {}
-        self._changed: asyncio.Future[None] | None = None
         self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
         self._items = render.ItemDocs()
+        self._pipe = Pipeline(self.accept, lambda: self.cart.version, ctx.store.ordered_commits)
         # Shared by every tab and REST caller of the cart: more tabs, no more allowance.
         self.rate = TokenBucket(ctx.settings.cart_rate, ctx.settings.cart_burst)
         self.cart = Cart(id=cart_id, updated_at=utcnow())
@@ -79,8 +83,7 @@ class Room:
 
     def _load(self, stored: StoredCart) -> None:
         self.cart = stored.cart
-        self.history.clear()
-        self.history.extend(stored.patches)
+        self.history.reset(stored.patches)
         self.keys = dict(list(stored.keys.items())[-MEMORY_KEYS:])
         self.timer.arm()
 
@@ -91,7 +94,7 @@ class Room:
     @property
     def busy(self) -> bool:
         """A mutation holds the cart, or waits for it."""
-        return self._lock.locked()
+        return self._lock.locked() or self._pipe.busy
 
     # --- reading ---------------------------------------------------------------------
 
@@ -115,22 +118,13 @@ class Room:
 
     def patches_after(self, since: int) -> list[str] | None:
         """The patch frames after `since`, or None if they are not all held any more."""
-        if since == self.cart.version:
-            return []
-        if since > self.cart.version or not self.history or self.history[0][0] > since + 1:
-            return None
-        return [frame for version, frame in self.history if version > since]
+        return self.history.after(since, self.cart.version)
 
     async def wait_past(self, version: int, timeout: float) -> None:
         """Return once the cart is past `version`, or after `timeout` seconds."""
         if self.cart.version != version or timeout <= 0 or self.ctx.draining.is_set():
             return
-        if self._changed is None:
-            self._changed = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._changed), timeout)
-        except TimeoutError:
-            pass
+        await self.history.wait(timeout)
 
     # --- tabs ------------------------------------------------------------------------
 
@@ -186,21 +180,32 @@ class Room:
         """Apply one mutation in this cart's order; returns once it is durably committed
         and broadcast. Raises CartError (nothing changed) or Unavailable (nothing stored).
         `request`, a digest of what was asked, refuses a key reused for something else."""
+        apply = partial(self._apply, op, origin=origin, key=key, respond=respond, request=request)
         async with self._lock:
-            return await self._apply(
-                op,
-                origin=origin,
-                key=key,
-                base_version=base_version,
-                respond=respond,
-                request=request,
-            )
+            if base_version is not None or not self._pipe.takes(key, self.keys):
+                await self._pipe.drain()
+                return await apply(base_version=base_version)
+            # Applied on top of the writes in flight, so it joins their group commit.
+            write = self.prepare(op, origin=origin, key=key, respond=respond, request=request)
+            stored = self._pipe.push(write, self.ctx.store.start_commit(write))
+        try:
+            await stored
+        except (StaleVersion, AlreadyApplied) as exc:
+            # Another process wrote first, or a write before this one failed: again, in
+            # this cart's order, on what the store holds.
+            if isinstance(exc, AlreadyApplied) and key is not None:
+                self.keys[key] = exc.version
+            async with self._lock:
+                await self._pipe.drain()
+                return await apply()
+        return Outcome(write.cart.version, write.response)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """This cart to itself for the block: several steps (read, apply, store) with no
         other mutation between them. Keep network calls out: every tab waits meanwhile."""
         async with self._lock:
+            await self._pipe.drain()
             yield Transaction(self)
 
     async def _apply(
@@ -216,6 +221,15 @@ class Room:
     ) -> Outcome:
         """submit() for a caller holding the lock. `effects` gives the rows to write in
         the same transaction, from the cart as it will be (asked again after a catch-up)."""
+        prepare = partial(
+            self.prepare,
+            op,
+            origin=origin,
+            key=key,
+            respond=respond,
+            effects=effects,
+            request=request,
+        )
         hold = False
         for _ in range(COMMIT_ATTEMPTS):
             if key is not None and key in self.keys:
@@ -223,14 +237,7 @@ class Room:
             try:
                 if not hold:  # a compare-and-set on the version this room holds
                     self._check_base(base_version)
-                    write = self.prepare(
-                        op,
-                        origin=origin,
-                        key=key,
-                        respond=respond,
-                        effects=effects,
-                        request=request,
-                    )
+                    write = prepare()
                     await self.ctx.store.commit(write)
                 else:
                     # Another process (or a write whose caller was cancelled) got there
@@ -241,14 +248,7 @@ class Room:
                         if key is not None and key in self.keys:
                             continue  # it was applied meanwhile: replayed above
                         self._check_base(base_version)
-                        write = self.prepare(
-                            op,
-                            origin=origin,
-                            key=key,
-                            respond=respond,
-                            effects=effects,
-                            request=request,
-                        )
+                        write = prepare()
                         await held.commit(write)
             except StaleVersion:
                 hold = True
@@ -281,11 +281,12 @@ class Room:
         """The write that applying `op` now would commit (CartError if refused)."""
         abandon_after = self.ctx.settings.abandon_after_seconds
         products = self.ctx.catalog.products
-        new, change = domain.apply(self.cart, op, products, utcnow(), abandon_after)
+        tip = self._pipe.tip(self.cart)  # the cart as the writes in flight leave it
+        new, change = domain.apply(tip, op, products, utcnow(), abandon_after)
         patch = encode(render.patch_msg(new, change, products, origin)).decode()
         body = self._render(new) if respond else None
         extra = effects(new) if effects is not None else ()
-        return CartWrite(new, self.cart.version, change, patch, key, body, extra, request)
+        return CartWrite(new, tip.version, change, patch, key, body, extra, request)
 
     def accept(self, write: CartWrite) -> Outcome:
         """Take a committed write into memory and tell the tabs and other processes."""
@@ -310,7 +311,7 @@ class Room:
 
     def _accept(self, new: Cart, patch: str, key: str | None) -> None:
         self.cart = new
-        self.history.append((new.version, patch))
+        self.history.add(new.version, patch)
         if key is not None:
             self.keys[key] = new.version
             if len(self.keys) > MEMORY_KEYS:
@@ -338,6 +339,7 @@ class Room:
         with several processes); True if it did."""
         settings = self.ctx.settings
         async with self._lock:
+            await self._pipe.drain()
             for op in (Expire(settings.cart_ttl_seconds, str(uuid.uuid4())), Abandon()):
                 try:
                     await self._apply(op, effects=self._event)
@@ -368,13 +370,12 @@ class Room:
 
     def wake(self) -> None:
         """Return every wait_past() now: the cart changed, or the server is shutting down."""
-        if self._changed is not None:
-            self._changed.set_result(None)
-            self._changed = None
+        self.history.wake()
 
     async def catch_up(self) -> None:
         """Bring the room up to what the store holds (another process committed)."""
         async with self._lock:
+            await self._pipe.drain()
             await self._catch_up()
 
     async def _catch_up(self) -> None:

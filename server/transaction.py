@@ -46,6 +46,8 @@ async def together(a: Room, b: Room) -> AsyncIterator[tuple[Transaction, Transac
     pair the other way round (two logins crossing) never deadlock."""
     first, second = sorted((a, b), key=lambda room: room.cart.id)
     async with first._lock, second._lock:
+        await first._pipe.drain()
+        await second._pipe.drain()
         yield Transaction(a), Transaction(b)
 
 

@@ -97,6 +97,7 @@ def test_tabs_measures_rss_then_fans_out_beside_the_idle_tabs(server: ServerProc
     pings = result["ping_rtt_ms"]
     assert pings["pings"] > 10 and pings["error"] is None
     assert 0 < pings["p50"] <= pings["p99"] <= pings["max"]
+    assert result["gc_pause_max_ms"] is not None and result["gc_pause_max_ms"] >= 0
 
 
 def test_a_closed_loop_keeps_a_window_in_flight_per_cart(server: ServerProcess) -> None:

@@ -80,13 +80,16 @@ async def test_closed_tabs_leave_no_reference_cycles(served: CartServer) -> None
 
 
 def test_the_collector_freezes_what_survives_a_full_collection() -> None:
+    defaults = gc.get_threshold()
     collector.start()
     try:
         frozen = gc.get_freeze_count()
         assert frozen > 0
+        # A full collection after every middle-generation pass: each walks less.
+        assert gc.get_threshold() == (defaults[0], defaults[1], collector.FULL_AFTER)
         kept = [[n] for n in range(1000)]  # lists are always tracked
         gc.collect()
         assert gc.get_freeze_count() >= frozen + len(kept)
     finally:
         collector.stop()
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == defaults

@@ -21,6 +21,7 @@ from server.store import (
     Store,
     open_store,
     postgres,
+    queries,
     sqlite,
 )
 from tests.support import db_query
@@ -42,8 +43,9 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Clock]:
     clock = Clock()
-    module = sqlite if database_url.startswith("sqlite") else postgres
-    monkeypatch.setattr(module, "utcnow", clock)
+    # The store stamps rows in its shared methods (queries) and in its driver's own.
+    for module in (queries, sqlite if database_url.startswith("sqlite") else postgres):
+        monkeypatch.setattr(module, "utcnow", clock)
     yield clock
 
 

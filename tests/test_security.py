@@ -169,6 +169,14 @@ ALLOWED = {
     'f"PRAGMA synchronous = {self._synchronous}"',
 }
 TRUSTED_FILES = {"SCHEMA_PATH"}  # schema.sql, shipped with the package: text we wrote
+# The stores' plans (server/store/sql.py): a step, or a plan made of one, carries its
+# statement to the driver; each is a sink whose first (Pair: first two) argument must be
+# built from literals where it is called. Inside these functions that argument is theirs.
+PLAN_CALLS = {"Run": 1, "Rows": 1, "Many": 1, "Lock": 1, "Pair": 2, "fetch": 1, "change": 1}
+PLAN_CALLS |= {"checkouts": 1}  # effects.checkouts(where): the where clause
+# A dialect renders the statement a step carries (checked where the step was made).
+DIALECTS = {"SQLITE", "POSTGRES"}
+STEP_TEXTS = {"sql", "first", "then"}
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
@@ -178,8 +186,11 @@ class SqlScan:
     to such (a module constant, a local), or a parameter every caller passes such to.
     Anything else (a value, an attribute, a call) is unsafe."""
 
-    def __init__(self, source: str) -> None:
+    modules: dict[Path, SqlScan] = {}
+
+    def __init__(self, source: str, path: Path | None = None) -> None:
         self.source = source
+        self.path = path  # where `from .x import NAME` is looked up
         self.tree = ast.parse(source)
         self.parent = {
             child: node for node in ast.walk(self.tree) for child in ast.iter_child_nodes(node)
@@ -218,7 +229,43 @@ class SqlScan:
             return all(self.static(element, scope) for element in expr.elts)
         if isinstance(expr, ast.Name):
             return self.static_name(expr.id, scope)
+        if isinstance(expr, ast.Subscript) and isinstance(expr.value, ast.Name):
+            return expr.value.id in DIALECTS and self.static(expr.slice, scope)
+        if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name):
+            if expr.value.id == "step" and expr.attr in STEP_TEXTS:
+                return True  # a step's statement: checked where the step was made
+            if expr.attr == "text":  # a rendered statement
+                return self.static(expr.value, scope)
+            found = self.imported(expr.value.id)  # a constant of another module of ours
+            return found is not None and found[1] is None and found[0].static_global(expr.attr)
         return False
+
+    def static_global(self, name: str) -> bool:
+        return self.static_name(name, self.tree)
+
+    def imported(self, name: str) -> tuple[SqlScan, str | None] | None:
+        """The module of ours a module-level name is imported from, and its name there
+        (None: the name is that module)."""
+        for node in self.tree.body:
+            if not isinstance(node, ast.ImportFrom) or not node.level or self.path is None:
+                continue
+            for alias in node.names:
+                if (alias.asname or alias.name) != name:
+                    continue
+                package = self.path.parents[node.level - 1]
+                base = package.joinpath(*node.module.split(".")) if node.module else package
+                if (base / f"{alias.name}.py").exists():
+                    return SqlScan.of(base / f"{alias.name}.py"), None
+                if base.with_suffix(".py").exists():
+                    return SqlScan.of(base.with_suffix(".py")), alias.name
+                return SqlScan.of(base / "__init__.py"), alias.name
+        return None
+
+    @classmethod
+    def of(cls, path: Path) -> SqlScan:
+        if path not in cls.modules:
+            cls.modules[path] = cls(path.read_text(), path)
+        return cls.modules[path]
 
     def static_name(self, name: str, scope: ast.AST) -> bool:
         key = (name, id(scope))
@@ -231,6 +278,9 @@ class SqlScan:
                 if name in [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]:
                     return self.static_parameter(scope, name)
             bound = [value for target, value in self.bindings(scope) if target == name]
+            if not bound and scope is self.tree and (found := self.imported(name)):
+                module, original = found
+                return original is not None and module.static_global(original)
             if not bound:
                 return scope is not self.tree and self.static_name(name, self.tree)
             return all(self.static(value, scope) for value in bound)
@@ -252,6 +302,8 @@ class SqlScan:
         return found
 
     def static_parameter(self, func: Function, name: str) -> bool:
+        if func.name in PLAN_CALLS:
+            return True  # checked where it is called (see unsafe)
         positional = [a.arg for a in func.args.posonlyargs + func.args.args]
         index = positional.index(name) if name in positional else None
         if index is not None and positional[0] in ("self", "cls"):
@@ -279,8 +331,12 @@ class SqlScan:
             if isinstance(node, ast.Call):
                 func = node.func
                 name = func.attr if isinstance(func, ast.Attribute) else ""  # methods only
+                callee = name or getattr(func, "id", "")
                 if name in SQL_CALLS and node.args:
                     suspect = node.args[0]
+                elif callee in PLAN_CALLS and node.args:
+                    texts = node.args[: PLAN_CALLS[callee]]
+                    suspect = texts[0] if len(texts) == 1 else ast.Tuple(texts, ast.Load())
                 elif (
                     name == "format"
                     and isinstance(func, ast.Attribute)
@@ -300,12 +356,12 @@ class SqlScan:
             ):
                 suspect = node  # never static
             if suspect is not None and not self.static(suspect, self.scope(node)):
-                found.append(ast.get_source_segment(self.source, suspect) or "?")
+                found.append(ast.get_source_segment(self.source, suspect) or ast.unparse(suspect))
         return [segment for segment in found if segment not in ALLOWED]
 
 
-def unsafe_sql(source: str) -> list[str]:
-    return SqlScan(source).unsafe()
+def unsafe_sql(source: str, path: Path | None = None) -> list[str]:
+    return SqlScan(source, path).unsafe()
 
 
 def test_every_query_in_server_is_built_from_literals_with_parameters() -> None:
@@ -314,7 +370,7 @@ def test_every_query_in_server_is_built_from_literals_with_parameters() -> None:
     problems = {
         str(path.relative_to(SERVER_DIR)): found
         for path in files
-        if (found := unsafe_sql(path.read_text()))
+        if (found := unsafe_sql(path.read_text(), path))
     }
     assert problems == {}
 
@@ -336,6 +392,12 @@ def test_every_query_in_server_is_built_from_literals_with_parameters() -> None:
         "for q in queries_from_somewhere():\n    db.execute(q)",
         "db.execute(Path(user_path).read_text())",
         'db.execute(SCHEMA_PATH.read_text().replace("X", name))',
+        # A plan's step carries its statement to a driver: it is a sink too.
+        'yield Rows(f"SELECT 1 FROM t WHERE id = {cart_id}", {})',
+        'yield Pair("DELETE FROM t", user_sql, {})',
+        "rows = await self._query('read', fetch(request.query))",
+        "conn.execute(SQLITE[user_sql].text, ())",
+        "conn.execute(carts.NOT_IMPORTED, ())",
     ],
 )
 def test_the_scan_catches_queries_built_from_values(snippet: str) -> None:
@@ -353,6 +415,8 @@ def test_the_scan_catches_queries_built_from_values(snippet: str) -> None:
         'QS = ("DELETE FROM a WHERE t < ?", "DELETE FROM b WHERE t < ?")\n'
         "for q in QS:\n    db.execute(q, (t,))",
         'db.execute(SCHEMA_PATH.read_text().replace(OLD, "BIGSERIAL"))\nOLD = "INTEGER"',
+        'A = "SELECT :a"\nB = "DELETE FROM t"\nyield Rows(A, {})\nyield Pair(B, A, {})',
+        "sql = SQLITE[step.sql]\nconn.execute(sql.text, sql.bind(step.params))",
     ],
 )
 def test_the_scan_passes_queries_from_literals(snippet: str) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from msgspec import Struct
 
@@ -48,11 +49,6 @@ class ProductConflict(ValueError):
     def __init__(self, product_id: str, message: str) -> None:
         super().__init__(message)
         self.product_id = product_id
-
-
-def product_from_row(row: Any) -> Product:
-    """(id, sku, name, price_cents, stock, image_url, active, ...) -> Product."""
-    return Product(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
 
 
 class ProductChange(Struct, frozen=True):
@@ -254,7 +250,13 @@ class Held(Protocol):
         AlreadyApplied or Unavailable (never StaleVersion for a cart that existed)."""
 
 
-class Store(Protocol):
+class Carts(Protocol):
+    """Carts: their writes, compare-and-set on the version, and their reads."""
+
+    # Commits of one cart started in order are stored in that order (one writer queue):
+    # a room may then start the next before the last one returns (pipeline.py).
+    ordered_commits: bool
+
     async def load_cart(self, cart_id: str, keys_since: datetime) -> StoredCart | None:
         """The cart with its recent patches and mutation ids, or None if never stored."""
 
@@ -262,22 +264,36 @@ class Store(Protocol):
         """Durably commit one mutation (or several carts' at once, all or none). Raises
         StaleVersion, AlreadyApplied, or Unavailable when it could not."""
 
+    def start_commit(self, write: CartWrite) -> asyncio.Future[None]:
+        """commit() of one write, begun now: with ordered_commits, a later call for the same
+        cart is stored after this one."""
+
+    def hold(self, cart_id: str) -> AbstractAsyncContextManager[Held]:
+        """Lock the cart against commits by other processes, to catch up and commit without
+        racing them again: the fair path after a StaleVersion. Raises Unavailable. The
+        commit is durable only once the block has ended without an error."""
+
     async def record(self, *effects: Effect) -> None:
         """Durably write effects that change no cart, in one transaction."""
 
-    async def load_checkout(self, checkout_id: str) -> Checkout | None: ...
+    async def versions(self, cart_ids: list[str]) -> dict[str, int]:
+        """The stored version of each of these carts that exists, in one query."""
 
-    async def open_checkout(self, cart_id: str) -> Checkout | None:
-        """The cart's reserved checkout, if any."""
-
-    async def due_checkouts(self, now: datetime, limit: int) -> list[Checkout]:
-        """Reserved checkouts past their expiry, oldest first."""
+    async def replay(self, cart_id: str, key: str) -> tuple[bytes | None, str | None]:
+        """The stored first answer for a REST idempotency key."""
 
     async def user_cart(self, user_id: str) -> str | None:
         """The user's open cart (active, abandoned or checking out), if any."""
 
+
+class Retention(Protocol):
+    """What is due, and what is past its time: the sweeper's and the purge's."""
+
     async def due_carts(self, now: datetime, limit: int) -> list[str]:
         """Carts whose abandon_at or expires_at has passed and that still need it."""
+
+    async def prune(self, applied_before: datetime) -> int:
+        """Forget mutation ids applied before the given time, in bounded batches."""
 
     async def purge_expired(self, finished_before: datetime, limit: int) -> int:
         """Delete the lines, patches and ids of expired carts, and finished carts last
@@ -288,6 +304,18 @@ class Store(Protocol):
         ids and released checkouts from before `before`, at most `limit` rows per
         transaction."""
 
+
+class Checkouts(Protocol):
+    async def load_checkout(self, checkout_id: str) -> Checkout | None: ...
+
+    async def open_checkout(self, cart_id: str) -> Checkout | None:
+        """The cart's reserved checkout, if any."""
+
+    async def due_checkouts(self, now: datetime, limit: int) -> list[Checkout]:
+        """Reserved checkouts past their expiry, oldest first."""
+
+
+class Outbox(Protocol):
     async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
         """Undelivered events due for a try, leased to the caller for `lease` seconds."""
 
@@ -296,19 +324,9 @@ class Store(Protocol):
 
     async def list_events(self, undelivered: bool, limit: int) -> list[CartEvent]: ...
 
-    def hold(self, cart_id: str) -> AbstractAsyncContextManager[Held]:
-        """Lock the cart against commits by other processes, to catch up and commit without
-        racing them again: the fair path after a StaleVersion. Raises Unavailable. The
-        commit is durable only once the block has ended without an error."""
 
-    async def versions(self, cart_ids: list[str]) -> dict[str, int]:
-        """The stored version of each of these carts that exists, in one query."""
-
-    async def replay(self, cart_id: str, key: str) -> tuple[bytes | None, str | None]:
-        """The stored first answer for a REST idempotency key."""
-
-    async def prune(self, applied_before: datetime) -> int:
-        """Forget mutation ids applied before the given time, in bounded batches."""
+class Shop(Protocol):
+    """The catalog's products and the orders, for the catalog and the admin API."""
 
     async def load_products(self, changed_since: str = "") -> tuple[list[Product], str]:
         """Products updated at or after `changed_since` (all by default), and the latest
@@ -332,6 +350,10 @@ class Store(Protocol):
         cursor, at most `limit`."""
 
     async def load_order(self, order_id: str) -> OrderDoc | None: ...
+
+
+class Store(Carts, Retention, Checkouts, Outbox, Shop, Protocol):
+    """Everything the server keeps: one of each concern above, in one database."""
 
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""

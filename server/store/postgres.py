@@ -1,10 +1,9 @@
 """PostgreSQL store (scale-out): several processes share one database through a pool.
 
-The same schema and the same semantics as the SQLite store, statement for statement (the
-SQL below mirrors sqlite.py with $n placeholders), so the two behave identically:
-timestamps are the same ISO text, a cart write is one transaction with a compare-and-set
-on the cart row's version, and any failure to reach the database is Unavailable, so
-nothing is acknowledged that was not stored.
+The same schema, the same statements (see sql.py) and the same semantics as the SQLite
+store: timestamps are the same ISO text, a cart write is one transaction with a
+compare-and-set on the cart row's version, and any failure to reach the database is
+Unavailable, so nothing is acknowledged that was not stored.
 
 Each commit is its own transaction: PostgreSQL groups the fsyncs of concurrent commits
 itself. Two processes racing on one cart meet at the row: the second UPDATE waits for the
@@ -13,11 +12,11 @@ locks the row (SELECT ... FOR UPDATE), reads what it missed and commits in the s
 transaction, so a busy process cannot starve another one of a cart.
 
 Where SQLite's single writer serializes everything, concurrent transactions here meet at
-row locks, so a few statements differ on purpose: stock rows are taken in product id
-order (reservations of the same products in other orders would deadlock), a payment locks
-its checkout row before deciding (a release racing it would give paid stock back), and
-the outbox is claimed with SKIP LOCKED. Where SQLite uses rowid, ctid names a row to
-delete and a `seq` column keeps insertion order.
+row locks, so the plans take locks SQLite skips (Lock steps, the {for_update} and
+{skip_locked} slots): stock rows are taken in product id order (reservations of the same
+products in other orders would deadlock), a payment locks its checkout row before
+deciding (a release racing it would give paid stock back), and the outbox is claimed
+with SKIP LOCKED. A `seq` column keeps insertion order where SQLite uses rowid.
 """
 
 from __future__ import annotations
@@ -29,40 +28,26 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from .. import errors
-from ..cart import Cart, Line, Product, Status
-from ..clock import iso, parse_iso, utcnow
+from ..cart import Product
+from ..clock import iso, utcnow
 from ..config import SCHEMA_PATH, Settings
 from ..metrics import Metrics
-from ..protocol import OrderDoc
-from . import (
-    ANSWERS_PER_CART,
-    AlreadyApplied,
-    CartEvent,
-    CartWrite,
-    Checkout,
-    CheckoutLine,
-    Effect,
-    Held,
-    ProductChange,
-    StaleVersion,
-    StoredCart,
-    StoreStats,
-    product_from_row,
-)
-from .postgres_effects import apply_effects, checkout_from_row, rowcount
-from .postgres_shop import change_product, read_order, read_orders, upsert_products
+from . import CartWrite, Held, StoredCart, StoreStats
+from .carts import PRUNE_BATCH as PRUNE_BATCH
+from .carts import stored_cart, write_cart
+from .queries import SqlStore
+from .records import FIGURES
+from .shop import PARK_SKUS, SKU_PARK, upsert_each
+from .sql import POSTGRES, Lock, Many, Pair, Plan, Rows, Run, Step
+
+T = TypeVar("T")
 
 log = logging.getLogger("server.store")
-PRUNE_BATCH = 500
-FORGET_OLD_ANSWERS = (
-    "UPDATE applied_mutations SET response = NULL"
-    " WHERE cart_id = $1 AND version <= $2 AND response IS NOT NULL"
-)
 # Whatever stops a statement from reaching the database or finishing there.
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 ACQUIRE_TIMEOUT = 5.0  # a pool exhausted or a database unreachable for this long: Unavailable
@@ -70,9 +55,6 @@ CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
 # Taken while the schema is applied: processes starting at once migrate one at a time.
 MIGRATION_LOCK = zlib.crc32(b"cartsync schema")
-# SKUs of the products an import updates are parked under this prefix first, so that the
-# import may swap SKUs between them (PostgreSQL text cannot hold NUL, SQLite's prefix).
-SKU_PARK = "\x01"
 # The one phrase of schema.sql that is SQLite's own: an outbox id that is never reused.
 SQLITE_SERIAL = "INTEGER PRIMARY KEY AUTOINCREMENT"
 POSTGRES_SERIAL = "BIGSERIAL PRIMARY KEY"
@@ -89,13 +71,15 @@ ADDED_COLUMNS = (
     "ALTER TABLE products ADD COLUMN IF NOT EXISTS active INTEGER NOT NULL DEFAULT 1"
     " CHECK (active IN (0, 1));"
 )
-# The partial unique index that keeps one open cart per user: its violation means another
-# device made the user's cart first (StaleVersion), unlike any other unique violation.
-USER_OPEN = "idx_cart_sessions_user_open"
 RESTAMP_AFTER = 1.0  # seconds an import may take before its rows are stamped again
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
+    ordered_commits = False  # each commit takes its own pooled connection
+
+    def start_commit(self, write: CartWrite) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self.commit(write))
+
     def __init__(self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> None:
         self._pool = pool
         self._history = settings.patch_history
@@ -140,6 +124,20 @@ class PostgresStore:
             log.error("PostgreSQL: could not %s: %s: %s", what, type(exc).__name__, exc)
             raise errors.Unavailable(f"the store could not {what}; nothing changed") from exc
 
+    async def _query(self, what: str, plan: Plan[T], snapshot: bool = False) -> T:
+        async with self._connection(what) as conn:
+            if not snapshot:
+                return await drive(plan, conn)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await drive(plan, conn)
+
+    async def _change(self, what: str, plan: Plan[T], atomic: bool = True) -> T:
+        async with self._connection(what) as conn:
+            if not atomic:  # one statement: its own (autocommitted) transaction
+                return await drive(plan, conn)
+            async with conn.transaction():
+                return await drive(plan, conn)
+
     # --- carts -----------------------------------------------------------------------
 
     async def commit(self, write: CartWrite, *more: CartWrite) -> None:
@@ -154,366 +152,43 @@ class PostgresStore:
         self._metrics.inc("cart_commit_writes_total", len(writes))
         self._metrics.observe("cart_commit_seconds", time.perf_counter() - started)
 
-    async def record(self, *effects: Effect) -> None:
-        async with self._connection("store the change") as conn, conn.transaction():
-            await apply_effects(conn, effects, iso(utcnow()))
+    async def _write_cart(self, conn: asyncpg.Connection, write: CartWrite) -> None:
+        await drive(write_cart(write, self._ttl, self._history), conn)
 
     @contextlib.asynccontextmanager
     async def hold(self, cart_id: str) -> AsyncIterator[Held]:
         async with self._connection("store the change") as conn, conn.transaction():
             yield _Held(self, conn, cart_id)
 
-    async def _write_cart(self, conn: asyncpg.Connection, write: CartWrite) -> None:
-        cart = write.cart
-        now = iso(cart.updated_at)
-        header = (
-            cart.user_id,
-            cart.status.value,
-            cart.version,
-            iso(cart.abandon_at) if cart.abandon_at else None,
-            iso(cart.updated_at + self._ttl),
-            cart.merged_into,
-            now,
-            cart.id,
-        )
-        if write.base_version == 0:
-            # A cart's first write, or the first on an empty user cart made by CreateCart.
-            try:
-                status = await conn.execute(
-                    "INSERT INTO cart_sessions (user_id, status, version, abandon_at, expires_at,"
-                    " merged_into, updated_at, id, created_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                    " ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id,"
-                    " status = excluded.status, version = excluded.version,"
-                    " abandon_at = excluded.abandon_at, expires_at = excluded.expires_at,"
-                    " merged_into = excluded.merged_into, updated_at = excluded.updated_at"
-                    " WHERE cart_sessions.version = 0",
-                    *header,
-                    now,
-                )
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name != USER_OPEN:
-                    raise
-                # The user got an open cart meanwhile: look again. (The transaction is
-                # void now, which is what StaleVersion asks for: nothing was stored.)
-                raise StaleVersion(cart.id) from None
-        else:
-            status = await conn.execute(
-                "UPDATE cart_sessions SET user_id = $1, status = $2, version = $3,"
-                " abandon_at = $4, expires_at = $5, merged_into = $6, updated_at = $7"
-                " WHERE id = $8 AND version = $9",
-                *header,
-                write.base_version,
-            )
-        if rowcount(status) != 1:
-            raise StaleVersion(cart.id)
-        if write.key is not None:
-            status = await conn.execute(
-                "INSERT INTO applied_mutations (cart_id, key, version, response, created_at,"
-                " request) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (cart_id, key) DO NOTHING",
-                cart.id,
-                write.key,
-                cart.version,
-                write.response.decode() if write.response is not None else None,
-                now,
-                write.request,
-            )
-            if rowcount(status) != 1:
-                version = await conn.fetchval(
-                    "SELECT version FROM applied_mutations WHERE cart_id = $1 AND key = $2",
-                    cart.id,
-                    write.key,
-                )
-                raise AlreadyApplied(version)
-            if write.response is not None:
-                await conn.execute(FORGET_OLD_ANSWERS, cart.id, cart.version - ANSWERS_PER_CART)
-        if write.change.upserted:
-            await conn.executemany(
-                "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position,"
-                " added_at) VALUES ($1, $2, $3, $4, $5, $6)"
-                " ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = excluded.quantity,"
-                " price_cents = excluded.price_cents, added_at = excluded.added_at",
-                [
-                    (
-                        cart.id,
-                        line.product_id,
-                        line.quantity,
-                        line.unit_price_cents,
-                        line.position,
-                        iso(line.added_at) if line.added_at else now,
-                    )
-                    for line in write.change.upserted
-                ],
-            )
-        if write.change.removed:
-            await conn.executemany(
-                "DELETE FROM cart_items WHERE cart_id = $1 AND product_id = $2",
-                [(cart.id, product_id) for product_id in write.change.removed],
-            )
-        # SQLite's two statements in one round trip: the patch, and the trim of old ones.
-        await conn.execute(
-            "WITH trimmed AS (DELETE FROM cart_patches WHERE cart_id = $1 AND version <= $4)"
-            " INSERT INTO cart_patches (cart_id, version, body) VALUES ($1, $2, $3)",
-            cart.id,
-            cart.version,
-            write.patch,
-            cart.version - self._history,
-        )
-        await apply_effects(conn, write.effects, now)
-
     async def load_cart(self, cart_id: str, keys_since: datetime) -> StoredCart | None:
         async with (
             self._connection("read the cart") as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),  # one snapshot
         ):
-            head = await conn.fetchrow(
-                "SELECT version, status, user_id, updated_at, abandon_at, merged_into"
-                " FROM cart_sessions WHERE id = $1",
-                cart_id,
-            )
-            if head is None:
-                return None
-            return await _read_cart(conn, cart_id, head, keys_since)
-
-    async def versions(self, cart_ids: list[str]) -> dict[str, int]:
-        if not cart_ids:
-            return {}
-        async with self._connection("read cart versions") as conn:
-            rows = await conn.fetch(
-                "SELECT id, version FROM cart_sessions WHERE id = ANY($1::text[])", cart_ids
-            )
-        return {row[0]: row[1] for row in rows}
-
-    async def replay(self, cart_id: str, key: str) -> tuple[bytes | None, str | None]:
-        async with self._connection("read a stored answer") as conn:
-            row = await conn.fetchrow(
-                "SELECT response, request FROM applied_mutations WHERE cart_id = $1 AND key = $2",
-                cart_id,
-                key,
-            )
-        if row is None:
-            return None, None
-        response, request = row
-        return (response.encode() if response is not None else None), request
-
-    async def prune(self, applied_before: datetime) -> int:
-        total = 0
-        while True:
-            # Small batches: each is one short transaction, so carts never wait long.
-            async with self._connection("forget old mutation ids") as conn:
-                status = await conn.execute(
-                    "DELETE FROM applied_mutations WHERE ctid = ANY(ARRAY(SELECT ctid"
-                    " FROM applied_mutations WHERE created_at < $1 LIMIT $2))",
-                    iso(applied_before),
-                    PRUNE_BATCH,
-                )
-            deleted = rowcount(status)
-            total += deleted
-            if deleted < PRUNE_BATCH:
-                return total
-
-    # --- lifecycle -------------------------------------------------------------------
-
-    async def user_cart(self, user_id: str) -> str | None:
-        async with self._connection("read the user's cart") as conn:
-            found = await conn.fetchval(
-                "SELECT id FROM cart_sessions WHERE user_id = $1"
-                " AND status IN ('active', 'checking_out', 'abandoned')",
-                user_id,
-            )
-        return str(found) if found is not None else None
-
-    async def due_carts(self, now: datetime, limit: int) -> list[str]:
-        at = iso(now)
-        async with self._connection("read due carts") as conn:
-            # Two queries, each served by its own partial index.
-            abandon = await conn.fetch(
-                "SELECT id FROM cart_sessions WHERE abandon_at <= $1 AND status = 'active'"
-                " ORDER BY abandon_at LIMIT $2",
-                at,
-                limit,
-            )
-            expire = await conn.fetch(
-                "SELECT id FROM cart_sessions WHERE expires_at <= $1"
-                " AND status IN ('active', 'abandoned') ORDER BY expires_at LIMIT $2",
-                at,
-                limit,
-            )
-        return list(dict.fromkeys(row[0] for row in [*expire, *abandon]))[:limit]
-
-    async def purge_expired(self, finished_before: datetime, limit: int) -> int:
-        total = 0
-        for sql in _PURGES:
-            while True:
-                params = (iso(finished_before), limit) if "$2" in sql else (limit,)
-                # Each its own (autocommitted) transaction of at most `limit` rows.
-                async with self._connection("purge expired carts") as conn:
-                    deleted = rowcount(await conn.execute(sql, *params))
-                total += deleted
-                if deleted < limit:
-                    break
-        return total
-
-    async def purge_records(self, before: datetime, undelivered_too: bool, limit: int) -> int:
-        total = 0
-        for sql in _RECORD_PURGES:
-            params = (iso(before), undelivered_too, limit) if "$3" in sql else (iso(before), limit)
-            while True:
-                async with self._connection("purge old records") as conn:
-                    deleted = rowcount(await conn.execute(sql, *params))
-                total += deleted
-                if deleted < limit:
-                    break
-        return total
-
-    async def stats(self) -> StoreStats:
-        async with self._connection("read the store's figures") as conn:
-            row = await conn.fetchrow(_STATS)
-        assert row is not None
-        return StoreStats(*row)
-
-    async def claim_events(self, now: datetime, lease: float, limit: int) -> list[CartEvent]:
-        until = iso(now + timedelta(seconds=lease))
-        async with self._connection("claim outbox events") as conn, conn.transaction():
-            # Rows another sender is claiming right now are skipped, not waited for.
-            rows = await conn.fetch(
-                f"SELECT {_EVENT_COLUMNS} FROM cart_events WHERE delivered_at IS NULL"
-                " AND next_attempt_at <= $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-                iso(now),
-                limit,
-            )
-            # The lease: another sender (another process) skips these until it runs out.
-            await conn.execute(
-                "UPDATE cart_events SET next_attempt_at = $1 WHERE id = ANY($2::bigint[])",
-                until,
-                [row[0] for row in rows],
-            )
-        return [CartEvent(*row) for row in rows]
-
-    async def event_sent(self, event_id: int, delivered: bool, retry_at: datetime) -> None:
-        if delivered:
-            sql = "UPDATE cart_events SET delivered_at = $1, attempts = attempts + 1 WHERE id = $2"
-            at = iso(utcnow())
-        else:
-            sql = (
-                "UPDATE cart_events SET next_attempt_at = $1, attempts = attempts + 1 WHERE id = $2"
-            )
-            at = iso(retry_at)
-        async with self._connection("record an event's delivery") as conn:
-            await conn.execute(sql, at, event_id)
-
-    async def list_events(self, undelivered: bool, limit: int) -> list[CartEvent]:
-        where = "WHERE delivered_at IS NULL " if undelivered else ""
-        async with self._connection("read outbox events") as conn:
-            rows = await conn.fetch(
-                f"SELECT {_EVENT_COLUMNS} FROM cart_events {where}ORDER BY id LIMIT $1", limit
-            )
-        return [CartEvent(*row) for row in rows]
-
-    # --- checkouts -------------------------------------------------------------------
-
-    async def load_checkout(self, checkout_id: str) -> Checkout | None:
-        found = await self._checkouts("id = $1", checkout_id)
-        return found[0] if found else None
-
-    async def open_checkout(self, cart_id: str) -> Checkout | None:
-        found = await self._checkouts("cart_id = $1 AND status = 'reserved'", cart_id)
-        return found[0] if found else None
-
-    async def due_checkouts(self, now: datetime, limit: int) -> list[Checkout]:
-        return await self._checkouts(
-            "status = 'reserved' AND expires_at < $1 ORDER BY expires_at LIMIT $2", iso(now), limit
-        )
-
-    async def _checkouts(self, where: str, *params: Any) -> list[Checkout]:
-        # `where` is one of the literal clauses above; values are always parameters.
-        async with (
-            self._connection("read checkouts") as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),  # one snapshot
-        ):
-            rows = await conn.fetch(
-                f"SELECT {_CHECKOUT_COLUMNS} FROM checkouts WHERE {where}", *params
-            )
-            found = []
-            for row in rows:
-                lines = await conn.fetch(
-                    "SELECT product_id, quantity, unit_price_cents FROM checkout_items"
-                    " WHERE checkout_id = $1 ORDER BY seq",
-                    row[0],
-                )
-                found.append(checkout_from_row(row, [CheckoutLine(*line) for line in lines]))
-        return found
+            return await drive(_read_cart(cart_id, keys_since, CART_HEAD), conn)
 
     # --- products --------------------------------------------------------------------
-
-    async def load_products(self, changed_since: str = "") -> tuple[list[Product], str]:
-        async with self._connection("read products") as conn:
-            rows = await conn.fetch(
-                "SELECT id, sku, name, price_cents, stock, image_url, active, updated_at"
-                ' FROM products WHERE updated_at >= $1 ORDER BY id COLLATE "C"',  # SQLite's order
-                changed_since,
-            )
-        latest = max((row[7] for row in rows), default=changed_since)
-        return [product_from_row(row) for row in rows], latest
-
-    async def products_by_id(self, product_ids: list[str]) -> list[Product]:
-        async with self._connection("read products") as conn:
-            rows = await conn.fetch(
-                "SELECT id, sku, name, price_cents, stock, image_url, active FROM products"
-                " WHERE id = ANY($1::text[])",
-                product_ids,
-            )
-        return [product_from_row(row) for row in rows]
 
     async def upsert_products(self, products: list[Product]) -> tuple[int, int]:
         now = iso(utcnow())
         started = time.monotonic()
+        ids = [p.id for p in products]
         async with self._connection("store products") as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE products SET sku = $1 || id WHERE id = ANY($2::text[])",
-                SKU_PARK,
-                [p.id for p in products],
-            )
-            inserted, updated = await upsert_products(conn, products, now)
+            await drive(_park(ids), conn)
+            inserted, updated = await _upsert_all(conn, products, now)
             if time.monotonic() - started > RESTAMP_AFTER:
                 # Stamped again just before the commit: a long import would otherwise
                 # commit rows stamped long before, which other processes' refreshes passed.
-                await conn.execute(
-                    "UPDATE products SET updated_at = $1 WHERE id = ANY($2::text[])",
-                    iso(utcnow()),
-                    [p.id for p in products],
-                )
+                await conn.execute(RESTAMP, iso(utcnow()), ids)
         return inserted, updated
-
-    async def change_product(self, product_id: str, change: ProductChange) -> Product:
-        async with self._connection("store the product") as conn:
-            return await change_product(conn, product_id, change, iso(utcnow()))
-
-    # --- orders ----------------------------------------------------------------------
-
-    async def list_orders(
-        self, status: str | None, limit: int, after: tuple[str, str] | None
-    ) -> list[OrderDoc]:
-        at, last = after if after is not None else (None, None)
-        async with (
-            self._connection("read orders") as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            return await read_orders(conn, status, limit, at, last)
-
-    async def load_order(self, order_id: str) -> OrderDoc | None:
-        async with (
-            self._connection("read an order") as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            found = await read_order(conn, order_id)
-        return found[0] if found else None
 
     # --- the rest --------------------------------------------------------------------
 
-    async def ping(self) -> None:
-        async with self._connection("answer a ping") as conn:
-            await conn.fetchval("SELECT 1")
+    async def stats(self) -> StoreStats:
+        async with self._connection("read the store's figures") as conn:
+            row = await conn.fetchrow(STATS)
+        assert row is not None
+        return StoreStats(*row)
 
     async def close(self) -> None:
         try:
@@ -537,92 +212,121 @@ class _Held:
         self._cart_id = cart_id
 
     async def load(self, keys_since: datetime) -> StoredCart | None:
-        head = await self._conn.fetchrow(
-            "SELECT version, status, user_id, updated_at, abandon_at, merged_into"
-            " FROM cart_sessions WHERE id = $1 FOR UPDATE",
-            self._cart_id,
-        )
-        if head is None:
-            return None
         # Every cart write updates this row, so holding it keeps the rest still too.
-        return await _read_cart(self._conn, self._cart_id, head, keys_since)
+        return await drive(_read_cart(self._cart_id, keys_since, CART_HEAD_LOCKED), self._conn)
 
     async def commit(self, write: CartWrite) -> None:
         await self._store._write_cart(self._conn, write)
 
 
-async def _read_cart(
-    conn: asyncpg.Connection, cart_id: str, head: Any, keys_since: datetime
-) -> StoredCart:
-    lines = await conn.fetch(
-        "SELECT product_id, quantity, price_cents, position, added_at FROM cart_items"
-        " WHERE cart_id = $1 ORDER BY position, seq",
-        cart_id,
-    )
-    patches = await conn.fetch(
-        "SELECT version, body FROM cart_patches WHERE cart_id = $1 ORDER BY version", cart_id
-    )
-    keys = await conn.fetch(
-        "SELECT key, version FROM applied_mutations"
-        " WHERE cart_id = $1 AND created_at >= $2 ORDER BY version",
-        cart_id,
-        iso(keys_since),
-    )
-    version, status, user_id, updated_at, abandon_at, merged_into = head
-    cart = Cart(
-        id=cart_id,
-        version=version,
-        status=Status(status),
-        lines=tuple(Line(p, q, price, pos, parse_iso(at)) for p, q, price, pos, at in lines),
-        user_id=user_id,
-        updated_at=parse_iso(updated_at),
-        abandon_at=parse_iso(abandon_at) if abandon_at else None,
-        merged_into=merged_into,
-    )
-    return StoredCart(
-        cart=cart,
-        patches=[(v, body) for v, body in patches],
-        keys={key: v for key, v in keys},
-    )
+async def drive(plan: Plan[T], conn: asyncpg.Connection) -> T:
+    """Run a plan on this connection, step by step: its result."""
+    result: Any = None
+    try:
+        while True:
+            result = await _step(plan.send(result), conn)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    finally:
+        plan.close()
 
 
-_CHECKOUT_COLUMNS = (
-    "id, cart_id, cart_version, provider, status, amount_cents, currency, expires_at,"
-    " session_id, url"
+async def _step(step: Step, conn: asyncpg.Connection) -> Any:
+    if isinstance(step, Run):
+        sql = POSTGRES[step.sql]
+        try:
+            status = await conn.execute(sql.text, *sql.bind(step.params))
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            if step.refused is None:
+                raise
+            # The transaction is void now, which is what the refusal asks for.
+            raise step.refused(exc) from None
+        return rowcount(status)
+    if isinstance(step, Rows | Lock):
+        sql = POSTGRES[step.sql]
+        return await conn.fetch(sql.text, *sql.bind(step.params))
+    if isinstance(step, Many):
+        sql = POSTGRES[step.sql]
+        await conn.executemany(sql.text, map(sql.bind, step.params))
+    elif isinstance(step, Pair):
+        sql = POSTGRES[f"WITH done AS ({step.first}) {step.then}"]
+        await conn.execute(sql.text, *sql.bind(step.params))
+    return None
+
+
+def rowcount(status: str) -> int:
+    """The row count of a command tag: 'UPDATE 1' -> 1, 'INSERT 0 1' -> 1."""
+    return int(status.rsplit(" ", 1)[1])
+
+
+def _read_cart(cart_id: str, keys_since: datetime, head_sql: str) -> Plan[StoredCart | None]:
+    head = yield Rows(head_sql, {"cart_id": cart_id})
+    if not head:
+        return None
+    lines = yield Rows(CART_LINES, {"cart_id": cart_id})
+    patches = yield Rows(CART_PATCHES, {"cart_id": cart_id})
+    keys = yield Rows(CART_KEYS, {"cart_id": cart_id, "since": iso(keys_since)})
+    return stored_cart(cart_id, head[0], lines, [tuple(p) for p in patches], keys)
+
+
+def _park(ids: list[str]) -> Plan[None]:
+    yield Run(PARK_SKUS, {"park": SKU_PARK, "ids": ids})
+
+
+async def _upsert_all(
+    conn: asyncpg.Connection, products: list[Product], now: str
+) -> tuple[int, int]:
+    """(inserted, updated), in one statement; when it is refused (a SKU another product
+    holds), product by product, so that the first bad one is named (ProductConflict)."""
+    try:
+        async with conn.transaction():  # a savepoint: the product-by-product path may follow
+            fresh = await conn.fetch(
+                UPSERT_PRODUCTS,
+                [p.id for p in products],
+                [p.sku for p in products],
+                [p.name for p in products],
+                [p.price_cents for p in products],
+                [p.stock for p in products],
+                [p.image_url for p in products],
+                [int(p.active) for p in products],
+                now,
+            )
+    except asyncpg.PostgresError:
+        return await drive(upsert_each(products, now), conn)
+    inserted = sum(1 for (new,) in fresh if new)
+    return inserted, len(products) - inserted
+
+
+_HEAD = (
+    "SELECT version, status, user_id, updated_at, abandon_at, merged_into"
+    " FROM cart_sessions WHERE id = :cart_id"
 )
-
-
-_EVENT_COLUMNS = "id, cart_id, type, payload, created_at, delivered_at, attempts"
-
-# SQLite's four statements: PostgreSQL has no rowid, ctid names a row as well here (a row
-# updated meanwhile moves and is simply left for the next round).
-_PURGES = (
-    "DELETE FROM cart_items WHERE ctid = ANY(ARRAY(SELECT i.ctid FROM cart_items i"
-    " JOIN cart_sessions s ON s.id = i.cart_id WHERE s.status = 'expired' LIMIT $1))",
-    "DELETE FROM cart_patches WHERE ctid = ANY(ARRAY(SELECT p.ctid FROM cart_patches p"
-    " JOIN cart_sessions s ON s.id = p.cart_id WHERE s.status = 'expired' LIMIT $1))",
-    "DELETE FROM applied_mutations WHERE ctid = ANY(ARRAY(SELECT m.ctid FROM applied_mutations m"
-    " JOIN cart_sessions s ON s.id = m.cart_id WHERE s.status = 'expired' LIMIT $1))",
-    "DELETE FROM cart_sessions WHERE id IN (SELECT id FROM cart_sessions"
-    " WHERE status IN ('expired', 'merged', 'checked_out') AND updated_at < $1 LIMIT $2)",
+CART_HEAD = _HEAD
+CART_HEAD_LOCKED = _HEAD + " FOR UPDATE"
+CART_LINES = (
+    "SELECT product_id, quantity, price_cents, position, added_at FROM cart_items"
+    " WHERE cart_id = :cart_id ORDER BY position, seq"
 )
-
-# SQLite's three record purges (see server/store/sqlite.py).
-_RECORD_PURGES = (
-    "DELETE FROM cart_events WHERE id IN (SELECT id FROM cart_events WHERE created_at < $1"
-    " AND (delivered_at IS NOT NULL OR $2) ORDER BY id LIMIT $3)",
-    "DELETE FROM payment_events WHERE event_id IN (SELECT event_id FROM payment_events"
-    " WHERE received_at < $1 LIMIT $2)",
-    "DELETE FROM checkouts WHERE id IN (SELECT id FROM checkouts"
-    " WHERE status = 'released' AND updated_at < $1 LIMIT $2)",
+CART_PATCHES = "SELECT version, body FROM cart_patches WHERE cart_id = :cart_id ORDER BY version"
+CART_KEYS = (
+    "SELECT key, version FROM applied_mutations"
+    " WHERE cart_id = :cart_id AND created_at >= :since ORDER BY version"
 )
-
 # The schema's own tables (the test database holds many schemas), then SQLite's figures.
-_STATS = (
+STATS = (
     "SELECT (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE n.nspname = current_schema() AND c.relkind = 'r'),"
-    " (SELECT count(*) FROM cart_events WHERE delivered_at IS NULL),"
-    " (SELECT min(created_at) FROM cart_events WHERE delivered_at IS NULL),"
-    " (SELECT count(*) FROM checkouts WHERE status = 'reserved' AND expires_at > '')"
+    f" WHERE n.nspname = current_schema() AND c.relkind = 'r'), {FIGURES}"
 )
+# Every row in one statement; `xmax = 0` tells a row inserted from one updated.
+UPSERT_PRODUCTS = (
+    "INSERT INTO products (id, sku, name, price_cents, stock, image_url, active, created_at,"
+    " updated_at) SELECT u.id, u.sku, u.name, u.price, u.stock, u.image, u.active, $8, $8"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::integer[],"
+    " $6::text[], $7::integer[]) AS u(id, sku, name, price, stock, image, active)"
+    " ON CONFLICT (id) DO UPDATE SET sku = excluded.sku, name = excluded.name,"
+    " price_cents = excluded.price_cents, stock = excluded.stock, image_url = excluded.image_url,"
+    " active = excluded.active, updated_at = excluded.updated_at"
+    " RETURNING xmax = 0"
+)
+RESTAMP = "UPDATE products SET updated_at = $1 WHERE id = ANY($2::text[])"

@@ -1,0 +1,190 @@
+"""The carts' statements, the one plan of a cart write, and a cart read back from rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..cart import Cart, Line, Status
+from ..clock import iso, parse_iso
+from . import ANSWERS_PER_CART, AlreadyApplied, CartWrite, StaleVersion, StoredCart
+from .effects import apply_effects
+from .sql import Many, Pair, Plan, Rows, Run
+
+_HEADER = (
+    "user_id = :user_id, status = :status, version = :version, abandon_at = :abandon_at,"
+    " expires_at = :expires_at, merged_into = :merged_into, updated_at = :now"
+)
+# A cart's first write, or the first on an empty user cart made by CreateCart.
+FIRST_WRITE = (
+    "INSERT INTO cart_sessions (user_id, status, version, abandon_at, expires_at,"
+    " merged_into, updated_at, id, created_at) VALUES (:user_id, :status, :version,"
+    " :abandon_at, :expires_at, :merged_into, :now, :id, :now)"
+    " ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id,"
+    " status = excluded.status, version = excluded.version,"
+    " abandon_at = excluded.abandon_at, expires_at = excluded.expires_at,"
+    " merged_into = excluded.merged_into, updated_at = excluded.updated_at"
+    " WHERE cart_sessions.version = 0"
+)
+# The compare-and-set on the version that every later write is.
+NEXT_WRITE = f"UPDATE cart_sessions SET {_HEADER} WHERE id = :id AND version = :base"
+ADD_KEY = (
+    "INSERT INTO applied_mutations (cart_id, key, version, response, created_at, request)"
+    " VALUES (:cart_id, :key, :version, :response, :now, :request)"
+    " ON CONFLICT (cart_id, key) DO NOTHING"
+)
+KEY_VERSION = "SELECT version FROM applied_mutations WHERE cart_id = :cart_id AND key = :key"
+FORGET_OLD_ANSWERS = (
+    "UPDATE applied_mutations SET response = NULL"
+    " WHERE cart_id = :cart_id AND version <= :version AND response IS NOT NULL"
+)
+PUT_LINE = (
+    "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position, added_at)"
+    " VALUES (:cart_id, :product_id, :quantity, :price_cents, :position, :added_at)"
+    " ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = excluded.quantity,"
+    " price_cents = excluded.price_cents, added_at = excluded.added_at"
+)
+DROP_LINE = "DELETE FROM cart_items WHERE cart_id = :cart_id AND product_id = :product_id"
+TRIM_PATCHES = "DELETE FROM cart_patches WHERE cart_id = :cart_id AND version <= :oldest"
+ADD_PATCH = "INSERT INTO cart_patches (cart_id, version, body) VALUES (:cart_id, :version, :body)"
+
+REPLAY = "SELECT response, request FROM applied_mutations WHERE cart_id = :cart_id AND key = :key"
+VERSIONS = "SELECT id, version FROM cart_sessions WHERE id {in_ids}"
+USER_CART = (
+    "SELECT id FROM cart_sessions WHERE user_id = :user_id"
+    " AND status IN ('active', 'checking_out', 'abandoned')"
+)
+# Two queries, each served by its own partial index.
+DUE_ABANDON = (
+    "SELECT id FROM cart_sessions WHERE abandon_at <= :now AND status = 'active'"
+    " ORDER BY abandon_at LIMIT :limit"
+)
+DUE_EXPIRE = (
+    "SELECT id FROM cart_sessions WHERE expires_at <= :now"
+    " AND status IN ('active', 'abandoned') ORDER BY expires_at LIMIT :limit"
+)
+# Small batches: each is one short write transaction, so carts never wait long.
+PRUNE_BATCH = 500
+PRUNE_KEYS = (
+    "DELETE FROM applied_mutations WHERE (cart_id, key) IN (SELECT cart_id, key"
+    " FROM applied_mutations WHERE created_at < :before LIMIT :limit)"
+)
+# Each a short transaction of at most `limit` rows, so carts never wait long for a write.
+PURGES = (
+    "DELETE FROM cart_items WHERE (cart_id, product_id) IN (SELECT i.cart_id, i.product_id"
+    " FROM cart_items i JOIN cart_sessions s ON s.id = i.cart_id"
+    " WHERE s.status = 'expired' LIMIT :limit)",
+    "DELETE FROM cart_patches WHERE (cart_id, version) IN (SELECT p.cart_id, p.version"
+    " FROM cart_patches p JOIN cart_sessions s ON s.id = p.cart_id"
+    " WHERE s.status = 'expired' LIMIT :limit)",
+    "DELETE FROM applied_mutations WHERE (cart_id, key) IN (SELECT m.cart_id, m.key"
+    " FROM applied_mutations m JOIN cart_sessions s ON s.id = m.cart_id"
+    " WHERE s.status = 'expired' LIMIT :limit)",
+    "DELETE FROM cart_sessions WHERE id IN (SELECT id FROM cart_sessions"
+    " WHERE status IN ('expired', 'merged', 'checked_out') AND updated_at < :before"
+    " LIMIT :limit)",
+)
+
+
+def write_cart(write: CartWrite, ttl: timedelta, history: int) -> Plan[None]:
+    """One accepted mutation: the compare-and-set on the cart row, its mutation id, its
+    lines, its patch (and the trim of old ones), then its effects."""
+    cart = write.cart
+    now = iso(cart.updated_at)
+    header = {
+        "id": cart.id,
+        "user_id": cart.user_id,
+        "status": cart.status.value,
+        "version": cart.version,
+        "abandon_at": iso(cart.abandon_at) if cart.abandon_at else None,
+        "expires_at": iso(cart.updated_at + ttl),
+        "merged_into": cart.merged_into,
+        "now": now,
+        "base": write.base_version,
+    }
+    if write.base_version == 0:
+        # Refused: the user got an open cart meanwhile (one open cart per user), look again.
+        changed = yield Run(FIRST_WRITE, header, refused=lambda _: StaleVersion(cart.id))
+    else:
+        changed = yield Run(NEXT_WRITE, header)
+    if changed != 1:
+        raise StaleVersion(cart.id)
+    if write.key is not None:
+        yield from _remember_key(write, now)
+    if write.change.upserted:
+        yield Many(
+            PUT_LINE,
+            [
+                {
+                    "cart_id": cart.id,
+                    "product_id": line.product_id,
+                    "quantity": line.quantity,
+                    "price_cents": line.unit_price_cents,
+                    "position": line.position,
+                    "added_at": iso(line.added_at) if line.added_at else now,
+                }
+                for line in write.change.upserted
+            ],
+        )
+    if write.change.removed:
+        yield Many(DROP_LINE, [{"cart_id": cart.id, "product_id": p} for p in write.change.removed])
+    patch = {"cart_id": cart.id, "version": cart.version, "body": write.patch}
+    patch["oldest"] = cart.version - history
+    yield Pair(TRIM_PATCHES, ADD_PATCH, patch)
+    if write.effects:
+        yield from apply_effects(write.effects, now)
+
+
+def _remember_key(write: CartWrite, now: str) -> Plan[None]:
+    """The mutation id, with the REST answer to replay: AlreadyApplied if it is known."""
+    cart = write.cart
+    added = yield Run(
+        ADD_KEY,
+        {
+            "cart_id": cart.id,
+            "key": write.key,
+            "version": cart.version,
+            "response": write.response.decode() if write.response is not None else None,
+            "now": now,
+            "request": write.request,
+        },
+    )
+    if added != 1:
+        rows = yield Rows(KEY_VERSION, {"cart_id": cart.id, "key": write.key})
+        raise AlreadyApplied(rows[0][0])
+    if write.response is not None:
+        oldest = cart.version - ANSWERS_PER_CART
+        yield Run(FORGET_OLD_ANSWERS, {"cart_id": cart.id, "version": oldest})
+
+
+def stored_cart(
+    cart_id: str,
+    head: Iterable[Any],
+    lines: Iterable[Iterable[Any]],
+    patches: Iterable[tuple[int, str]],
+    keys: Iterable[tuple[str, int]],
+) -> StoredCart:
+    """A cart from its rows: head (version, status, user_id, updated_at, abandon_at,
+    merged_into), lines (product_id, quantity, price, position, added_at) in order,
+    patches (version, body) and keys (key, version), each oldest first."""
+    version, status, user_id, updated_at, abandon_at, merged_into = head
+    cart = Cart(
+        id=cart_id,
+        version=version,
+        status=Status(status),
+        lines=tuple(Line(p, q, price, pos, parse_iso(at)) for p, q, price, pos, at in lines),
+        user_id=user_id,
+        updated_at=parse_iso(updated_at),
+        abandon_at=parse_iso(abandon_at) if abandon_at else None,
+        merged_into=merged_into,
+    )
+    return StoredCart(cart=cart, patches=list(patches), keys=dict(keys))
+
+
+def due_carts(at: datetime, limit: int) -> Plan[list[str]]:
+    """Carts whose abandon_at or expires_at has passed and that still need it."""
+    params = {"now": iso(at), "limit": limit}
+    abandon = yield Rows(DUE_ABANDON, params)
+    expire = yield Rows(DUE_EXPIRE, params)
+    return list(dict.fromkeys(row[0] for row in [*expire, *abandon]))[:limit]
