@@ -26,7 +26,7 @@ from .catalog import Catalog
 from .checkout import Checkouts
 from .config import STATIC_DIR, Settings
 from .hub import Hub
-from .identity import CartIds, load_secret
+from .identity import CartIds, cart_ids
 from .importer import DEMO_CATALOG, read_products
 from .limits import AddressRate, ConnectionCounter
 from .loopwatch import LoopWatch
@@ -62,7 +62,7 @@ def lifespan(settings: Settings) -> Callable[[Starlette], AbstractAsyncContextMa
     async def run(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         metrics = Metrics()
         warn_ephemeral_disk(settings)
-        ids = CartIds(load_secret(settings))
+        ids = cart_ids(settings)
         store = await open_store(settings, metrics)
         try:
             bus = await open_bus(settings.redis_url, metrics, settings.redis_verify_tls)

@@ -114,6 +114,13 @@ class ServiceSettings:
         secret=True,
         strip=False,  # a key that worked with its spaces keeps working: cookies stay valid
     )
+    previous_secrets: str = text(
+        "CART_SECRET_PREVIOUS",
+        "comma-separated keys `CART_SECRET` had before: ids they signed still open their"
+        " carts and are signed anew with `CART_SECRET` (see [Rotating the cart"
+        " secret](#rotating-the-cart-secret))",
+        secret=True,
+    )
     # --- scale-out --------------------------------------------------------------------
     redis_url: str = text(
         "REDIS_URL",
