@@ -9,10 +9,12 @@ import dataclasses
 import logging
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from .backup import DatabaseInUse
-from .config import ConfigError, Settings, redact
+from .config import ConfigError, Settings, declarations, redact, settings_table
+from .variables import plain
 
 TRACE = 5
 
@@ -20,19 +22,25 @@ TRACE = 5
 DESCRIPTION = """\
 cartsync: a real-time shopping-cart sync server. Without a command it serves (as `serve`).
 
-Every command reads its settings from environment variables; README.md's configuration
-table lists them all. The database is DATABASE_URL (default sqlite:///cart.db; a
-postgresql:// URL for several processes), and LOG_LEVEL sets what is logged. A bad value
-stops the command with status 2 and a line naming the variable."""
+Every command reads its settings from environment variables: `python -m server settings`
+lists them with their values, `serve --help` with what each means. The database is
+DATABASE_URL (default sqlite:///cart.db; a postgresql:// URL for several processes), and
+LOG_LEVEL sets what is logged. A bad value stops the command with status 2 and one line
+naming the variable and what it allows."""
 
 SERVE = """\
 Run the cart server until SIGTERM or Ctrl-C, then drain: long-polls are answered and
 changes in flight are committed before the tabs are closed.
 
-Reads every variable of README.md's configuration table; the ones a deployment sets first:
-HOST and PORT (or --host, --port), DATABASE_URL, CART_SECRET (signs cart ids; required
-with PostgreSQL), REDIS_URL (to run several processes), PUBLIC_URL, ALLOWED_ORIGINS,
-FORWARDED_ALLOW_IPS, LOG_LEVEL. The schema is created or updated at start-up."""
+Reads every variable below; the ones a deployment sets first: HOST and PORT (or --host,
+--port), DATABASE_URL, CART_SECRET (signs cart ids; required with PostgreSQL), REDIS_URL
+(to run several processes), PUBLIC_URL, ALLOWED_ORIGINS, FORWARDED_ALLOW_IPS, LOG_LEVEL.
+The schema is created or updated at start-up."""
+
+SETTINGS = """\
+Print every variable the server reads with the value it would use now (secrets hidden),
+or with --markdown README.md's configuration table, which is made this way:
+    python -m server settings --markdown"""
 
 MIGRATE = """\
 Create the tables and indexes of schema.sql that DATABASE_URL's database lacks, say which
@@ -55,17 +63,22 @@ database, one JSON object per line, oldest first. Delivering them to
 CART_EVENTS_WEBHOOK_URL, if set, is the server's job; this only reads."""
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The commands, their options and their --help."""
     text = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    top = argparse.ArgumentParser(
         prog="python -m server", description=DESCRIPTION, formatter_class=text
     )
-    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    commands = top.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="run the cart server (the default)", description=SERVE, formatter_class=text
+        "serve",
+        help="run the cart server (the default)",
+        description=SERVE,
+        epilog=variables_help(),
+        formatter_class=text,
     )
     _serve_options(serve)
-    _serve_options(parser)
+    _serve_options(top)
     commands.add_parser(
         "migrate",
         help="create the database tables that are missing, then exit",
@@ -94,10 +107,23 @@ def main(argv: list[str] | None = None) -> int:
         "restore", help="put a backup in place of the SQLite database (server stopped)"
     )
     put.add_argument("path", type=Path)
-    args = parser.parse_args(argv)
+    listed = commands.add_parser(
+        "settings",
+        help="list the variables read and their values now (or README's table)",
+        description=SETTINGS,
+        formatter_class=text,
+    )
+    listed.add_argument("--markdown", action="store_true", help="README's table, unfilled")
+    return top
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "settings" and args.markdown:
+        sys.stdout.write(settings_table())
+        return 0
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(given(args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -114,45 +140,63 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_events(settings, args.undelivered, args.limit))
         if args.command in ("backup", "restore"):
             return _backup_or_restore(settings, args)
+        if args.command == "settings":
+            return _print_settings(settings)
         return _serve(settings, args)
     except (ConfigError, DatabaseInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
+# Options that stand for a variable: given, they replace it (and are checked as it is).
+OPTIONS = {"host": "HOST", "port": "PORT", "forwarded_allow_ips": "FORWARDED_ALLOW_IPS"}
+
+
 def _serve_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--host",
-        default=os.environ.get("HOST", "127.0.0.1"),
-        help="address to listen on (default: HOST, else 127.0.0.1)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("PORT", "8000")),
-        help="TCP port to listen on (default: PORT, else 8000)",
-    )
+    parser.add_argument("--host", help="address to listen on (default: HOST, else 127.0.0.1)")
+    parser.add_argument("--port", help="TCP port to listen on (default: PORT, else 8000)")
     parser.add_argument(
         "--forwarded-allow-ips",
-        default=None,
         help="proxies trusted for X-Forwarded-* ('*' behind a platform router such as Heroku's);"
         " default: FORWARDED_ALLOW_IPS, else 127.0.0.1",
     )
+
+
+def given(args: argparse.Namespace) -> dict[str, str]:
+    """The environment, with the variables that command-line options replace."""
+    options = {env: getattr(args, name, None) for name, env in OPTIONS.items()}
+    return {**os.environ, **{env: value for env, value in options.items() if value is not None}}
+
+
+def variables_help() -> str:
+    """Every variable, its default and its help, for `serve --help`."""
+    lines = ["environment variables (python -m server settings shows their values now):"]
+    for var in declarations():
+        lines.append(f"  {var.env} (default {plain(var.shown)})")
+        lines += textwrap.wrap(
+            plain(var.help), 88, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
+    return "\n".join(lines)
+
+
+def _print_settings(settings: Settings) -> int:
+    """One line per variable: its value now; a secret only as set or not."""
+    for var, value in zip(declarations(), dataclasses.astuple(settings), strict=True):
+        if var.hidden and value:
+            value = redact(value) if "://" in value else "(set)"
+        print(f"{var.env}={var.write(value)}")
+    return 0
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .config import forwarded_allow_ips
     from .connections import Sockets, capacity, guarded_http, raise_fd_limit
     from .forwarded import ProxyHeaders, TrustedProxies
     from .limits import AddressCount
     from .serving import GRACEFUL_SECONDS, CartServer, redact_logs, stall_guarded
 
-    if args.forwarded_allow_ips is not None:
-        trusted_ips = forwarded_allow_ips(args.forwarded_allow_ips)
-        settings = dataclasses.replace(settings, forwarded_allow_ips=trusted_ips)
     trusted = TrustedProxies(settings.forwarded_allow_ips)
     per_address = AddressCount(settings.max_sockets_per_ip)
     sockets = Sockets(per_address, capacity(raise_fd_limit()), trusted)
@@ -161,8 +205,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         # uvicorn's own proxy-header middleware believes the client's leftmost entry.
         ProxyHeaders(app, trusted, settings.forwarded_hops, per_address),
-        host=args.host,
-        port=args.port,
+        host=settings.host,
+        port=settings.port,
         loop="uvloop",
         http=guarded_http(settings, sockets, ws),  # httptools or h11, with header limits
         ws=ws,

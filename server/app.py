@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -13,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,7 +26,7 @@ from .catalog import Catalog
 from .checkout import Checkouts
 from .config import STATIC_DIR, Settings
 from .hub import Hub
-from .identity import CartIds, load_secret
+from .identity import CartIds, cart_ids
 from .importer import DEMO_CATALOG, read_products
 from .limits import AddressRate, ConnectionCounter
 from .loopwatch import LoopWatch
@@ -40,12 +42,27 @@ log = logging.getLogger("server")
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    return Starlette(
+        routes=routes(settings),
+        lifespan=lifespan(settings),
+        middleware=middleware(settings),
+        exception_handlers={
+            HTTPException: http_error,
+            errors.CartError: cart_error,
+            Exception: server_error,
+        },
+    )
+
+
+def lifespan(settings: Settings) -> Callable[[Starlette], AbstractAsyncContextManager[Any]]:
+    """Opens the store, the bus and the hub before the first request; closes them after
+    the last, in reverse order."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+    async def run(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         metrics = Metrics()
         warn_ephemeral_disk(settings)
-        ids = CartIds(load_secret(settings))
+        ids = cart_ids(settings)
         store = await open_store(settings, metrics)
         try:
             bus = await open_bus(settings.redis_url, metrics, settings.redis_verify_tls)
@@ -86,12 +103,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await bus.close()
             await store.close()
 
+    return run
+
+
+def routes(settings: Settings) -> list[BaseRoute]:
     api_document = openapi.encoded()
 
     async def openapi_json(request: Request) -> Response:
         return Response(api_document, media_type="application/json")
 
-    routes = [
+    return [
         index_route(settings),
         Route("/openapi.json", openapi_json),
         Route("/api/products", rest.products),
@@ -121,15 +142,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", rest.metrics),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    middleware = []
+
+
+def middleware(settings: Settings) -> list[Middleware]:
+    stack = []
     if settings.root_path:
-        middleware.append(Middleware(UnderRootPath, root_path=settings.root_path))
+        stack.append(Middleware(UnderRootPath, root_path=settings.root_path))
     if settings.allowed_hosts:  # any other Host header: 400, before any route sees it
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts))
+        stack.append(Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts))
     if settings.allowed_origins:
         # A shop page on another origin reads the answers (and loads the client module);
         # writing still passes the Origin check in each endpoint.
-        middleware.append(
+        stack.append(
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.allowed_origins,
@@ -141,17 +165,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         )
     # Innermost: past the host check, before the exception middleware and the router.
-    middleware.append(Middleware(direct.Dispatch))
-    return Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        middleware=middleware,
-        exception_handlers={
-            HTTPException: http_error,
-            errors.CartError: cart_error,
-            Exception: server_error,
-        },
-    )
+    stack.append(Middleware(direct.Dispatch))
+    return stack
 
 
 def warn_ephemeral_disk(settings: Settings) -> None:

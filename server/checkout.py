@@ -147,7 +147,7 @@ class Checkouts(Settlement):
             lines=lines,
             amount_cents=sum(x.quantity * x.unit_price_cents for x in lines),
             currency=self.settings.currency,
-            expires_at=utcnow() + timedelta(seconds=self.settings.checkout_expires),
+            expires_at=utcnow() + timedelta(seconds=self.settings.checkout_expires_seconds),
         )
 
     async def _session(self, checkout: Checkout) -> Started:

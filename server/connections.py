@@ -384,8 +384,8 @@ def guarded_http(
     limits = {
         "sockets": sockets,
         "ws": released,
-        "header_timeout": settings.header_timeout,
-        "body_timeout": settings.body_timeout,
+        "header_timeout": settings.header_timeout_seconds,
+        "body_timeout": settings.body_timeout_seconds,
         "max_header_bytes": settings.max_header_bytes,
     }
     return type(parser.__name__, (parser,), limits)

@@ -127,7 +127,7 @@ class Hub:
         try:
             # Subscribe first: news of a commit made while we read is then not missed.
             await self.bus.subscribe(channel(cart_id))
-            keys_since = utcnow() - timedelta(seconds=self.settings.idempotency_ttl)
+            keys_since = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
             stored = await self.store.load_cart(cart_id, keys_since)
             room = Room(cart_id, stored, self._context)
             self.rooms[cart_id] = room
@@ -312,7 +312,7 @@ class Hub:
 
     def sweep_period(self) -> float:
         """A quarter of the shorter deadline, 0.25 s to 60 s: late by at most that much."""
-        shortest = min(self.settings.abandon_after, self.settings.cart_ttl)
+        shortest = min(self.settings.abandon_after_seconds, self.settings.cart_ttl_seconds)
         return min(60.0, max(0.25, shortest / 4))
 
     # --- background work -------------------------------------------------------------

@@ -28,16 +28,19 @@ VERIFIED_KEPT = 50_000
 class CartRef(Struct, frozen=True):
     cart_id: str
     signed: str
-    issued: bool  # new to this client: send the cookie / header
+    issued: bool  # a fresh cart, new to this client: send the cookie / header
+    renewed: bool = False  # its id came signed with a previous secret: send the new one
 
 
 class CartIds:
-    """Signs cart ids and reads them back; anything tampered reads as absent."""
+    """Signs cart ids and reads them back; anything tampered reads as absent. Ids signed
+    with a `previous` secret (a rotation under way) still read, and are signed anew."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, previous: tuple[str, ...] = ()) -> None:
         self._secret = secret
-        self._signer = Signer(secret, salt="cart-id", digest_method=hashlib.sha256)
-        self._verified: dict[str, str] = {}  # signed value -> cart id
+        self._signer = _signer(secret)
+        self._previous = [_signer(old) for old in previous if old and old != secret]
+        self._verified: dict[str, tuple[str, bool]] = {}  # signed -> (cart id, current)
 
     def derive(self, purpose: str) -> str:
         """A key for another purpose, from the same secret (HMAC keeps them apart)."""
@@ -47,22 +50,29 @@ class CartIds:
         return self._signer.sign(cart_id).decode()
 
     def unsign(self, value: str | None) -> str | None:
+        found = self._read(value)
+        return found[0] if found is not None else None
+
+    def _read(self, value: str | None) -> tuple[str, bool] | None:
+        """(cart id, signed with the current secret), or None for anything not ours."""
         if not value or len(value) > 200:
             return None
         known = self._verified.get(value)
         if known is not None:
             return known
-        try:
-            cart_id = self._signer.unsign(value).decode()
-            cart_id = str(uuid.UUID(cart_id, version=4)) if cart_id else ""
-        except (BadSignature, ValueError):
-            return None
-        if not cart_id:
-            return None
-        if len(self._verified) >= VERIFIED_KEPT:
-            self._verified.clear()  # the next requests verify again; the memory stays bounded
-        self._verified[value] = cart_id
-        return cart_id
+        for current, signer in ((True, self._signer), *((False, s) for s in self._previous)):
+            try:
+                cart_id = signer.unsign(value).decode()
+                cart_id = str(uuid.UUID(cart_id, version=4)) if cart_id else ""
+            except (BadSignature, ValueError):
+                continue
+            if not cart_id:
+                return None
+            if len(self._verified) >= VERIFIED_KEPT:
+                self._verified.clear()  # the next requests verify again; memory stays bounded
+            self._verified[value] = (cart_id, current)
+            return cart_id, current
+        return None
 
     def new(self) -> CartRef:
         cart_id = str(uuid.uuid4())
@@ -71,10 +81,18 @@ class CartIds:
     def resolve(self, *candidates: str | None) -> CartRef:
         """The first validly signed candidate, else a fresh cart."""
         for value in candidates:
-            cart_id = self.unsign(value)
-            if cart_id is not None:
+            found = self._read(value)
+            if found is None:
+                continue
+            cart_id, current = found
+            if current:
                 return CartRef(cart_id, value or "", issued=False)
+            return CartRef(cart_id, self.sign(cart_id), issued=False, renewed=True)
         return self.new()
+
+
+def _signer(secret: str) -> Signer:
+    return Signer(secret, salt="cart-id", digest_method=hashlib.sha256)
 
 
 def set_cookie_header(signed: str, secure: bool, cross_site: bool = False, path: str = "/") -> str:
@@ -88,6 +106,12 @@ def set_cookie_header(signed: str, secure: bool, cross_site: bool = False, path:
         same_site, tail = "Lax", "; Secure" if secure else ""
     flags = f"; HttpOnly; SameSite={same_site}; Path={path}; Max-Age={COOKIE_MAX_AGE}"
     return f"{COOKIE}={signed}{flags}{tail}"
+
+
+def cart_ids(settings: Settings) -> CartIds:
+    """The signer of this server's cart ids: CART_SECRET, and CART_SECRET_PREVIOUS read."""
+    previous = tuple(x.strip() for x in settings.previous_secrets.split(",") if x.strip())
+    return CartIds(load_secret(settings), previous)
 
 
 def load_secret(settings: Settings) -> str:

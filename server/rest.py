@@ -252,7 +252,7 @@ async def changes(request: Request) -> Response:
 async def _changes(
     request: Request, svc: Services, ref: CartRef, since: float | None, wait: float | None
 ) -> Response:
-    cap = svc.settings.long_poll_max
+    cap = svc.settings.long_poll_max_seconds
     wait = min(DEFAULT_WAIT if wait is None else wait, cap)
     asked, ref = ref, await settle(request, svc, ref)
     if ref.cart_id != asked.cart_id:

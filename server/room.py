@@ -279,10 +279,10 @@ class Room:
         request: str | None = None,
     ) -> CartWrite:
         """The write that applying `op` now would commit (CartError if refused)."""
-        settings = self.ctx.settings
+        abandon_after = self.ctx.settings.abandon_after_seconds
         products = self.ctx.catalog.products
         tip = self._pipe.tip(self.cart)  # the cart as the writes in flight leave it
-        new, change = domain.apply(tip, op, products, utcnow(), settings.abandon_after)
+        new, change = domain.apply(tip, op, products, utcnow(), abandon_after)
         patch = encode(render.patch_msg(new, change, products, origin)).decode()
         body = self._render(new) if respond else None
         extra = effects(new) if effects is not None else ()
@@ -340,7 +340,7 @@ class Room:
         settings = self.ctx.settings
         async with self._lock:
             await self._pipe.drain()
-            for op in (Expire(settings.cart_ttl, str(uuid.uuid4())), Abandon()):
+            for op in (Expire(settings.cart_ttl_seconds, str(uuid.uuid4())), Abandon()):
                 try:
                     await self._apply(op, effects=self._event)
                 except errors.NotDue:
@@ -382,7 +382,7 @@ class Room:
         self._adopt(await self.ctx.store.load_cart(self.cart.id, self._keys_since()))
 
     def _keys_since(self) -> datetime:
-        return utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl)
+        return utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
 
     def _adopt(self, stored: StoredCart | None) -> None:
         """Take what the store holds if it is newer, and send the tabs what they missed."""

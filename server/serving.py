@@ -149,7 +149,10 @@ class StallGuardedProtocol(WebSocketsSansIOProtocol):
 
 def stall_guarded(settings: Settings) -> type[StallGuardedProtocol]:
     """The protocol class, configured: uvicorn instantiates it per connection."""
-    limits = {"stall_seconds": settings.ws_send_timeout, "send_buffer": settings.ws_send_buffer}
+    limits = {
+        "stall_seconds": settings.ws_send_timeout_seconds,
+        "send_buffer": settings.ws_send_buffer,
+    }
     return type("StallGuardedProtocol", (StallGuardedProtocol,), limits)
 
 

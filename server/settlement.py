@@ -167,7 +167,7 @@ class Settlement:
             # is stored now so that their next login finds it.
             successor = str(uuid.uuid4())
             if tx.cart.user_id is not None:
-                expires = utcnow() + timedelta(seconds=self.settings.cart_ttl)
+                expires = utcnow() + timedelta(seconds=self.settings.cart_ttl_seconds)
                 effects += (CreateCart(successor, tx.cart.user_id, expires),)
             await tx.apply(SetStatus(Status.CHECKED_OUT, successor), effects=lambda _: effects)
         else:
@@ -257,7 +257,7 @@ class Settlement:
         )
 
     def start_sweeper(self) -> None:
-        period = min(30.0, max(0.25, self.settings.checkout_expires / 4))
+        period = min(30.0, max(0.25, self.settings.checkout_expires_seconds / 4))
         self._sweeper = asyncio.create_task(self._sweep_every(period))
 
     async def _sweep_every(self, seconds: float) -> None:

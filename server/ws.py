@@ -96,7 +96,7 @@ async def _serve(websocket: WebSocket, svc: Services) -> None:
     if ref.cart_id != asked.cart_id:
         since = None  # moved on to another cart: its history is not this tab's; a snapshot
     headers = None
-    if ref.issued:
+    if ref.issued or ref.renewed:
         cookie = cart_cookie(websocket, ref.signed)
         headers = [(b"set-cookie", cookie.encode())]
 

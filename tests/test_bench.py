@@ -188,7 +188,7 @@ def bench_any(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
 
 
 def test_churn_samples_every_growing_table_and_says_whether_they_level_off() -> None:
-    # Too short to level off (the carts' TTL is 20 s): the samples and the verdict are there.
+    # Too short to level off (the carts' TTL is 1 min): the samples and the verdict are there.
     code, run = bench_any("churn", "--minutes", "0.25", "--rate", "10", "--every", "2")
     assert run["outcomes"] == {"ok": 150}
     assert len(run["samples"]) >= 5

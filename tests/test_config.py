@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, Settings, parse_duration, redact, sqlite_path
+from server.config import (
+    ConfigError,
+    Settings,
+    declarations,
+    parse_duration,
+    redact,
+    settings_table,
+    sqlite_path,
+)
+from server.variables import var_of
 from tests.support import ServerProcess
 
 
@@ -45,8 +60,8 @@ def test_defaults_from_an_empty_environment() -> None:
     assert settings.max_frame_bytes == 4 * 1024
     assert settings.ws_send_queue == 256
     assert settings.patch_history == 100
-    assert settings.abandon_after == 1800.0
-    assert settings.cart_ttl == 30 * 86400.0
+    assert settings.abandon_after_seconds == 1800.0
+    assert settings.cart_ttl_seconds == 30 * 86400.0
     assert settings.sqlite_synchronous == "FULL"
     assert settings.demo_catalog is True
     assert settings.access_log is False
@@ -55,12 +70,12 @@ def test_defaults_from_an_empty_environment() -> None:
     assert settings.max_connections_per_ip == 100
     assert (settings.cart_rate, settings.cart_burst) == (50.0, 100)
     assert (settings.connection_rate, settings.connection_burst) == (20.0, 40)
-    assert settings.ws_send_timeout == 5.0
+    assert settings.ws_send_timeout_seconds == 5.0
     assert settings.ws_send_buffer == 256 * 1024
-    assert settings.long_poll_max == 25.0
+    assert settings.long_poll_max_seconds == 25.0
     # The connection layer.
     assert settings.max_sockets_per_ip == 200
-    assert settings.header_timeout == 10.0
+    assert settings.header_timeout_seconds == 10.0
     assert settings.max_header_bytes == 32 * 1024
     assert settings.forwarded_allow_ips == ("127.0.0.1",)
     assert settings.forwarded_hops == 1
@@ -77,7 +92,7 @@ def test_connection_settings_are_read() -> None:
         }
     )
     assert settings.max_sockets_per_ip == 14  # twice MAX_CONNECTIONS_PER_IP unless set
-    assert settings.header_timeout == 2.0
+    assert settings.header_timeout_seconds == 2.0
     assert settings.max_header_bytes == 8192
     assert settings.forwarded_allow_ips == ("10.0.0.1", "10.1.0.0/16", "::1")
     assert settings.forwarded_hops == 2
@@ -105,15 +120,15 @@ def test_limits_are_read() -> None:
     assert settings.max_connections_per_ip == 7
     assert (settings.cart_rate, settings.cart_burst) == (2.5, 9)
     assert (settings.connection_rate, settings.connection_burst) == (0.5, 3)
-    assert settings.ws_send_timeout == 0.5
+    assert settings.ws_send_timeout_seconds == 0.5
     assert settings.ws_send_buffer == 65536
-    assert settings.long_poll_max == 50.0
+    assert settings.long_poll_max_seconds == 50.0
 
 
 def test_blank_values_fall_back_to_defaults() -> None:
     settings = Settings.from_env({"PATCH_HISTORY": "  ", "ABANDON_AFTER": "", "CURRENCY": " "})
     assert settings.patch_history == 100
-    assert settings.abandon_after == 1800.0
+    assert settings.abandon_after_seconds == 1800.0
     assert settings.currency == "usd"
 
 
@@ -141,9 +156,9 @@ def test_values_are_read_and_normalised() -> None:
     assert settings.currency == "eur"
     assert settings.ws_send_queue == 32
     assert settings.patch_history == 5
-    assert settings.abandon_after == 600.0
-    assert settings.cart_ttl == 7 * 86400.0
-    assert settings.idempotency_ttl == 7200.0
+    assert settings.abandon_after_seconds == 600.0
+    assert settings.cart_ttl_seconds == 7 * 86400.0
+    assert settings.idempotency_ttl_seconds == 7200.0
     assert settings.catalog_refresh_seconds == 0.25
     assert settings.room_idle_seconds == 30.0
     assert settings.sqlite_synchronous == "NORMAL"
@@ -236,6 +251,7 @@ def test_scale_out_settings() -> None:
     settings = Settings.from_env(
         {
             "DATABASE_URL": "postgresql://app@db.internal/cart",
+            "CART_SECRET": "s",
             "DATABASE_POOL": "4",
             "REDIS_URL": "rediss://:pw@redis.internal:6380",
             "REDIS_VERIFY_TLS": "0",
@@ -254,12 +270,14 @@ def test_scale_out_settings() -> None:
 
 
 def test_unknown_url_schemes_are_refused_without_showing_the_password() -> None:
-    with pytest.raises(ConfigError, match="DATABASE_URL scheme 'mysql'") as info:
+    with pytest.raises(ConfigError, match="DATABASE_URL must be sqlite:///path or post") as info:
         Settings.from_env({"DATABASE_URL": "mysql://app:hunter2@db/cart"})
     assert "hunter2" not in str(info.value) and "app:***@db" in str(info.value)
-    with pytest.raises(ConfigError, match="REDIS_URL scheme 'amqp'"):
+    with pytest.raises(ConfigError, match="REDIS_URL must be a redis:// or rediss:// URL") as info:
         Settings.from_env({"REDIS_URL": "amqp://guest:guest@mq"})
-    assert Settings.from_env({"DATABASE_URL": "postgres://h/db"}).database_url == "postgres://h/db"
+    assert "guest:guest" not in str(info.value)
+    postgres = Settings.from_env({"DATABASE_URL": "postgres://h/db", "CART_SECRET": "s"})
+    assert postgres.database_url == "postgres://h/db"
 
 
 def test_redact_hides_only_the_password() -> None:
@@ -285,7 +303,156 @@ def test_no_dyno_warning_off_heroku_or_with_postgres(caplog: pytest.LogCaptureFi
 
     with caplog.at_level("WARNING", logger="server"):
         warn_ephemeral_disk(Settings.from_env({}))
-        warn_ephemeral_disk(Settings.from_env({"DYNO": "web.1", "DATABASE_URL": "postgres://x/y"}))
+        postgres = {"DYNO": "web.1", "DATABASE_URL": "postgres://x/y", "CART_SECRET": "s"}
+        warn_ephemeral_disk(Settings.from_env(postgres))
         assert caplog.records == []
         warn_ephemeral_disk(Settings.from_env({"DYNO": "web.2"}))
     assert [r.getMessage().startswith("!!! DYNO=web.2") for r in caplog.records] == [True]
+
+
+def test_readme_table_is_the_declarations() -> None:
+    """README's configuration table is `python -m server settings --markdown`: a setting
+    added, renamed or re-described without regenerating the table fails here."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert settings_table() in readme, (
+        "README.md's configuration table differs from the declarations:"
+        " paste the output of `python -m server settings --markdown` over it"
+    )
+
+
+def test_every_setting_is_declared_once_with_its_variable() -> None:
+    names = [var.env for var in declarations()]
+    assert len(names) == len(set(names)) == len(fields(Settings))
+    assert all(re.fullmatch(r"[A-Z][A-Z0-9_]+", name) for name in names)
+    for var in declarations():
+        assert var.help and var.shown and var.allowed, var.env
+
+
+def test_durations_are_float_seconds_named_alike() -> None:
+    """Every duration reads '30m', '0.5s', '30d' and lands in a float field whose name
+    says seconds the same way."""
+    durations = [f for f in fields(Settings) if var_of(f).unit == "s"]
+    rates = [f for f in fields(Settings) if "per second" in var_of(f).allowed]
+    floats = [f for f in fields(Settings) if f.type == "float"]
+    assert len(durations) >= 14 and floats == sorted(durations + rates, key=floats.index)
+    for f in durations:
+        assert f.type == "float" and f.name.endswith("_seconds"), f.name
+        env = var_of(f).env
+        assert getattr(Settings.from_env({env: "1.5h"}), f.name) == 5400.0
+    assert all(not f.name.endswith("_seconds") for f in rates)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        ("PORT", "84545", "from 1 to 65535"),
+        ("PORT", "abc", "from 1 to 65535"),
+        ("PORT", "0", "from 1 to 65535"),
+        ("CURRENCY", "dollars", "3-letter ISO 4217"),
+        ("CURRENCY", "xyz", "3-letter ISO 4217"),
+        ("CART_TTL", "0", "at least 1m"),
+        ("CART_TTL", "30s", "at least 1m"),
+        ("ABANDON_AFTER", "0", "above 0"),
+        ("MAX_BODY_BYTES", "-5", "whole number of bytes, at least 1"),
+        ("NEW_CART_RATE", "0", "per second above 0"),
+        ("ROOM_IDLE", "abc", "like '30m', '0.5s' or '30d'"),
+        ("DEMO_LOGIN", "maybe", "1 or 0"),
+        ("CHECKOUT_PRICE", "cheapest", "snapshot, current"),
+        ("ALLOWED_ORIGINS", "shop.example", "origins like https://shop.example"),
+        ("ROOT_PATH", "/a/../b", "a path like /cart"),
+        ("STRIPE_API_BASE", "localhost:12111", "http:// or https://"),
+        ("ADMIN_TOKEN", "hunter2", "at least 16 characters"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_variable_and_what_is_allowed(
+    name: str, value: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    message = str(info.value)
+    assert message.startswith(f"{name} must be ") and allowed in message
+    assert "\n" not in message
+    if name == "ADMIN_TOKEN":
+        assert value not in message  # a secret is never echoed
+
+
+def test_rules_between_settings_and_the_disk(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL is PostgreSQL: CART_SECRET must be"):
+        Settings.from_env({"DATABASE_URL": "postgresql://app@db/cart"})
+    missing = f"sqlite:///{tmp_path}/nowhere/cart.db"
+    with pytest.raises(ConfigError, match="DATABASE_URL names a SQLite file in .*nowhere"):
+        Settings.from_env({"DATABASE_URL": missing})
+    assert Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path}/cart.db"})
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"PORT": "84545"}, "error: PORT must be a whole number from 1 to 65535; got '84545'"),
+        ({"PORT": "abc"}, "error: PORT must be a whole number from 1 to 65535; got 'abc'"),
+        ({"DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/cart"}, "CART_SECRET must be set"),
+        ({"DATABASE_URL": "sqlite:///no/such/dir/cart.db"}, "not a directory"),
+        ({"CURRENCY": "dollars"}, "error: CURRENCY must be a 3-letter ISO 4217 currency code"),
+        ({"CART_TTL": "0"}, "error: CART_TTL must be a duration of at least 1m"),
+    ],
+)
+def test_the_server_stops_with_one_line_and_status_2(
+    tmp_path: Path, env: dict[str, str], says: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server"],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert says in result.stderr
+    assert "pw@" not in result.stderr
+
+
+def test_a_port_option_is_checked_like_the_variable(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--port", "70000"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1)
+    assert "PORT must be a whole number from 1 to 65535; got '70000'" in result.stderr
+
+
+def test_settings_command_prints_values_and_hides_secrets(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "CART_TTL": "7d",
+        "ADMIN_TOKEN": "a-secret-admin-token-0123",
+        "REDIS_URL": "redis://:hunter2@cache:6379",
+        "ALLOWED_HOSTS": "Shop.example,*.shop.example",
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "server", "settings"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == len(declarations())
+    assert "CART_TTL=7d" in lines and "PORT=8000" in lines and "DEMO_LOGIN=0" in lines
+    assert "ADMIN_TOKEN=(set)" in lines and "REDIS_URL=redis://:***@cache:6379" in lines
+    assert "ALLOWED_HOSTS=shop.example,*.shop.example" in lines
+    assert "hunter2" not in listed.stdout and "0123" not in listed.stdout
+
+
+def test_serve_help_lists_every_variable() -> None:
+    from server.__main__ import variables_help
+
+    text = variables_help()
+    for var in declarations():
+        assert f"  {var.env} (default " in text

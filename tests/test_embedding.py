@@ -22,7 +22,7 @@ SHOP = "http://shop.test:8080"
 def test_demo_payments_and_catalog_are_on_only_for_a_local_first_run() -> None:
     local = Settings.from_env({})
     assert (local.demo_payments, local.demo_catalog) == (True, True)
-    postgres = Settings.from_env({"DATABASE_URL": "postgresql://app@db/cart"})
+    postgres = Settings.from_env({"DATABASE_URL": "postgresql://app@db/cart", "CART_SECRET": "s"})
     assert (postgres.demo_payments, postgres.demo_catalog) == (False, False)
     heroku = Settings.from_env({"DYNO": "web.1"})
     assert (heroku.demo_payments, heroku.demo_catalog) == (False, False)

@@ -210,7 +210,7 @@ async def test_one_sweep_releases_every_due_reservation(
             async with hub.use(f"sweep-{n}") as room:
                 await room.submit(AddItem("p-1", 2))
                 await checkouts.start(room, None, "203.0.113.7")
-        later = utcnow() + timedelta(seconds=settings.checkout_expires + 1)
+        later = utcnow() + timedelta(seconds=settings.checkout_expires_seconds + 1)
         monkeypatch.setattr(settlement_module, "utcnow", lambda: later)
         assert await checkouts.sweep() == 8
         assert await store.due_checkouts(later, 100) == []

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from server.cart import AddItem, Cart, Product, apply
+from server.clock import iso, utcnow
 from server.config import Settings
 from server.protocol import encode
 from server.render import patch_msg
@@ -192,11 +193,19 @@ async def test_the_sweeper_abandons_a_thousand_carts_not_in_memory(
 async def test_an_expired_cart_moves_its_tabs_and_requests_to_a_fresh_cart(
     make_server: Callable[..., ServerProcess],
 ) -> None:
-    # Expiry is the sweeper's: its period must follow CART_TTL, not only ABANDON_AFTER.
-    server = make_server({"CART_TTL": "1s", "ABANDON_AFTER": "1h"}).start()
+    server = make_server({"CART_TTL": "1m", "ABANDON_AFTER": "1h"}).start()
     async with device(server) as browser:
         old = (await browser.post("/api/cart/items", json={"product_id": "p-004"})).json()
         old_signed = cookie(browser)
+        server.stop()
+        # CART_TTL is a minute at least: the cart is made to have been idle for all but 2 s
+        # of it, and the sweeper, which expires carts, to look every 0.25 s (a quarter of
+        # the shorter deadline; this cart's abandon_at stays an hour away).
+        server.env["ABANDON_AFTER"] = "1s"
+        server.start()
+        idle = utcnow() - timedelta(seconds=60 - 2)
+        aged = "UPDATE cart_sessions SET updated_at = ?, expires_at = ? WHERE id = ?"
+        query(server.db, aged, iso(idle), iso(idle + timedelta(seconds=60)), old["id"])
         tab = await Tab.open(server, old_signed)
         await tab.next("snapshot")
         patch = await tab.next("patch", timeout=5)

@@ -137,7 +137,7 @@ async def test_records_are_purged_in_bounded_batches(
         return await purge_records(before, undelivered_too, limit)
 
     store.purge_records = spy  # type: ignore[method-assign]
-    settings = Settings(database_url=database_url, events_ttl=TTL)
+    settings = Settings(database_url=database_url, events_ttl_seconds=TTL)
     assert await retention.purge(store, settings, clock.now) == 2 * 1203
     assert batches == [retention.BATCH]
     assert await count(database_url, "cart_events") == 0
@@ -146,5 +146,5 @@ async def test_records_are_purged_in_bounded_batches(
 
 def test_the_purge_runs_hourly_or_sooner_when_a_ttl_is_short() -> None:
     assert retention.period(Settings()) == 3600.0
-    assert retention.period(Settings(events_ttl=60.0)) == 15.0
-    assert retention.period(Settings(idempotency_ttl=2.0)) == 1.0
+    assert retention.period(Settings(events_ttl_seconds=60.0)) == 15.0
+    assert retention.period(Settings(idempotency_ttl_seconds=2.0)) == 1.0

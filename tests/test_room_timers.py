@@ -53,7 +53,7 @@ async def wait_status(hub: Hub, cart_id: str, status: Status, timeout: float) ->
 
 
 async def test_a_timer_that_runs_early_arms_itself_again(make_hub: Any) -> None:
-    hub = await make_hub(abandon_after=0.3)
+    hub = await make_hub(abandon_after_seconds=0.3)
     async with hub.use("c") as room:
         await room.submit(AddItem("p-1", 1))
         # What an event loop that rounds timers (uvloop) may do: run it before the wall
@@ -73,7 +73,7 @@ async def test_a_timer_that_runs_early_arms_itself_again(make_hub: Any) -> None:
 async def test_edits_keep_one_timer_and_the_cart_is_abandoned_after_the_last(
     make_hub: Any,
 ) -> None:
-    hub = await make_hub(abandon_after=0.4)
+    hub = await make_hub(abandon_after_seconds=0.4)
     async with hub.use("c") as room:
         await room.submit(AddItem("p-1", 1))
         armed = room.timer.handle
@@ -90,7 +90,7 @@ async def test_edits_keep_one_timer_and_the_cart_is_abandoned_after_the_last(
 async def test_an_evicted_room_keeps_no_timer(
     make_hub: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hub = await make_hub(abandon_after=60.0, room_idle_seconds=0.0)
+    hub = await make_hub(abandon_after_seconds=60.0, room_idle_seconds=0.0)
     async with hub.use("c") as room:
         await room.submit(AddItem("p-1", 1))
     assert await hub.evict_idle() == 1
@@ -110,7 +110,7 @@ async def test_an_evicted_room_keeps_no_timer(
 async def test_closing_the_hub_stops_every_timer_and_lets_a_running_one_finish(
     make_hub: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hub = await make_hub(abandon_after=60.0)
+    hub = await make_hub(abandon_after_seconds=60.0)
     for cart_id in ("a", "b"):
         async with hub.use(cart_id) as room:
             await room.submit(AddItem("p-1", 1))
@@ -142,12 +142,12 @@ async def test_closing_the_hub_stops_every_timer_and_lets_a_running_one_finish(
 async def test_the_sweep_period_follows_the_shorter_deadline(
     make_hub: Any, abandon_after: float, cart_ttl: float, period: float
 ) -> None:
-    hub = await make_hub(abandon_after=abandon_after, cart_ttl=cart_ttl)
+    hub = await make_hub(abandon_after_seconds=abandon_after, cart_ttl_seconds=cart_ttl)
     assert hub.sweep_period() == period
 
 
 async def test_the_event_of_a_users_cart_names_the_user(make_hub: Any) -> None:
-    hub = await make_hub(abandon_after=0.05)
+    hub = await make_hub(abandon_after_seconds=0.05)
     async with hub.use("c") as room:
         await room.submit(Absorb((), "user-7"))
         await room.submit(AddItem("p-1", 3))

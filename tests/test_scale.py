@@ -558,4 +558,6 @@ async def test_cli_migrates_postgres_without_printing_the_password(
     bad = ServerProcess(tmp_path_factory.mktemp("bad"), {"REDIS_URL": "amqp://mq"}, catalog=False)
     result = await asyncio.to_thread(bad.cli)  # serve: refused before it starts
     assert result.returncode == 2
-    assert "REDIS_URL scheme 'amqp' is not supported" in result.stderr
+    assert (
+        result.stderr == "error: REDIS_URL must be a redis:// or rediss:// URL; got 'amqp://mq'\n"
+    )

@@ -42,7 +42,7 @@ MS = timedelta(milliseconds=1)
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    opened = await open_store(Settings(database_url=database_url, cart_ttl=TTL))
+    opened = await open_store(Settings(database_url=database_url, cart_ttl_seconds=TTL))
     try:
         await opened.upsert_products(PRODUCTS)
         yield opened

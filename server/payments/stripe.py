@@ -33,7 +33,7 @@ class StripeProvider:
 
     def __init__(self, settings: Settings) -> None:
         self.currency = settings.currency
-        self.hold = settings.checkout_expires
+        self.hold = settings.checkout_expires_seconds
         self.http = stripe.HTTPXClient(timeout=15)
         self.client = stripe.StripeClient(
             settings.stripe_secret_key,

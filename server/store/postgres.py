@@ -83,7 +83,7 @@ class PostgresStore(SqlStore):
     def __init__(self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> None:
         self._pool = pool
         self._history = settings.patch_history
-        self._ttl = timedelta(seconds=settings.cart_ttl)
+        self._ttl = timedelta(seconds=settings.cart_ttl_seconds)
         self._metrics = metrics
 
     @classmethod

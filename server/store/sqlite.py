@@ -54,9 +54,9 @@ class SQLiteStore(SqlStore):
     def __init__(self, path: str, settings: Settings, metrics: Metrics) -> None:
         self._path = path
         self._synchronous = settings.sqlite_synchronous
-        self._busy = settings.sqlite_busy_timeout  # seconds a write waits for a lock
+        self._busy = settings.sqlite_busy_timeout_seconds  # seconds a write waits for a lock
         self._history = settings.patch_history
-        self._ttl = timedelta(seconds=settings.cart_ttl)
+        self._ttl = timedelta(seconds=settings.cart_ttl_seconds)
         self._metrics = metrics
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
