@@ -39,7 +39,9 @@ class CartIds:
     def __init__(self, secret: str, previous: tuple[str, ...] = ()) -> None:
         self._secret = secret
         self._signer = _signer(secret)
-        self._previous = [_signer(old) for old in previous if old and old != secret]
+        # (signer, current): the current key first, then the previous ones, read only.
+        self._readers = [(self._signer, True)]
+        self._readers += [(_signer(old), False) for old in previous if old and old != secret]
         self._verified: dict[str, tuple[str, bool]] = {}  # signed -> (cart id, current)
 
     def derive(self, purpose: str) -> str:
@@ -60,7 +62,7 @@ class CartIds:
         known = self._verified.get(value)
         if known is not None:
             return known
-        for current, signer in ((True, self._signer), *((False, s) for s in self._previous)):
+        for signer, current in self._readers:
             try:
                 cart_id = signer.unsign(value).decode()
                 cart_id = str(uuid.UUID(cart_id, version=4)) if cart_id else ""

@@ -18,9 +18,9 @@ from tests.support import ServerProcess
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench(*args: str, timeout: float = 90) -> dict[str, Any]:
-    """Run `python -m bench ARGS` to the end; its one JSON line."""
-    proc = subprocess.run(
+def run_bench(args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `python -m bench ARGS` to the end."""
+    return subprocess.run(
         [sys.executable, "-m", "bench", *args],
         cwd=ROOT,
         env=os.environ,
@@ -28,8 +28,18 @@ def bench(*args: str, timeout: float = 90) -> dict[str, Any]:
         text=True,
         timeout=timeout,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench(*args: str, timeout: float = 90) -> dict[str, Any]:
+    """Run `python -m bench ARGS` to the end; its one JSON line."""
+    proc = run_bench(args, timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = last_json(proc)
     assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
     return result
 
@@ -175,16 +185,8 @@ def test_counters_times_each_way_of_counting_and_counts_every_call() -> None:
 
 def bench_any(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
     """Like bench(), for modes that exit 1 with a verdict: the code and the JSON line."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", *args],
-        cwd=ROOT,
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return proc.returncode, result
+    proc = run_bench(args, timeout)
+    return proc.returncode, last_json(proc)
 
 
 def test_churn_samples_every_growing_table_and_says_whether_they_level_off() -> None:
