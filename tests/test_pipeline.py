@@ -13,7 +13,9 @@ import pytest
 
 from server import errors
 from server.cart import AddItem
-from server.store import CartWrite
+from server.store import CartWrite, carts
+from server.store import sqlite as sqlite_store
+from server.store.sql import Plan
 from server.store.sqlite import SQLiteStore
 from tests.test_room import Tab, frames, make_hub
 
@@ -53,16 +55,24 @@ async def test_a_failed_write_in_flight_takes_down_nothing_stored_and_sends_noth
     hub = await make_hub()
     store = hub.store
     assert isinstance(store, SQLiteStore)
-    written = store._write_carts
     attempts: list[str | None] = []
 
-    def write_carts(writes: tuple[CartWrite, ...], conn: sqlite3.Connection) -> None:
+    def write_cart(write: CartWrite, *args: Any) -> Plan[None]:
+        attempts.append(write.key)
+        if write.key == "bad":
+            raise sqlite3.OperationalError("disk I/O error")
+        return (yield from carts.write_cart(write, *args))
+
+    def write_many(writes: list[CartWrite], *args: Any) -> Plan[bool]:
+        # Together, a batch holding the bad write fails as a whole and is written again
+        # one write at a time, so that only the bad one fails.
         attempts.extend(write.key for write in writes)
         if any(write.key == "bad" for write in writes):
             raise sqlite3.OperationalError("disk I/O error")
-        written(writes, conn)
+        return (yield from carts.write_many(writes, *args))
 
-    monkeypatch.setattr(store, "_write_carts", write_carts)
+    monkeypatch.setattr(sqlite_store, "write_cart", write_cart)
+    monkeypatch.setattr(sqlite_store, "write_many", write_many)
     tabs = [Tab(f"t{n}", limit=1000) for n in range(3)]
     keys = [f"k{n}" for n in range(10)] + ["bad"] + [f"k{n}" for n in range(10, 20)]
     async with hub.use("faulty") as room:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,7 +10,7 @@ from ..cart import Cart, Line, Status
 from ..clock import iso, parse_iso
 from . import ANSWERS_PER_CART, AlreadyApplied, CartWrite, StaleVersion, StoredCart
 from .effects import apply_effects
-from .sql import Many, Pair, Plan, Rows, Run
+from .sql import Many, Pair, Params, Plan, Rows, Run
 
 _HEADER = (
     "user_id = :user_id, status = :status, version = :version, abandon_at = :abandon_at,"
@@ -92,17 +92,7 @@ def write_cart(write: CartWrite, ttl: timedelta, history: int) -> Plan[None]:
     lines, its patch (and the trim of old ones), then its effects."""
     cart = write.cart
     now = iso(cart.updated_at)
-    header = {
-        "id": cart.id,
-        "user_id": cart.user_id,
-        "status": cart.status.value,
-        "version": cart.version,
-        "abandon_at": iso(cart.abandon_at) if cart.abandon_at else None,
-        "expires_at": iso(cart.updated_at + ttl),
-        "merged_into": cart.merged_into,
-        "now": now,
-        "base": write.base_version,
-    }
+    header = _header(write, ttl, now)
     if write.base_version == 0:
         # Refused: the user got an open cart meanwhile (one open cart per user), look again.
         changed = yield Run(FIRST_WRITE, header, refused=lambda _: StaleVersion(cart.id))
@@ -113,49 +103,120 @@ def write_cart(write: CartWrite, ttl: timedelta, history: int) -> Plan[None]:
     if write.key is not None:
         yield from _remember_key(write, now)
     if write.change.upserted:
-        yield Many(
-            PUT_LINE,
-            [
-                {
-                    "cart_id": cart.id,
-                    "product_id": line.product_id,
-                    "quantity": line.quantity,
-                    "price_cents": line.unit_price_cents,
-                    "position": line.position,
-                    "added_at": iso(line.added_at) if line.added_at else now,
-                }
-                for line in write.change.upserted
-            ],
-        )
+        yield Many(PUT_LINE, [_line(cart.id, line, now) for line in write.change.upserted])
     if write.change.removed:
-        yield Many(DROP_LINE, [{"cart_id": cart.id, "product_id": p} for p in write.change.removed])
-    patch = {"cart_id": cart.id, "version": cart.version, "body": write.patch}
-    patch["oldest"] = cart.version - history
-    yield Pair(TRIM_PATCHES, ADD_PATCH, patch)
+        yield Many(DROP_LINE, [_dropped(cart.id, p) for p in write.change.removed])
+    yield Pair(TRIM_PATCHES, ADD_PATCH, _patch(write, history))
     if write.effects:
         yield from apply_effects(write.effects, now)
 
 
+def plain(write: CartWrite) -> bool:
+    """An edit that write_many can take: no first write, no effects."""
+    return write.base_version > 0 and not write.effects
+
+
+def write_many(writes: Sequence[CartWrite], ttl: timedelta, history: int) -> Plan[bool]:
+    """Plain edits (see plain()), of one cart or many, in order: the rows write_cart
+    leaves, in one statement per kind of row for all of them. False once a compare-and-set
+    or a mutation id refuses one (with some rows written): the caller rolls back and
+    writes them one at a time with write_cart, which tells the refused one why. Only
+    the SQLite writer runs it: its `Many` steps return the rows they changed."""
+    stamps = [iso(write.cart.updated_at) for write in writes]
+    headers = [_header(write, ttl, now) for write, now in zip(writes, stamps, strict=True)]
+    if (yield Many(NEXT_WRITE, headers)) != len(writes):
+        return False
+    keys = [_key(w, now) for w, now in zip(writes, stamps, strict=True) if w.key is not None]
+    if keys and (yield Many(ADD_KEY, keys)) != len(keys):
+        return False
+    answered = [w for w in writes if w.key is not None and w.response is not None]
+    if answered:
+        yield Many(FORGET_OLD_ANSWERS, [_old_answers(w) for w in answered])
+    # The last of each line's changes wins, as one at a time; a line dropped before it is
+    # put again is dropped first, so it comes back as a new line (its position, its time).
+    dropped: dict[tuple[str, str], Params] = {}
+    put: dict[tuple[str, str], Params] = {}
+    for write, now in zip(writes, stamps, strict=True):
+        cart_id = write.cart.id
+        for product_id in write.change.removed:
+            put.pop((cart_id, product_id), None)
+            dropped[(cart_id, product_id)] = _dropped(cart_id, product_id)
+        for line in write.change.upserted:
+            put[(cart_id, line.product_id)] = _line(cart_id, line, now)
+    if dropped:
+        yield Many(DROP_LINE, list(dropped.values()))
+    if put:
+        yield Many(PUT_LINE, list(put.values()))
+    patches = [_patch(write, history) for write in writes]
+    yield Many(ADD_PATCH, patches)
+    # One trim per cart, its last: the patches it keeps are the ones write_cart keeps.
+    yield Many(TRIM_PATCHES, list({p["cart_id"]: p for p in patches}.values()))
+    return True
+
+
+def _header(write: CartWrite, ttl: timedelta, now: str) -> Params:
+    cart = write.cart
+    return {
+        "id": cart.id,
+        "user_id": cart.user_id,
+        "status": cart.status.value,
+        "version": cart.version,
+        "abandon_at": iso(cart.abandon_at) if cart.abandon_at else None,
+        "expires_at": iso(cart.updated_at + ttl),
+        "merged_into": cart.merged_into,
+        "now": now,
+        "base": write.base_version,
+    }
+
+
+def _line(cart_id: str, line: Line, now: str) -> Params:
+    return {
+        "cart_id": cart_id,
+        "product_id": line.product_id,
+        "quantity": line.quantity,
+        "price_cents": line.unit_price_cents,
+        "position": line.position,
+        "added_at": iso(line.added_at) if line.added_at else now,
+    }
+
+
+def _dropped(cart_id: str, product_id: str) -> Params:
+    return {"cart_id": cart_id, "product_id": product_id}
+
+
+def _patch(write: CartWrite, history: int) -> Params:
+    cart = write.cart
+    return {
+        "cart_id": cart.id,
+        "version": cart.version,
+        "body": write.patch,
+        "oldest": cart.version - history,
+    }
+
+
+def _key(write: CartWrite, now: str) -> Params:
+    return {
+        "cart_id": write.cart.id,
+        "key": write.key,
+        "version": write.cart.version,
+        "response": write.response.decode() if write.response is not None else None,
+        "now": now,
+        "request": write.request,
+    }
+
+
+def _old_answers(write: CartWrite) -> Params:
+    return {"cart_id": write.cart.id, "version": write.cart.version - ANSWERS_PER_CART}
+
+
 def _remember_key(write: CartWrite, now: str) -> Plan[None]:
     """The mutation id, with the REST answer to replay: AlreadyApplied if it is known."""
-    cart = write.cart
-    added = yield Run(
-        ADD_KEY,
-        {
-            "cart_id": cart.id,
-            "key": write.key,
-            "version": cart.version,
-            "response": write.response.decode() if write.response is not None else None,
-            "now": now,
-            "request": write.request,
-        },
-    )
+    added = yield Run(ADD_KEY, _key(write, now))
     if added != 1:
-        rows = yield Rows(KEY_VERSION, {"cart_id": cart.id, "key": write.key})
+        rows = yield Rows(KEY_VERSION, {"cart_id": write.cart.id, "key": write.key})
         raise AlreadyApplied(rows[0][0])
     if write.response is not None:
-        oldest = cart.version - ANSWERS_PER_CART
-        yield Run(FORGET_OLD_ANSWERS, {"cart_id": cart.id, "version": oldest})
+        yield Run(FORGET_OLD_ANSWERS, _old_answers(write))
 
 
 def stored_cart(

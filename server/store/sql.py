@@ -132,7 +132,8 @@ class Rows(NamedTuple):
 
 
 class Many(NamedTuple):
-    """One statement for each set of parameters; nothing comes back."""
+    """One statement for each set of parameters. SQLite tells the rows changed by all of
+    them (write_many counts on it); PostgreSQL tells nothing (None)."""
 
     sql: str
     params: list[Params]

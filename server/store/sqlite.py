@@ -35,12 +35,12 @@ from ..config import SCHEMA_PATH, Settings, sqlite_path
 from ..metrics import Metrics
 from . import CartWrite, Held, StoredCart, StoreStats
 from .carts import PRUNE_BATCH as PRUNE_BATCH
-from .carts import stored_cart, write_cart
+from .carts import plain, stored_cart, write_cart, write_many
 from .queries import SqlStore
 from .records import FIGURES
 from .shop import PARK_SKUS, SKU_PARK, upsert_each
 from .sql import SQLITE, Many, Pair, Params, Plan, Rows, Run, Step
-from .writer import Entry, Fail, Outcome, Writer
+from .writer import Entry, Fail, Joinable, Outcome, Writer
 
 log = logging.getLogger("server.store")
 T = TypeVar("T")
@@ -133,11 +133,16 @@ class SQLiteStore(SqlStore):
             # Queued once the hold ends; a later write that overtakes it meanwhile fails
             # the version check and is retried, so the order never breaks.
             return asyncio.ensure_future(self.commit(write))
-        return self._submit(partial(self._write_carts, (write,)), partial(_unstored, write))
+        return self._submit(self._job(write), partial(_unstored, write))
 
     async def _commit(self, write: CartWrite, *more: CartWrite) -> None:
-        job = partial(self._write_carts, (write, *more))
+        job = partial(self._write_carts, (write, *more)) if more else self._job(write)
         await self._submit(job, partial(_unstored, write))
+
+    def _job(self, write: CartWrite) -> Callable[[sqlite3.Connection], None]:
+        if plain(write):
+            return _Edit(write, self._ttl, self._history)
+        return partial(self._write_carts, (write,))
 
     def _write_carts(self, writes: tuple[CartWrite, ...], conn: sqlite3.Connection) -> None:
         for write in writes:  # one job: one savepoint for all of them
@@ -219,6 +224,25 @@ class SQLiteStore(SqlStore):
             self._open_lock = None
 
 
+class _Edit(Joinable):
+    """A plain edit of a cart (carts.plain): the edits next to it in a batch, of any
+    carts, are written together (carts.write_many)."""
+
+    __slots__ = ("write", "ttl", "history")
+
+    def __init__(self, write: CartWrite, ttl: timedelta, history: int) -> None:
+        self.write = write
+        self.ttl = ttl
+        self.history = history
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        drive(write_cart(self.write, self.ttl, self.history), conn)
+
+    def together(self, conn: sqlite3.Connection, jobs: list[Any]) -> bool:
+        writes = [job.write for job in jobs]
+        return drive(write_many(writes, self.ttl, self.history), conn)
+
+
 class _Held:
     def __init__(self, store: SQLiteStore, cart_id: str) -> None:
         self._store = store
@@ -258,8 +282,8 @@ def _step(step: Step, conn: sqlite3.Connection) -> Any:
         return conn.execute(sql.text, sql.bind(step.params)).fetchall()
     if isinstance(step, Many):
         sql = SQLITE[step.sql]
-        conn.executemany(sql.text, map(sql.bind, step.params))
-    elif isinstance(step, Pair):
+        return conn.executemany(sql.text, map(sql.bind, step.params)).rowcount
+    if isinstance(step, Pair):
         for each in (SQLITE[step.first], SQLITE[step.then]):
             conn.execute(each.text, each.bind(step.params))
     # A Lock: one writer holds every lock already.

@@ -114,25 +114,70 @@ class Writer:
         return self._conn
 
 
+class Joinable:
+    """A job that runs with the jobs of its kind next to it in a batch, in one set of
+    statements for all of them (`together`): the same rows for fewer trips into SQLite,
+    each of which lets go of the GIL and waits to take it back from the event loop.
+    Called alone, it runs by itself. It returns nothing."""
+
+    __slots__ = ()
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        raise NotImplementedError
+
+    def together(self, conn: sqlite3.Connection, jobs: list[Any]) -> bool:
+        """Run `jobs` (this one first), all or, returning False, not all of them."""
+        raise NotImplementedError
+
+
 def run_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[tuple[bool, Any]]:
-    """One transaction; each job in its own savepoint, so one bad write fails alone."""
+    """One transaction; each job in its own savepoint, so one bad write fails alone, and
+    a run of joinable jobs in one, run one at a time if it fails together."""
     results: list[tuple[bool, Any]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for job in jobs:
-            conn.execute("SAVEPOINT job")
-            try:
-                results.append((True, job(conn)))
-            except Exception as exc:
-                conn.execute("ROLLBACK TO job")
-                results.append((False, exc))
-            conn.execute("RELEASE job")
+        start = 0
+        while start < len(jobs):
+            first = jobs[start]
+            end = start + 1
+            kind = type(first) if isinstance(first, Joinable) else None
+            while end < len(jobs) and type(jobs[end]) is kind:
+                end += 1
+            run = jobs[start:end]
+            if len(run) > 1 and isinstance(first, Joinable) and _together(conn, first, run):
+                results.extend([(True, None)] * len(run))
+            else:
+                results.extend(_alone(conn, job) for job in run)
+            start = end
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     return results
+
+
+def _together(conn: sqlite3.Connection, first: Joinable, run: list[Job]) -> bool:
+    conn.execute("SAVEPOINT jobs")
+    try:
+        done = first.together(conn, run)
+    except Exception:  # run one at a time, each job gets its own outcome
+        done = False
+    if not done:
+        conn.execute("ROLLBACK TO jobs")
+    conn.execute("RELEASE jobs")
+    return done
+
+
+def _alone(conn: sqlite3.Connection, job: Job) -> tuple[bool, Any]:
+    conn.execute("SAVEPOINT job")
+    try:
+        result: tuple[bool, Any] = (True, job(conn))
+    except Exception as exc:
+        conn.execute("ROLLBACK TO job")
+        result = (False, exc)
+    conn.execute("RELEASE job")
+    return result
 
 
 def _done(fut: Future[None]) -> None:
