@@ -22,6 +22,7 @@ SHARED = (
         if name.isupper()
         and isinstance(value, str)
         and value.startswith(("SELECT", "INSERT", "UPDATE", "DELETE"))
+        and value not in carts.TOGETHER
     ]
     + [("carts", f"PURGES[{n}]", sql) for n, sql in enumerate(carts.PURGES)]
     + [("records", f"RECORD_PURGES[{n}]", sql) for n, sql in enumerate(records.RECORD_PURGES)]
@@ -96,6 +97,15 @@ async def test_every_shared_statement_is_accepted_by_both_databases(store: Store
         except Exception as exc:
             refused.append(f"{module}.{name}: {exc}")
     assert refused == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("rows", [1, 3])
+async def test_the_statements_for_many_rows_are_accepted_by_sqlite(store: Store, rows: int) -> None:
+    assert isinstance(store, SQLiteStore) and len(carts.TOGETHER) == 7
+    for sql, names in carts.TOGETHER.items():
+        group = "(" + ", ".join(["1"] * len(names)) + ")"
+        await store._read(f"EXPLAIN {sql.replace('{rows}', ', '.join([group] * rows))}", {})
 
 
 async def prepare(store: Store, sql: str) -> None:

@@ -10,7 +10,7 @@ from ..cart import Cart, Line, Status
 from ..clock import iso, parse_iso
 from . import ANSWERS_PER_CART, AlreadyApplied, CartWrite, StaleVersion, StoredCart
 from .effects import apply_effects
-from .sql import Many, Pair, Params, Plan, Rows, Run
+from .sql import Many, Pair, Params, Plan, Rows, Run, Together
 
 _HEADER = (
     "user_id = :user_id, status = :status, version = :version, abandon_at = :abandon_at,"
@@ -48,6 +48,57 @@ PUT_LINE = (
 DROP_LINE = "DELETE FROM cart_items WHERE cart_id = :cart_id AND product_id = :product_id"
 TRIM_PATCHES = "DELETE FROM cart_patches WHERE cart_id = :cart_id AND version <= :oldest"
 ADD_PATCH = "INSERT INTO cart_patches (cart_id, version, body) VALUES (:cart_id, :version, :body)"
+
+# write_many's statements: `{rows}` is one `(...)` group per row, its values in the
+# order of the names after it.
+HEADS = (
+    "WITH v(id, user_id, status, version, abandon_at, expires_at, merged_into, now, base)"
+    " AS (VALUES {rows}) UPDATE cart_sessions SET user_id = v.user_id, status = v.status,"
+    " version = v.version, abandon_at = v.abandon_at, expires_at = v.expires_at,"
+    " merged_into = v.merged_into, updated_at = v.now"
+    " FROM v WHERE cart_sessions.id = v.id AND cart_sessions.version = v.base"
+)
+HEAD_ROW = (
+    "id", "user_id", "status", "version", "abandon_at", "expires_at", "merged_into", "now",
+    "base",
+)  # fmt: skip
+KEYS = (
+    "INSERT INTO applied_mutations (cart_id, key, version, response, created_at, request)"
+    " VALUES {rows} ON CONFLICT (cart_id, key) DO NOTHING"
+)
+KEY_ROW = ("cart_id", "key", "version", "response", "now", "request")
+OLD_ANSWERS = (
+    "WITH v(cart_id, version) AS (VALUES {rows}) UPDATE applied_mutations SET response = NULL"
+    " FROM v WHERE applied_mutations.cart_id = v.cart_id"
+    " AND applied_mutations.version <= v.version AND applied_mutations.response IS NOT NULL"
+)
+OLD_ANSWERS_ROW = ("cart_id", "version")
+DROPS = "DELETE FROM cart_items WHERE (cart_id, product_id) IN (VALUES {rows})"
+DROP_ROW = ("cart_id", "product_id")
+PUTS = (
+    "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position, added_at)"
+    " VALUES {rows} ON CONFLICT (cart_id, product_id) DO UPDATE SET"
+    " quantity = excluded.quantity, price_cents = excluded.price_cents,"
+    " added_at = excluded.added_at"
+)
+PUT_ROW = ("cart_id", "product_id", "quantity", "price_cents", "position", "added_at")
+PATCHES = "INSERT INTO cart_patches (cart_id, version, body) VALUES {rows}"
+PATCH_ROW = ("cart_id", "version", "body")
+TRIMS = (
+    "WITH v(cart_id, oldest) AS (VALUES {rows}) DELETE FROM cart_patches"
+    " WHERE (cart_id, version) IN (SELECT p.cart_id, p.version FROM cart_patches p"
+    " JOIN v ON p.cart_id = v.cart_id AND p.version <= v.oldest)"
+)
+TRIM_ROW = ("cart_id", "oldest")
+TOGETHER = {  # SQLite's alone: each with the names of its row's values
+    HEADS: HEAD_ROW,
+    KEYS: KEY_ROW,
+    OLD_ANSWERS: OLD_ANSWERS_ROW,
+    DROPS: DROP_ROW,
+    PUTS: PUT_ROW,
+    PATCHES: PATCH_ROW,
+    TRIMS: TRIM_ROW,
+}
 
 REPLAY = "SELECT response, request FROM applied_mutations WHERE cart_id = :cart_id AND key = :key"
 VERSIONS = "SELECT id, version FROM cart_sessions WHERE id {in_ids}"
@@ -118,20 +169,25 @@ def plain(write: CartWrite) -> bool:
 
 def write_many(writes: Sequence[CartWrite], ttl: timedelta, history: int) -> Plan[bool]:
     """Plain edits (see plain()), of one cart or many, in order: the rows write_cart
-    leaves, in one statement per kind of row for all of them. False once a compare-and-set
-    or a mutation id refuses one (with some rows written): the caller rolls back and
-    writes them one at a time with write_cart, which tells the refused one why. Only
-    the SQLite writer runs it: its `Many` steps return the rows they changed."""
+    would leave, each kind of row in one statement for all of them (`Together`). False
+    once a compare-and-set or a mutation id refuses one (with some rows written): the
+    caller rolls back and writes them one at a time with write_cart, which tells the
+    refused one why. Only the SQLite writer runs it (see `Together`)."""
     stamps = [iso(write.cart.updated_at) for write in writes]
-    headers = [_header(write, ttl, now) for write, now in zip(writes, stamps, strict=True)]
-    if (yield Many(NEXT_WRITE, headers)) != len(writes):
+    # Each cart's row once: compared with the version its first edit was applied to, and
+    # left as its last edit leaves it.
+    heads: dict[str, Params] = {}
+    for write, now in zip(writes, stamps, strict=True):
+        first = heads.get(write.cart.id)
+        heads[write.cart.id] = _header(write, ttl, now, first["base"] if first else None)
+    if (yield Together(HEADS, HEAD_ROW, list(heads.values()))) != len(heads):
         return False
     keys = [_key(w, now) for w, now in zip(writes, stamps, strict=True) if w.key is not None]
-    if keys and (yield Many(ADD_KEY, keys)) != len(keys):
+    if keys and (yield Together(KEYS, KEY_ROW, keys)) != len(keys):
         return False
-    answered = [w for w in writes if w.key is not None and w.response is not None]
+    answered = {w.cart.id: _old_answers(w) for w in writes if w.key and w.response is not None}
     if answered:
-        yield Many(FORGET_OLD_ANSWERS, [_old_answers(w) for w in answered])
+        yield Together(OLD_ANSWERS, OLD_ANSWERS_ROW, list(answered.values()))
     # The last of each line's changes wins, as one at a time; a line dropped before it is
     # put again is dropped first, so it comes back as a new line (its position, its time).
     dropped: dict[tuple[str, str], Params] = {}
@@ -144,17 +200,17 @@ def write_many(writes: Sequence[CartWrite], ttl: timedelta, history: int) -> Pla
         for line in write.change.upserted:
             put[(cart_id, line.product_id)] = _line(cart_id, line, now)
     if dropped:
-        yield Many(DROP_LINE, list(dropped.values()))
+        yield Together(DROPS, DROP_ROW, list(dropped.values()))
     if put:
-        yield Many(PUT_LINE, list(put.values()))
+        yield Together(PUTS, PUT_ROW, list(put.values()))
     patches = [_patch(write, history) for write in writes]
-    yield Many(ADD_PATCH, patches)
+    yield Together(PATCHES, PATCH_ROW, patches)
     # One trim per cart, its last: the patches it keeps are the ones write_cart keeps.
-    yield Many(TRIM_PATCHES, list({p["cart_id"]: p for p in patches}.values()))
+    yield Together(TRIMS, TRIM_ROW, list({p["cart_id"]: p for p in patches}.values()))
     return True
 
 
-def _header(write: CartWrite, ttl: timedelta, now: str) -> Params:
+def _header(write: CartWrite, ttl: timedelta, now: str, base: int | None = None) -> Params:
     cart = write.cart
     return {
         "id": cart.id,
@@ -165,7 +221,7 @@ def _header(write: CartWrite, ttl: timedelta, now: str) -> Params:
         "expires_at": iso(cart.updated_at + ttl),
         "merged_into": cart.merged_into,
         "now": now,
-        "base": write.base_version,
+        "base": write.base_version if base is None else base,
     }
 
 

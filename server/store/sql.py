@@ -132,10 +132,19 @@ class Rows(NamedTuple):
 
 
 class Many(NamedTuple):
-    """One statement for each set of parameters. SQLite tells the rows changed by all of
-    them (write_many counts on it); PostgreSQL tells nothing (None)."""
+    """One statement for each set of parameters; nothing comes back."""
 
     sql: str
+    params: list[Params]
+
+
+class Together(NamedTuple):
+    """One statement for many rows: `{rows}` in `sql` stands for one `(...)` group of
+    values per set of parameters, the values named by `names`, in that order. Run as a
+    few statements, not one per row: SQLite only (write_many). Returns the rows changed."""
+
+    sql: str
+    names: tuple[str, ...]
     params: list[Params]
 
 
@@ -156,7 +165,7 @@ class Lock(NamedTuple):
     params: Params
 
 
-Step = Run | Rows | Many | Pair | Lock
+Step = Run | Rows | Many | Pair | Lock | Together
 Plan = Generator[Step, Any, T]
 
 

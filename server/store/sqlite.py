@@ -22,7 +22,8 @@ import time
 from asyncio import Future
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -39,7 +40,7 @@ from .carts import plain, stored_cart, write_cart, write_many
 from .queries import SqlStore
 from .records import FIGURES
 from .shop import PARK_SKUS, SKU_PARK, upsert_each
-from .sql import SQLITE, Many, Pair, Params, Plan, Rows, Run, Step
+from .sql import SQLITE, Many, Pair, Params, Plan, Rows, Run, Step, Together
 from .writer import Entry, Fail, Joinable, Outcome, Writer
 
 log = logging.getLogger("server.store")
@@ -280,14 +281,40 @@ def _step(step: Step, conn: sqlite3.Connection) -> Any:
     if isinstance(step, Rows):
         sql = SQLITE[step.sql]
         return conn.execute(sql.text, sql.bind(step.params)).fetchall()
+    if isinstance(step, Together):
+        return _together(step, conn)
     if isinstance(step, Many):
         sql = SQLITE[step.sql]
-        return conn.executemany(sql.text, map(sql.bind, step.params)).rowcount
-    if isinstance(step, Pair):
+        conn.executemany(sql.text, map(sql.bind, step.params))
+    elif isinstance(step, Pair):
         for each in (SQLITE[step.first], SQLITE[step.then]):
             conn.execute(each.text, each.bind(step.params))
     # A Lock: one writer holds every lock already.
     return None
+
+
+# The row counts a Together statement is sent with: any count is a sum of these, so the
+# connection's statement cache holds a few texts of each statement.
+_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def _together(step: Together, conn: sqlite3.Connection) -> int:
+    values = itemgetter(*step.names)
+    rows = step.params
+    before = conn.total_changes  # a cursor's rowcount is -1 after a statement with WITH
+    start = 0
+    while start < len(rows):
+        count = next(n for n in _CHUNKS if n <= len(rows) - start)
+        flat = [value for row in rows[start : start + count] for value in values(row)]
+        conn.execute(_rows(step.sql, len(step.names), count), flat)
+        start += count
+    return conn.total_changes - before
+
+
+@lru_cache(maxsize=512)
+def _rows(sql: str, width: int, count: int) -> str:
+    group = "(" + ", ".join("?" * width) + ")"
+    return sql.replace("{rows}", ", ".join([group] * count))
 
 
 def _upsert(products: list[Product], now: str) -> Plan[tuple[int, int]]:
