@@ -684,3 +684,107 @@ async def test_data_survives_reopening(database_url: str, store: Store) -> None:
         assert stored.cart == cart
     finally:
         await other.close()
+
+
+# --- edits written together (SQLite: carts.write_many) -------------------------------
+
+
+def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every cart row in the file, in key order: what a write leaves, past the store."""
+    queries = {
+        "carts": "SELECT * FROM cart_sessions ORDER BY id",
+        "lines": "SELECT * FROM cart_items ORDER BY cart_id, product_id",
+        "patches": "SELECT * FROM cart_patches ORDER BY cart_id, version",
+        "keys": "SELECT * FROM applied_mutations ORDER BY cart_id, key",
+    }
+    with sqlite3.connect(path) as conn:
+        rows = {name: conn.execute(sql).fetchall() for name, sql in queries.items()}
+    conn.close()
+    return rows
+
+
+async def test_edits_written_together_leave_the_rows_written_one_at_a_time(
+    tmp_path: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.store import sqlite as sqlite_module
+
+    runs: list[int] = []
+    write_many = sqlite_module.write_many
+
+    def counted(writes: list[CartWrite], *args: Any) -> Any:
+        runs.append(len(writes))
+        return (yield from write_many(writes, *args))
+
+    monkeypatch.setattr(sqlite_module, "write_many", counted)
+    carts = {name: fresh(name) for name in ("a", "b", "c")}
+    firsts, edits = [], []
+    for name in carts:
+        carts[name], write = build(carts[name], AddItem("p-001", 1), key=f"{name}0")
+        firsts.append(write)
+    script: list[tuple[str, Op]] = [
+        ("a", AddItem("p-002", 2)),
+        ("b", RemoveItem("p-001")),
+        ("a", RemoveItem("p-001")),
+        ("c", SetQuantity("p-001", 4)),
+        ("a", AddItem("p-001", 3)),  # dropped, then put again: a new line
+        ("b", AddItem("p-003", 1)),
+        ("c", ClearCart()),
+        ("b", SetQuantity("p-003", 2)),
+        ("c", AddItem("p-002", 1)),
+        ("a", SetQuantity("p-002", 5)),
+        ("b", RemoveItem("p-003")),  # put, then dropped
+    ]
+    for n, (name, op) in enumerate(script, 1):
+        at = NOW + timedelta(seconds=n)
+        response = b'{"answer": %d}' % n if n % 3 == 0 else None
+        carts[name], write = build(carts[name], op, at=at, key=f"k{n}", response=response)
+        edits.append(write)
+
+    stores = []
+    for name in ("together", "alone"):
+        settings = Settings(database_url=f"sqlite:///{tmp_path / name}.db", patch_history=3)
+        stores.append(await SQLiteStore.open(settings, metrics))
+    together, alone = stores
+    try:
+        for store in stores:
+            await store.upsert_products(PRODUCTS)
+            for write in firsts:
+                await store.commit(write)
+        batches = metrics.value(BATCHES)
+        # Submitted in one loop turn: one transaction, one run of edits together.
+        await asyncio.gather(*(together.start_commit(write) for write in edits))
+        assert metrics.value(BATCHES) - batches == 1 and runs == [len(edits)]
+        for write in edits:
+            await alone.commit(write)
+        assert runs == [len(edits)]  # one at a time: never together
+        for cart in carts.values():
+            stored = await together.load_cart(cart.id, LONG_AGO)
+            assert stored is not None and stored.cart == cart
+    finally:
+        for store in stores:
+            await store.close()
+    assert dump(tmp_path / "together.db") == dump(tmp_path / "alone.db")
+
+
+async def test_an_edit_refused_among_edits_written_together_fails_alone(
+    sqlite_store: SQLiteStore, metrics: Metrics
+) -> None:
+    carts = [fresh(f"cart-{n}") for n in range(4)]
+    for n, cart in enumerate(carts):
+        carts[n], write = build(cart, AddItem("p-001", 1), key="first")
+        await sqlite_store.commit(write)
+    good = [build(cart, AddItem("p-002", 1), key=f"good-{n}") for n, cart in enumerate(carts)]
+    _, repeated = build(carts[2], AddItem("p-003", 1), key="first")  # an applied key
+    _, stale = build(carts[0], AddItem("p-003", 1))  # version 1, which good[0] moves on
+    writes = [good[0][1], good[1][1], repeated, good[2][1], stale, good[3][1]]
+    batches = metrics.value(BATCHES)
+    results = await asyncio.gather(
+        *(sqlite_store.start_commit(w) for w in writes), return_exceptions=True
+    )
+    assert metrics.value(BATCHES) - batches == 1
+    assert isinstance(results[2], AlreadyApplied) and results[2].version == 1
+    assert isinstance(results[4], StaleVersion)
+    assert [results[n] for n in (0, 1, 3, 5)] == [None] * 4
+    for cart, _ in good:
+        stored = await sqlite_store.load_cart(cart.id, LONG_AGO)
+        assert stored is not None and stored.cart.version == 2
