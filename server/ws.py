@@ -8,6 +8,7 @@ import contextlib
 import logging
 import re
 import uuid
+from collections import deque
 
 import msgspec
 from starlette.websockets import WebSocket
@@ -48,6 +49,8 @@ _PONG = text_frame(encode(PongMsg()))
 STRIKE_BURST = 10
 STRIKE_RATE = 1.0
 CLOSE_WAIT = 5.0
+# A tab's mutations in flight at once; past it, its socket is not read until one is done.
+IN_FLIGHT = 16
 
 
 async def cart_socket(websocket: WebSocket) -> None:
@@ -140,48 +143,86 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
     rate = TokenBucket(svc.settings.connection_rate, svc.settings.connection_burst)
     limit = svc.settings.max_frame_bytes
     draining = svc.hub.draining
-    while tab.close_code is None:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if draining.is_set():
-            continue  # shutting down: not applied, not acknowledged; resent after reconnecting
-        text: str | None = message.get("text")
-        try:
-            if text is None:
-                raise errors.InvalidMessage("binary frames are not accepted; send JSON text")
-            if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
-                raise errors.InvalidMessage(f"frames are limited to {limit} bytes")
+    # The tab's mutations being applied and committed. Each is submitted in the order
+    # received (the room's lock is first come, first served), so the next one joins the
+    # same group commit instead of waiting a commit for its turn.
+    flying: deque[asyncio.Task[None]] = deque()
+    try:
+        while tab.close_code is None:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if draining.is_set():
+                continue  # shutting down: not applied, not acknowledged; resent after reconnecting
+            text: str | None = message.get("text")
             try:
-                msg = client_message_decoder.decode(text)
-            except DECODE_ERRORS as exc:
-                raise errors.InvalidMessage(str(exc)) from None
-        except errors.InvalidMessage as exc:
-            tab.send(error_frame(_loose_id(text), exc.code, exc.message, {}))
-            svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
-            if not strikes.take():
-                tab.close(CLOSE_POLICY_VIOLATION, flush=True)
-            continue
-        if isinstance(msg, PingMsg):
-            tab.write(_PONG)
-            continue
-        try:
-            admit(rate, room.rate)
-            outcome = await room.submit(
-                _operation(msg),
-                origin=tab.client_id,
-                key=f"ws:{tab.client_id}:{msg.id}",
-                base_version=msg.base_version,
-            )
-        except errors.CartError as exc:
-            tab.send(error_frame(msg.id, exc.code, exc.message, exc.details))
-            svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
-            if isinstance(exc, errors.RateLimited) and not strikes.take():
-                tab.close(CLOSE_POLICY_VIOLATION, flush=True)
-            continue
-        # Written in the same loop turn as the patch the room just sent: one write for both.
-        tab.send(encode(AckMsg(id=msg.id, version=outcome.version)))
-        svc.metrics.inc("cart_mutations_total", source="ws", result="ok")
+                if text is None:
+                    raise errors.InvalidMessage("binary frames are not accepted; send JSON text")
+                if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+                    raise errors.InvalidMessage(f"frames are limited to {limit} bytes")
+                try:
+                    msg = client_message_decoder.decode(text)
+                except DECODE_ERRORS as exc:
+                    raise errors.InvalidMessage(str(exc)) from None
+            except errors.InvalidMessage as exc:
+                _refused(tab, svc, strikes, _loose_id(text), exc, strike=True)
+                continue
+            if isinstance(msg, PingMsg):
+                tab.write(_PONG)
+                continue
+            try:
+                admit(rate, room.rate)
+            except errors.CartError as exc:
+                _refused(tab, svc, strikes, msg.id, exc)
+                continue
+            while flying and flying[0].done():
+                flying.popleft()
+            if len(flying) >= IN_FLIGHT:
+                await asyncio.wait([flying.popleft()])  # its socket waits meanwhile
+            flying.append(asyncio.create_task(_mutate(room, tab, msg, svc, strikes)))
+    finally:
+        if flying:
+            await asyncio.wait(flying)
+
+
+async def _mutate(
+    room: Room, tab: Tab, msg: AddMsg | SetMsg | RemoveMsg | ClearMsg, svc: Services,
+    strikes: TokenBucket,
+) -> None:  # fmt: skip
+    try:
+        outcome = await room.submit(
+            _operation(msg),
+            origin=tab.client_id,
+            key=f"ws:{tab.client_id}:{msg.id}",
+            base_version=msg.base_version,
+        )
+    except errors.CartError as exc:
+        _refused(tab, svc, strikes, msg.id, exc)
+        return
+    except Exception:  # a bug: the tab starts over rather than wait for an answer
+        log.exception("mutation %s of cart %s failed", msg.id, room.cart.id)
+        tab.close(CLOSE_INTERNAL_ERROR)
+        return
+    # Written in the same loop turn as the patch the room just sent: one write for both.
+    tab.send(encode(AckMsg(id=msg.id, version=outcome.version)))
+    svc.metrics.inc("cart_mutations_total", source="ws", result="ok")
+
+
+def _refused(
+    tab: Tab,
+    svc: Services,
+    strikes: TokenBucket,
+    msg_id: str | None,
+    exc: errors.CartError,
+    strike: bool = False,
+) -> None:
+    """Answer `exc`; a strike (an invalid frame, or a rate-limited mutation) past the
+    tab's allowance closes it."""
+    tab.send(error_frame(msg_id, exc.code, exc.message, exc.details))
+    svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
+    strike = strike or isinstance(exc, errors.RateLimited)
+    if strike and not strikes.take():
+        tab.close(CLOSE_POLICY_VIOLATION, flush=True)
 
 
 # A browser can set no header on a WebSocket handshake but this one: the client offers

@@ -562,3 +562,44 @@ async def test_a_since_that_is_not_a_plain_number_gets_a_snapshot(server: Server
         async with websockets.connect(url, proxy=None) as ws:
             first = json.loads(await ws.recv())
             assert first["type"] == "snapshot", since
+
+
+async def commit_figures(server: ServerProcess) -> tuple[float, float]:
+    """(transactions, writes) the server's SQLite writer has committed, from /metrics."""
+    async with rest(server) as client:
+        text = (await client.get("/metrics")).text
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("cart_commit_batches_total", "cart_commit_writes_total"):
+            found[name] = float(value)
+    return found["cart_commit_batches_total"], found["cart_commit_writes_total"]
+
+
+async def test_one_tabs_burst_is_applied_in_order_and_shares_group_commits(
+    server: ServerProcess,
+) -> None:
+    """A tab's next mutation does not wait for the commit of the one before it: sent at
+    once, they are applied in the order sent, acked in that order, and committed in
+    fewer transactions than mutations."""
+    signed = await new_cart(server)
+    async with tab(server, signed) as author:
+        await ready(author)
+        batches, writes = await commit_figures(server)
+        burst = 40
+        for n in range(burst):
+            await author.send(
+                {"type": "add", "id": f"b{n}", "product_id": f"p-{n % 5 + 1:03d}", "quantity": 1}
+            )
+        acks, patches = [], []
+        while len(acks) < burst:
+            found = await frame(author)
+            (acks if found["type"] == "ack" else patches).append(found)
+        assert [a["id"] for a in acks] == [f"b{n}" for n in range(burst)]
+        assert [a["version"] for a in acks] == list(range(1, burst + 1))
+        assert [p["version"] for p in patches] == list(range(1, burst + 1))
+        after_batches, after_writes = await commit_figures(server)
+    assert after_writes - writes == burst
+    assert after_batches - batches < burst
+    cart = await current(server, signed)
+    assert cart["version"] == burst and cart["item_count"] == burst
