@@ -147,8 +147,9 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
     # received (the room's lock is first come, first served), so the next one joins the
     # same group commit instead of waiting a commit for its turn.
     flying: deque[asyncio.Task[None]] = deque()
+    struck = False  # past the strikes' allowance: closed once the mutations in flight answer
     try:
-        while tab.close_code is None:
+        while tab.close_code is None and not struck:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
@@ -165,7 +166,7 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
                 except DECODE_ERRORS as exc:
                     raise errors.InvalidMessage(str(exc)) from None
             except errors.InvalidMessage as exc:
-                _refused(tab, svc, strikes, _loose_id(text), exc, strike=True)
+                struck = _refused(tab, svc, strikes, _loose_id(text), exc, strike=True)
                 continue
             if isinstance(msg, PingMsg):
                 tab.write(_PONG)
@@ -173,7 +174,7 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
             try:
                 admit(rate, room.rate)
             except errors.CartError as exc:
-                _refused(tab, svc, strikes, msg.id, exc)
+                struck = _refused(tab, svc, strikes, msg.id, exc)
                 continue
             while flying and flying[0].done():
                 flying.popleft()
@@ -183,6 +184,8 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
     finally:
         if flying:
             await asyncio.wait(flying)
+    if struck:
+        tab.close(CLOSE_POLICY_VIOLATION, flush=True)
 
 
 async def _mutate(
@@ -197,7 +200,8 @@ async def _mutate(
             base_version=msg.base_version,
         )
     except errors.CartError as exc:
-        _refused(tab, svc, strikes, msg.id, exc)
+        if _refused(tab, svc, strikes, msg.id, exc):
+            tab.close(CLOSE_POLICY_VIOLATION, flush=True)
         return
     except Exception:  # a bug: the tab starts over rather than wait for an answer
         log.exception("mutation %s of cart %s failed", msg.id, room.cart.id)
@@ -215,14 +219,13 @@ def _refused(
     msg_id: str | None,
     exc: errors.CartError,
     strike: bool = False,
-) -> None:
-    """Answer `exc`; a strike (an invalid frame, or a rate-limited mutation) past the
-    tab's allowance closes it."""
+) -> bool:
+    """Answer `exc`; True if it is a strike (an invalid frame, or a rate-limited
+    mutation) past the tab's allowance: the tab is to be closed with 1008."""
     tab.send(error_frame(msg_id, exc.code, exc.message, exc.details))
     svc.metrics.inc("cart_mutations_total", source="ws", result=exc.code)
     strike = strike or isinstance(exc, errors.RateLimited)
-    if strike and not strikes.take():
-        tab.close(CLOSE_POLICY_VIOLATION, flush=True)
+    return strike and not strikes.take()
 
 
 # A browser can set no header on a WebSocket handshake but this one: the client offers

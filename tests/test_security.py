@@ -167,12 +167,16 @@ ALLOWED = {
     # Validated against FULL / NORMAL / EXTRA in Settings.from_env; a PRAGMA takes no
     # parameters.
     'f"PRAGMA synchronous = {self._synchronous}"',
+    # A Together step's statement (checked where the step is made: PLAN_CALLS) with its
+    # `{rows}` made of `(?, ?, ...)` groups: only marks, commas and parentheses are added.
+    "_rows(step.sql, len(step.names), count)",
 }
 TRUSTED_FILES = {"SCHEMA_PATH"}  # schema.sql, shipped with the package: text we wrote
 # The stores' plans (server/store/sql.py): a step, or a plan made of one, carries its
 # statement to the driver; each is a sink whose first (Pair: first two) argument must be
 # built from literals where it is called. Inside these functions that argument is theirs.
 PLAN_CALLS = {"Run": 1, "Rows": 1, "Many": 1, "Lock": 1, "Pair": 2, "fetch": 1, "change": 1}
+PLAN_CALLS |= {"Together": 1}
 PLAN_CALLS |= {"checkouts": 1}  # effects.checkouts(where): the where clause
 # A dialect renders the statement a step carries (checked where the step was made).
 DIALECTS = {"SQLITE", "POSTGRES"}
