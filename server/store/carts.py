@@ -73,7 +73,11 @@ OLD_ANSWERS = (
     " AND applied_mutations.version <= v.version AND applied_mutations.response IS NOT NULL"
 )
 OLD_ANSWERS_ROW = ("cart_id", "version")
-DROPS = "DELETE FROM cart_items WHERE (cart_id, product_id) IN (VALUES {rows})"
+# Through a CTE: with `IN (VALUES ...)` of more than one row SQLite scans the table.
+DROPS = (
+    "WITH v(cart_id, product_id) AS (VALUES {rows}) DELETE FROM cart_items"
+    " WHERE (cart_id, product_id) IN (SELECT cart_id, product_id FROM v)"
+)
 DROP_ROW = ("cart_id", "product_id")
 PUTS = (
     "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position, added_at)"
