@@ -192,6 +192,10 @@ async def _mutate(
     room: Room, tab: Tab, msg: AddMsg | SetMsg | RemoveMsg | ClearMsg, svc: Services,
     strikes: TokenBucket,
 ) -> None:  # fmt: skip
+    if svc.hub.draining.is_set():
+        # Read before the shutdown began, started after the drain took the room: not
+        # applied, not acknowledged, like a frame read during the drain; resent later.
+        return
     try:
         outcome = await room.submit(
             _operation(msg),
