@@ -209,8 +209,11 @@ def write_many(writes: Sequence[CartWrite], ttl: timedelta, history: int) -> Pla
         yield Together(PUTS, PUT_ROW, list(put.values()))
     patches = [_patch(write, history) for write in writes]
     yield Together(PATCHES, PATCH_ROW, patches)
-    # One trim per cart, its last: the patches it keeps are the ones write_cart keeps.
-    yield Together(TRIMS, TRIM_ROW, list({p["cart_id"]: p for p in patches}.values()))
+    # One trim per cart, its last: the patches it keeps are the ones write_cart keeps. A
+    # cart with no more versions than it keeps patches has none to trim.
+    trims = {p["cart_id"]: p for p in patches if p["oldest"] > 0}
+    if trims:
+        yield Together(TRIMS, TRIM_ROW, list(trims.values()))
     return True
 
 
