@@ -8,7 +8,6 @@ import contextlib
 import logging
 import re
 import uuid
-from collections import deque
 
 import msgspec
 from starlette.websockets import WebSocket
@@ -146,7 +145,7 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
     # The tab's mutations being applied and committed. Each is submitted in the order
     # received (the room's lock is first come, first served), so the next one joins the
     # same group commit instead of waiting a commit for its turn.
-    flying: deque[asyncio.Task[None]] = deque()
+    flying: list[asyncio.Task[None]] = []  # a list: a deque is 600 bytes, for every tab
     struck = False  # past the strikes' allowance: closed once the mutations in flight answer
     try:
         while tab.close_code is None and not struck:
@@ -177,9 +176,9 @@ async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> No
                 struck = _refused(tab, svc, strikes, msg.id, exc)
                 continue
             while flying and flying[0].done():
-                flying.popleft()
+                del flying[0]
             if len(flying) >= IN_FLIGHT:
-                await asyncio.wait([flying.popleft()])  # its socket waits meanwhile
+                await asyncio.wait([flying.pop(0)])  # its socket waits meanwhile
             flying.append(asyncio.create_task(_mutate(room, tab, msg, svc, strikes)))
     finally:
         if flying:
