@@ -300,6 +300,8 @@ class Hub:
                 results += await asyncio.gather(*(self._run_due(c) for c in chunk))
             fired += sum(results)
             if len(due) < SWEEP_BATCH or not any(results):
+                # Counted once it is over: a test can wait for passes instead of time.
+                self.metrics.inc("cart_sweeps_total")
                 return fired
 
     async def _run_due(self, cart_id: str) -> bool:

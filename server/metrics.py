@@ -32,6 +32,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cart_bus_applied_total": ("Other processes' commits taken from the bus.", ()),
     "cart_room_repairs_total": ("Rooms re-read from the store: a message lost.", ()),
     "cart_purged_rows_total": ("Rows deleted by the background purge.", ()),
+    "cart_sweeps_total": ("Passes of the timer sweeper (due carts not in memory).", ()),
+    "cart_outbox_polls_total": ("Looks of the event outbox for due events.", ()),
     "cart_catalog_frames_total": ("Catalog messages queued to tabs (products changed).", ()),
     "cart_admin_requests_total": (
         "Admin API requests by result (ok or error code).",

@@ -72,6 +72,7 @@ class Outbox:
         events = await self.store.claim_events(utcnow(), LEASE, BATCH)
         if events:
             await asyncio.gather(*(self._send(event) for event in events))
+        self.metrics.inc("cart_outbox_polls_total")
         return len(events)
 
     async def _send(self, event: CartEvent) -> None:

@@ -333,6 +333,30 @@ def rest(server: ServerProcess, signed: str | None = None) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30, trust_env=False)
 
 
+async def counter(server: ServerProcess, name: str) -> float:
+    """A label-less counter of the server's /metrics."""
+    async with rest(server) as client:
+        text = (await client.get("/metrics")).text
+    for line in text.splitlines():
+        found, _, value = line.partition(" ")
+        if found == name:
+            return float(value)
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+async def passes(servers: list[ServerProcess], name: str, more: int, timeout: float = 30) -> None:
+    """Return once every server's counter `name` (a background loop's passes: sweeps,
+    outbox polls) has gone up by `more`: at least `more - 1` whole passes ran after the
+    call, whatever their period. Not a fixed wait, so not a guess at how long they take."""
+    start = [await counter(server, name) for server in servers]
+    deadline = time.monotonic() + timeout
+    for server, first in zip(servers, start, strict=True):
+        while await counter(server, name) < first + more:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not go up by {more} in {timeout} s")
+            await asyncio.sleep(0.05)
+
+
 def apply_patch(cart: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """What a client does with a patch frame: the next cart document (items and totals)."""
     assert patch["version"] == cart["version"] + 1, (cart["version"], patch["version"])

@@ -18,7 +18,7 @@ from server.render import patch_msg
 from server.store import CartWrite
 from server.store.sqlite import SQLiteStore
 from tests.lifecycle_support import cookie, device, epoch, events, query, unsign, until
-from tests.support import ServerProcess, Tab, rest
+from tests.support import ServerProcess, Tab, passes, rest
 
 # Every e2e timing below is printed (pytest -s) and quoted in the README.
 STATUS_ABANDONED = [{"op": "status", "status": "abandoned"}]
@@ -76,8 +76,8 @@ async def test_abandonment_fires_once_per_idle_period_and_an_edit_rearms_it(
         doc = (await client.get("/api/cart")).json()
     assert (doc["status"], doc["version"], doc["abandon_at"]) == ("abandoned", 2, None)
 
-    # Idle for two more periods (and eight sweeps): still one event, no other frame.
-    await asyncio.sleep(1.0)
+    # Idle for five more sweeps (four whole ones, two periods): still one event, no frame.
+    await passes([server], "cart_sweeps_total", 5)
     assert len(events(server.db, cart_id)) == 1
     assert sum(frame["type"] == "patch" for frame in tab.log) == 2
 
@@ -136,7 +136,7 @@ async def test_a_deadline_passed_while_the_server_was_down_fires_once_after_star
     tab = await Tab.open(server, signed)
     snapshot = (await tab.next("snapshot"))["cart"]
     assert (snapshot["status"], snapshot["version"]) == ("abandoned", 2)
-    await asyncio.sleep(1.0)  # a few sweeps later: still exactly once
+    await passes([server], "cart_sweeps_total", 4)  # a few sweeps later: still exactly once
     assert len(events(server.db, doc["id"])) == 1
     assert not any(frame["type"] == "patch" for frame in tab.log)
     await tab.close()

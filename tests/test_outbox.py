@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import threading
@@ -16,7 +15,7 @@ import pytest
 from server.config import ConfigError, Settings
 from server.outbox import retry_delay, signature
 from tests.lifecycle_support import epoch, events, query, until
-from tests.support import ServerProcess, rest
+from tests.support import ServerProcess, passes, rest
 
 EVENTS_SECRET = "whsec-cart-events-for-tests"
 
@@ -116,7 +115,7 @@ async def test_an_event_is_retried_until_accepted_then_delivered_once_with_a_val
     print(f"\n[timing] event created -> delivered after 2 failures: {report_delay * 1000:.0f} ms")
 
     # Delivered exactly once: no more POSTs while the sender keeps polling.
-    await asyncio.sleep(1.0)
+    await passes([server], "cart_outbox_polls_total", 4)
     assert len(receiver.calls) == 3
     listed = server.cli("events", "--undelivered")
     assert listed.returncode == 0 and listed.stdout == ""

@@ -28,6 +28,7 @@ from tests.support import (
     apply_patch,
     db_query,
     fresh_schema,
+    passes,
     require_redis,
     rest,
     same_items,
@@ -355,13 +356,13 @@ async def test_redis_restart_loses_nothing_and_tabs_converge(
         redis.kill()
         async with asyncio.timeout(10):
             while await ready(servers[0]) != 503:  # not ready while Redis is away
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.02)
         await phase(phases[1])  # committed and acknowledged while Redis is away
         redis.start()
         await phase(phases[2])
         async with asyncio.timeout(15):
             while await ready(servers[0]) != 200:
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.02)
 
         plan = [item for p in phases for item in p]
         total = sum(len(items) for items in plan)
@@ -463,8 +464,8 @@ async def test_a_cart_open_on_three_processes_is_abandoned_once(
     for tab in tabs:
         patch = await tab.next("patch", timeout=10)
         assert (patch["version"], patch["ops"]) == (2, [{"op": "status", "status": "abandoned"}])
-    # Three more idle periods, in which every process's timer and sweeper ran: still one.
-    await asyncio.sleep(3.0)
+    # More idle sweeps of every process (four whole ones each): still one.
+    await passes(servers, "cart_sweeps_total", 5)
     for tab in tabs:
         patches = [frame for frame in tab.log if frame["type"] == "patch"]
         assert [frame["version"] for frame in patches] == [1, 2]
@@ -514,7 +515,7 @@ async def test_database_out_of_reach_refuses_changes_and_recovers(
             await proxy.restore()
             async with asyncio.timeout(15):
                 while (await client.get("/readyz")).status_code != 200:
-                    await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.02)
             again = await client.post(
                 "/api/cart/items", json={"product_id": "p-004", "quantity": 1}
             )
