@@ -15,7 +15,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.support import ServerProcess, Tab, rest, sign
+from tests.support import ServerProcess, Tab, counter, rest, sign
 
 PRICE = {f"p-{n:03d}": 100 * n + 99 for n in range(1, 121)} | {"p-low": 500, "p-none": 700}
 
@@ -566,14 +566,10 @@ async def test_a_since_that_is_not_a_plain_number_gets_a_snapshot(server: Server
 
 async def commit_figures(server: ServerProcess) -> tuple[float, float]:
     """(transactions, writes) the server's SQLite writer has committed, from /metrics."""
-    async with rest(server) as client:
-        text = (await client.get("/metrics")).text
-    found = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("cart_commit_batches_total", "cart_commit_writes_total"):
-            found[name] = float(value)
-    return found["cart_commit_batches_total"], found["cart_commit_writes_total"]
+    return (
+        await counter(server, "cart_commit_batches_total"),
+        await counter(server, "cart_commit_writes_total"),
+    )
 
 
 async def test_one_tabs_burst_is_applied_in_order_and_shares_group_commits(
