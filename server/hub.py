@@ -375,8 +375,13 @@ class Hub:
         for room in rooms:
             room.wake()
         for room in rooms:
-            async with room.transaction():  # FIFO: every mutation already waiting goes first
-                pass
+            # FIFO: every mutation already waiting goes first; one that must be applied
+            # again (its commit was refused) queues behind us and gets another round.
+            while True:
+                async with room.transaction():
+                    pass
+                if not room.waiting:
+                    break
         tabs = [tab for room in rooms for tab in room.tabs]
         for tab in tabs:
             tab.close(CLOSE_SERVICE_RESTART, flush=True)

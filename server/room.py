@@ -92,6 +92,11 @@ class Room:
         return self.cart.version
 
     @property
+    def waiting(self) -> bool:
+        """A mutation waits for the cart's lock."""
+        return bool(getattr(self._lock, "_waiters", None))
+
+    @property
     def busy(self) -> bool:
         """A mutation holds the cart, or waits for it."""
         return self._lock.locked() or self._pipe.busy
