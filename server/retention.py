@@ -1,5 +1,6 @@
 """Bounds on what grows with traffic: one background purge, in short batches, for every
-table a busy shop fills. Patches beyond PATCH_HISTORY go in the commit that adds one."""
+table a busy shop fills. Patches beyond PATCH_HISTORY go in the commits that add them,
+eight at a time (carts.TRIM_STEP)."""
 
 from __future__ import annotations
 

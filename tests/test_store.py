@@ -35,6 +35,7 @@ from server.metrics import Metrics
 from server.protocol import encode
 from server.render import patch_msg
 from server.store import AlreadyApplied, CartWrite, StaleVersion, Store, open_store
+from server.store.carts import TRIM_STEP
 from server.store.postgres import PostgresStore
 from server.store.sqlite import SQLiteStore
 from tests.support import POSTGRES_URL, TcpProxy, fresh_schema
@@ -290,14 +291,23 @@ async def test_repeated_key_raises_already_applied_and_changes_nothing(
     assert after.keys == {"m-1": 1, "m-2": 2}
 
 
-async def test_patch_history_is_trimmed_to_the_last_five(store: Store) -> None:
-    ops: list[Op] = [AddItem("p-001", 1) for _ in range(8)]
-    _, writes = await commit_all(store, fresh(), ops)
+async def test_patch_history_is_trimmed_every_eight_versions_to_the_last_five(
+    store: Store,
+) -> None:
+    # PATCH_HISTORY 5: versions 13 and 21 are the ones whose oldest kept (8, 16) is a
+    # multiple of TRIM_STEP; in between, up to seven more are kept.
+    assert TRIM_STEP == 8
+    cart, writes = await commit_all(store, fresh(), [AddItem("p-001", 1) for _ in range(20)])
     stored = await store.load_cart("cart-1", LONG_AGO)
     assert stored is not None
-    assert stored.cart.version == 8
-    assert stored.patches == [(w.cart.version, w.patch) for w in writes[-5:]]
-    assert [v for v, _ in stored.patches] == [4, 5, 6, 7, 8]
+    assert stored.cart.version == 20
+    assert stored.patches == [(w.cart.version, w.patch) for w in writes[8:]]  # 9 to 20
+    _, last = build(cart, AddItem("p-001", 1), at=NOW + timedelta(seconds=20), key="k21")
+    await store.commit(last)
+    stored = await store.load_cart("cart-1", LONG_AGO)
+    assert stored is not None
+    assert stored.patches == [(w.cart.version, w.patch) for w in [*writes, last][-5:]]
+    assert [v for v, _ in stored.patches] == [17, 18, 19, 20, 21]
 
 
 # --- group commit ---------------------------------------------------------------------
