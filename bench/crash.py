@@ -26,7 +26,11 @@ import httpx
 import uvloop
 import websockets
 
+from server.store.carts import first_kept
+
 from .harness import LocalServer, percentiles, report
+
+PATCH_HISTORY = 100  # the server's default: the bench starts it with no PATCH_HISTORY
 
 PRODUCTS = [f"b-{n:03d}" for n in range(12)]  # few, so sets and removes find their lines
 MAX_QUANTITY = 999
@@ -277,7 +281,7 @@ def verify(db: Path, ledger: Ledger, cart: str) -> dict[str, int]:
     if items != lines:
         raise Mismatch(f"{where}: stored lines {lines} != replay {items}")
     tail = [v for v, _ in patches]
-    if tail != list(range(max(1, version - 99), version + 1)):
+    if tail != list(range(first_kept(version, PATCH_HISTORY), version + 1)):
         raise Mismatch(f"{where}: stored patches {tail[:3]}..{tail[-3:]}")
     for v, body in patches:
         if v in counts and json.loads(body)["item_count"] != counts[v]:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import websockets
 
-from server.store.carts import TRIM_STEP
+from server.store.carts import first_kept
 from tests.support import ServerProcess, Tab, apply_patch, rest, same_items, sign
 
 
@@ -147,18 +147,12 @@ async def test_kill_9_under_load_loses_no_acknowledged_mutation(
             assert max(versions, default=0) <= version  # every ack is in the store
             # Nothing half-applied: each committed mutation added exactly one unit.
             assert sum(lines.values()) == version
-            assert patches == list(range(_first_kept(version), version + 1))
+            assert patches == list(range(first_kept(version, 100), version + 1))
 
     server.start()  # and the server comes back on the same file
     async with rest(server, carts[0][1]) as client:
         doc: dict[str, Any] = (await client.get("/api/cart")).json()
     assert doc["version"] == _stored(server, carts[0][0])[0]
-
-
-def _first_kept(version: int, history: int = 100) -> int:
-    """The oldest patch a cart at `version` keeps: they are trimmed when the oldest of
-    the last `history` is a multiple of TRIM_STEP."""
-    return max(1, (version - history) // TRIM_STEP * TRIM_STEP + 1)
 
 
 async def test_sigterm_closes_tabs_with_1012_so_they_resume(

@@ -264,6 +264,11 @@ def _patch(write: CartWrite, history: int) -> Params:
     }
 
 
+def first_kept(version: int, history: int) -> int:
+    """The oldest patch a cart at `version` keeps stored (see TRIM_STEP)."""
+    return max(1, (version - history) // TRIM_STEP * TRIM_STEP + 1)
+
+
 def _trims(patch: Params) -> bool:
     """Whether the write of this patch deletes the cart's patches past PATCH_HISTORY:
     every TRIM_STEP versions."""
