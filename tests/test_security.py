@@ -169,7 +169,7 @@ ALLOWED = {
     'f"PRAGMA synchronous = {self._synchronous}"',
     # A Together step's statement (checked where the step is made: PLAN_CALLS) with its
     # `{rows}` made of `(?, ?, ...)` groups: only marks, commas and parentheses are added.
-    "_rows(step.sql, len(step.names), count)",
+    "_rows(step.sql, width, count)",
 }
 TRUSTED_FILES = {"SCHEMA_PATH"}  # schema.sql, shipped with the package: text we wrote
 # The stores' plans (server/store/sql.py): a step, or a plan made of one, carries its

@@ -35,6 +35,7 @@ from server.metrics import Metrics
 from server.protocol import encode
 from server.render import patch_msg
 from server.store import AlreadyApplied, CartWrite, StaleVersion, Store, open_store
+from server.store import carts as carts_sql
 from server.store.carts import TRIM_STEP
 from server.store.postgres import PostgresStore
 from server.store.sqlite import SQLiteStore
@@ -774,6 +775,35 @@ async def test_edits_written_together_leave_the_rows_written_one_at_a_time(
         for store in stores:
             await store.close()
     assert dump(tmp_path / "together.db") == dump(tmp_path / "alone.db")
+
+
+async def test_a_batch_of_edits_together_is_one_statement_per_kind_of_row(
+    sqlite_store: SQLiteStore, metrics: Metrics
+) -> None:
+    # Each statement is a trip into SQLite that waits to take the GIL back: five edits of
+    # five carts, a count that is no power of two, are the transaction and four
+    # statements, with no savepoint around them.
+    carts = [fresh(f"cart-{n}") for n in range(5)]
+    edits = []
+    for n, cart in enumerate(carts):
+        cart, write = build(cart, AddItem("p-001", 1), key=f"first-{n}")
+        await sqlite_store.commit(write)
+        edits.append(build(cart, AddItem("p-002", 1), key=f"next-{n}")[1])
+    statements: list[str] = []
+    await sqlite_store._write(lambda conn: conn.set_trace_callback(statements.append))
+    batches = metrics.value(BATCHES)
+    await asyncio.gather(*(sqlite_store.start_commit(write) for write in edits))
+    assert metrics.value(BATCHES) - batches == 1
+    await sqlite_store._write(lambda conn: conn.set_trace_callback(None))
+    begin = statements.index("BEGIN IMMEDIATE")  # after the end of the job that traces
+    batch = statements[begin : statements.index("COMMIT", begin) + 1]
+    kinds = ["BEGIN IMMEDIATE", carts_sql.HEADS, carts_sql.KEYS, carts_sql.PUTS]
+    assert [sql[:40] for sql in batch] == [x[:40] for x in [*kinds, carts_sql.PATCHES, "COMMIT"]]
+    assert [sql.count("(NULL, NULL") for sql in batch[1:-1]] == [3] * 4  # 5 rows, 3 of NULLs
+    for cart in carts:
+        stored = await sqlite_store.load_cart(cart.id, LONG_AGO)
+        assert stored is not None and stored.cart.version == 2
+        assert [line.product_id for line in stored.cart.lines] == ["p-001", "p-002"]
 
 
 async def test_an_edit_refused_among_edits_written_together_fails_alone(

@@ -54,7 +54,9 @@ TRIM_STEP = 8
 ADD_PATCH = "INSERT INTO cart_patches (cart_id, version, body) VALUES (:cart_id, :version, :body)"
 
 # write_many's statements: `{rows}` is one `(...)` group per row, its values in the
-# order of the names after it.
+# order of the names after it. Rows of NULLs may follow the real ones (see Together):
+# every statement leaves them out, by a comparison that is never true for NULL or by
+# `IS NOT NULL` on the first column.
 HEADS = (
     "WITH v(id, user_id, status, version, abandon_at, expires_at, merged_into, now, base)"
     " AS (VALUES {rows}) UPDATE cart_sessions SET user_id = v.user_id, status = v.status,"
@@ -67,8 +69,9 @@ HEAD_ROW = (
     "base",
 )  # fmt: skip
 KEYS = (
-    "INSERT INTO applied_mutations (cart_id, key, version, response, created_at, request)"
-    " VALUES {rows} ON CONFLICT (cart_id, key) DO NOTHING"
+    "WITH v(cart_id, key, version, response, now, request) AS (VALUES {rows})"
+    " INSERT INTO applied_mutations (cart_id, key, version, response, created_at, request)"
+    " SELECT * FROM v WHERE cart_id IS NOT NULL ON CONFLICT (cart_id, key) DO NOTHING"
 )
 KEY_ROW = ("cart_id", "key", "version", "response", "now", "request")
 OLD_ANSWERS = (
@@ -84,13 +87,18 @@ DROPS = (
 )
 DROP_ROW = ("cart_id", "product_id")
 PUTS = (
-    "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position, added_at)"
-    " VALUES {rows} ON CONFLICT (cart_id, product_id) DO UPDATE SET"
-    " quantity = excluded.quantity, price_cents = excluded.price_cents,"
+    "WITH v(cart_id, product_id, quantity, price_cents, position, added_at)"
+    " AS (VALUES {rows})"
+    " INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position, added_at)"
+    " SELECT * FROM v WHERE cart_id IS NOT NULL ON CONFLICT (cart_id, product_id) DO UPDATE"
+    " SET quantity = excluded.quantity, price_cents = excluded.price_cents,"
     " added_at = excluded.added_at"
 )
 PUT_ROW = ("cart_id", "product_id", "quantity", "price_cents", "position", "added_at")
-PATCHES = "INSERT INTO cart_patches (cart_id, version, body) VALUES {rows}"
+PATCHES = (
+    "WITH v(cart_id, version, body) AS (VALUES {rows})"
+    " INSERT INTO cart_patches (cart_id, version, body) SELECT * FROM v WHERE cart_id IS NOT NULL"
+)
 PATCH_ROW = ("cart_id", "version", "body")
 TRIMS = (
     "WITH v(cart_id, oldest) AS (VALUES {rows}) DELETE FROM cart_patches"

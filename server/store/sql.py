@@ -140,8 +140,10 @@ class Many(NamedTuple):
 
 class Together(NamedTuple):
     """One statement for many rows: `{rows}` in `sql` stands for one `(...)` group of
-    values per set of parameters, the values named by `names`, in that order. Run as a
-    few statements, not one per row: SQLite only (write_many). Returns the rows changed."""
+    values per set of parameters, the values named by `names`, in that order, and maybe
+    groups of NULLs after them, which the statement must leave out. Run as one statement
+    (one per 256 rows), not one per row: SQLite only (write_many). Returns the rows
+    changed."""
 
     sql: str
     names: tuple[str, ...]

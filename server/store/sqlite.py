@@ -293,21 +293,24 @@ def _step(step: Step, conn: sqlite3.Connection) -> Any:
     return None
 
 
-# The row counts a Together statement is sent with: any count is a sum of these, so the
-# connection's statement cache holds a few texts of each statement.
-_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+# The most rows a Together statement is sent with. Fewer are padded with rows of NULLs
+# up to a power of two, so that the connection's statement cache holds a few texts of
+# each statement, and each is one trip into SQLite: every trip lets go of the GIL and
+# waits to take it back from the event loop, which takes longer than the statement.
+_MOST = 256
 
 
 def _together(step: Together, conn: sqlite3.Connection) -> int:
     values = itemgetter(*step.names)
+    width = len(step.names)
     rows = step.params
     before = conn.total_changes  # a cursor's rowcount is -1 after a statement with WITH
-    start = 0
-    while start < len(rows):
-        count = next(n for n in _CHUNKS if n <= len(rows) - start)
-        flat = [value for row in rows[start : start + count] for value in values(row)]
-        conn.execute(_rows(step.sql, len(step.names), count), flat)
-        start += count
+    for start in range(0, len(rows), _MOST):
+        chunk = rows[start : start + _MOST]
+        count = 1 << (len(chunk) - 1).bit_length()  # the power of two at or above
+        flat = [value for row in chunk for value in values(row)]
+        flat.extend([None] * ((count - len(chunk)) * width))
+        conn.execute(_rows(step.sql, width, count), flat)
     return conn.total_changes - before
 
 
