@@ -374,14 +374,21 @@ class Hub:
         rooms = list(self.rooms.values())
         for room in rooms:
             room.wake()
-        for room in rooms:
-            # FIFO: every mutation already waiting goes first; one that must be applied
-            # again (its commit was refused) queues behind us and gets another round.
-            while True:
-                async with room.transaction():
-                    pass
-                if not room.waiting:
-                    break
+        while True:
+            for room in rooms:
+                # FIFO: every mutation already waiting goes first; one that must be applied
+                # again (its commit was refused) queues behind us and gets another round.
+                while True:
+                    async with room.transaction():
+                        pass
+                    if not room.waiting:
+                        break
+            # A write stored and taken has woken its author, whose next step sends the
+            # ack: one turn of the loop lets those steps run before the tabs are closed
+            # (a room with nothing in flight is passed without a turn at all).
+            await asyncio.sleep(0)
+            if not any(room.busy for room in rooms):
+                break
         tabs = [tab for room in rooms for tab in room.tabs]
         for tab in tabs:
             tab.close(CLOSE_SERVICE_RESTART, flush=True)
