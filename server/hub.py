@@ -385,9 +385,12 @@ class Hub:
                         break
             # A write stored and taken has woken its author, whose next step sends the
             # ack: one turn of the loop lets those steps run before the tabs are closed
-            # (a room with nothing in flight is passed without a turn at all).
+            # (a room with nothing in flight is passed without a turn at all). One that
+            # holds a room now is applying its change again (its commit was refused):
+            # another pass. REST writes in flight do not count: their answers go back
+            # over HTTP, and REST clients may keep writing until the server stops.
             await asyncio.sleep(0)
-            if not any(room.busy for room in rooms):
+            if not any(room.held or room.waiting for room in rooms):
                 break
         tabs = [tab for room in rooms for tab in room.tabs]
         for tab in tabs:

@@ -97,6 +97,11 @@ class Room:
         return bool(getattr(self._lock, "_waiters", None))
 
     @property
+    def held(self) -> bool:
+        """A mutation holds the cart (seen from another task: across an await)."""
+        return self._lock.locked()
+
+    @property
     def busy(self) -> bool:
         """A mutation holds the cart, or waits for it."""
         return self._lock.locked() or self._pipe.busy
