@@ -272,7 +272,7 @@ async def _tell_servers(settings: Settings, product_ids: list[str]) -> None:
     """Running servers re-read the imported products now (each would within
     CATALOG_REFRESH anyway): the news a process publishes after its own changes."""
     from .bus import open_bus
-    from .hub import catalog_news
+    from .news import catalog_news
 
     try:
         bus = await open_bus(settings.redis_url, verify_tls=settings.redis_verify_tls)

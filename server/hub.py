@@ -1,4 +1,5 @@
-"""The registry of rooms: load on first use, evict when idle, and the only reader of the bus."""
+"""The registry of rooms: load on first use, evict when idle, and the only reader of the
+bus (what goes over it: news.py)."""
 
 from __future__ import annotations
 
@@ -21,50 +22,21 @@ from .clock import utcnow
 from .config import Settings
 from .errors import CLOSE_SERVICE_RESTART
 from .metrics import Metrics
+from .news import (
+    CATALOG_CHANNEL,
+    BusMessage,
+    bus_decoder,
+    bus_encode,
+    catalog_news,
+    channel,
+    news_decoder,
+)
 from .room import Room, RoomContext
 from .store import Store
 
 log = logging.getLogger("server.hub")
 SWEEP_BATCH = 500
 SWEEP_CONCURRENCY = 50
-
-
-class BusMessage(msgspec.Struct, frozen=True, array_like=True):
-    origin: str  # the publishing hub: a process drops its own echoes
-    cart_id: str
-    version: int  # the sender's version of the cart: a receiver behind it reads the store
-    # A commit: the cart after it, its patch frame and mutation id, so that a receiver one
-    # version behind takes it without reading the store.
-    cart: Cart | None = None
-    patch: str | None = None
-    key: str | None = None
-    tabs: int | None = None  # presence: the sender's open tabs of this cart
-
-
-class CatalogNews(msgspec.Struct, frozen=True, array_like=True):
-    """Products changed in the store: every other process re-reads them now."""
-
-    origin: str
-    # The products changed, when they are few: read by id. None (an import): every
-    # product changed lately is read.
-    product_ids: list[str] | None = None
-
-
-_bus_decoder = msgspec.msgpack.Decoder(BusMessage)
-_news_decoder = msgspec.msgpack.Decoder(CatalogNews)
-_bus_encode = msgspec.msgpack.Encoder().encode
-CATALOG_CHANNEL = "catalog"
-NEWS_IDS = 100  # a change of more products than this is news without their ids
-
-
-def catalog_news(origin: str, product_ids: list[str]) -> tuple[str, bytes]:
-    """(channel, message) telling every process to re-read these products."""
-    ids = product_ids if len(product_ids) <= NEWS_IDS else None
-    return CATALOG_CHANNEL, _bus_encode(CatalogNews(origin, ids))
-
-
-def channel(cart_id: str) -> str:
-    return f"cart:{cart_id}"
 
 
 class Hub:
@@ -167,13 +139,13 @@ class Hub:
         name = channel(cart.id)
         if self.bus.heard(name):  # one process alone: no cart to encode per mutation
             message = BusMessage(self.id, cart.id, cart.version, cart, patch, key)
-            self.bus.publish(name, _bus_encode(message))
+            self.bus.publish(name, bus_encode(message))
 
     def _present(self, cart_id: str, version: int, tabs: int) -> None:
         name = channel(cart_id)
         if self.bus.heard(name):
             message = BusMessage(self.id, cart_id, version, tabs=tabs)
-            self.bus.publish(name, _bus_encode(message))
+            self.bus.publish(name, bus_encode(message))
 
     async def _listen(self) -> None:
         async for name, data in self.bus.listen():
@@ -183,7 +155,7 @@ class Hub:
                 continue
             if name == CATALOG_CHANNEL:
                 try:
-                    news = _news_decoder.decode(data)
+                    news = news_decoder.decode(data)
                 except msgspec.DecodeError:
                     log.warning("ignored an undecodable catalog message")
                     continue
@@ -191,7 +163,7 @@ class Hub:
                     self.catalog.reread(self.store, news.product_ids)
                 continue
             try:
-                message = _bus_decoder.decode(data)
+                message = bus_decoder.decode(data)
             except msgspec.DecodeError:
                 log.warning("ignored an undecodable bus message")
                 continue

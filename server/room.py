@@ -28,6 +28,7 @@ from .cart import FINISHED, Abandon, Cart, Expire, Op, Product, Status
 from .catalog import Catalog
 from .clock import utcnow
 from .config import Settings
+from .documents import Documents
 from .frames import Tab, broadcast
 from .history import History
 from .limits import TokenBucket
@@ -71,8 +72,7 @@ class Room:
         self.last_used = time.monotonic()
         self.history = History(ctx.settings.patch_history)
         self.keys: dict[str, int] = {}
-        self._doc: tuple[int, int, bytes] | None = None  # (version, catalog revision, doc)
-        self._items = render.ItemDocs()
+        self.docs = Documents(ctx.catalog, ctx.settings.currency)
         self._pipe = Pipeline(self.accept, lambda: self.cart.version, ctx.store.ordered_commits)
         # Shared by every tab and REST caller of the cart: more tabs, no more allowance.
         self.rate = TokenBucket(ctx.settings.cart_rate, ctx.settings.cart_burst)
@@ -110,18 +110,7 @@ class Room:
 
     def document(self) -> bytes:
         """The cart document, encoded once per version and catalog revision."""
-        revision = self.ctx.catalog.revision
-        cached = self._doc
-        if cached is not None and cached[0] == self.cart.version and cached[1] == revision:
-            return cached[2]
-        doc = self._render(self.cart)
-        self._doc = (self.cart.version, revision, doc)
-        return doc
-
-    def _render(self, cart: Cart) -> bytes:
-        catalog = self.ctx.catalog
-        items = self._items.render(cart, catalog.products, catalog.revision)
-        return encode(render.cart_doc(cart, catalog.products, self.ctx.settings.currency, items))
+        return self.docs.of(self.cart)
 
     def snapshot_frame(self) -> str:
         return encode(SnapshotMsg(cart=Raw(self.document()))).decode()
@@ -294,7 +283,7 @@ class Room:
         tip = self._pipe.tip(self.cart)  # the cart as the writes in flight leave it
         new, change = domain.apply(tip, op, products, utcnow(), abandon_after)
         patch = encode(render.patch_msg(new, change, products, origin)).decode()
-        body = self._render(new) if respond else None
+        body = self.docs.render(new) if respond else None
         extra = effects(new) if effects is not None else ()
         return CartWrite(new, tip.version, change, patch, key, body, extra, request)
 
@@ -303,7 +292,7 @@ class Room:
         self._accept(write.cart, write.patch, write.key)
         self.ctx.published(write.cart, write.patch, write.key)
         if write.response is not None:
-            self._doc = (write.cart.version, self.ctx.catalog.revision, write.response)
+            self.docs.keep(write.cart.version, write.response)
         return Outcome(write.cart.version, write.response)
 
     async def _replay(self, key: str, respond: bool, request: str | None) -> Outcome:
