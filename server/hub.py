@@ -348,19 +348,14 @@ class Hub:
             room.wake()
         while True:
             for room in rooms:
-                # FIFO: every mutation already waiting goes first; one that must be applied
-                # again (its commit was refused) queues behind us and gets another round.
-                while True:
-                    async with room.transaction():
-                        pass
-                    if not room.waiting:
-                        break
+                async with room.transaction():  # FIFO: every mutation waiting goes first
+                    pass
             # A write stored and taken has woken its author, whose next step sends the
             # ack: one turn of the loop lets those steps run before the tabs are closed
             # (a room with nothing in flight is passed without a turn at all). One that
-            # holds a room now is applying its change again (its commit was refused):
-            # another pass. REST writes in flight do not count: their answers go back
-            # over HTTP, and REST clients may keep writing until the server stops.
+            # holds or waits for a room now is applying its change again (its commit was
+            # refused): another pass. REST writes in flight do not count: their answers
+            # go back over HTTP, and REST clients may keep writing until the server stops.
             await asyncio.sleep(0)
             if not any(room.held or room.waiting for room in rooms):
                 break

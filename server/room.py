@@ -103,8 +103,8 @@ class Room:
 
     @property
     def busy(self) -> bool:
-        """A mutation holds the cart, or waits for it."""
-        return self._lock.locked() or self._pipe.busy
+        """A mutation holds the cart, or its writes are in flight."""
+        return self.held or self._pipe.busy
 
     # --- reading ---------------------------------------------------------------------
 
