@@ -167,16 +167,12 @@ ALLOWED = {
     # Validated against FULL / NORMAL / EXTRA in Settings.from_env; a PRAGMA takes no
     # parameters.
     'f"PRAGMA synchronous = {self._synchronous}"',
-    # A Together step's statement (checked where the step is made: PLAN_CALLS) with its
-    # `{rows}` made of `(?, ?, ...)` groups: only marks, commas and parentheses are added.
-    "_rows(step.sql, width, count)",
 }
 TRUSTED_FILES = {"SCHEMA_PATH"}  # schema.sql, shipped with the package: text we wrote
 # The stores' plans (server/store/sql.py): a step, or a plan made of one, carries its
 # statement to the driver; each is a sink whose first (Pair: first two) argument must be
 # built from literals where it is called. Inside these functions that argument is theirs.
 PLAN_CALLS = {"Run": 1, "Rows": 1, "Many": 1, "Lock": 1, "Pair": 2, "fetch": 1, "change": 1}
-PLAN_CALLS |= {"Together": 1}
 PLAN_CALLS |= {"checkouts": 1}  # effects.checkouts(where): the where clause
 # A dialect renders the statement a step carries (checked where the step was made).
 DIALECTS = {"SQLITE", "POSTGRES"}
@@ -225,7 +221,7 @@ class SqlScan:
             receiver, method = expr.func.value, expr.func.attr
             if method == "read_text":
                 return isinstance(receiver, ast.Name) and receiver.id in TRUSTED_FILES
-            if method == "replace":  # static text with static text swapped in
+            if method in ("replace", "join"):  # static text swapped in, or joined by it
                 parts = [receiver, *expr.args]
                 return all(self.static(part, scope) for part in parts)
             return False
@@ -402,6 +398,7 @@ def test_every_query_in_server_is_built_from_literals_with_parameters() -> None:
         "rows = await self._query('read', fetch(request.query))",
         "conn.execute(SQLITE[user_sql].text, ())",
         "conn.execute(carts.NOT_IMPORTED, ())",
+        'db.execute("; ".join(user_sql))',
     ],
 )
 def test_the_scan_catches_queries_built_from_values(snippet: str) -> None:
@@ -421,6 +418,7 @@ def test_the_scan_catches_queries_built_from_values(snippet: str) -> None:
         'db.execute(SCHEMA_PATH.read_text().replace(OLD, "BIGSERIAL"))\nOLD = "INTEGER"',
         'A = "SELECT :a"\nB = "DELETE FROM t"\nyield Rows(A, {})\nyield Pair(B, A, {})',
         "sql = SQLITE[step.sql]\nconn.execute(sql.text, sql.bind(step.params))",
+        'STEPS = ("DELETE FROM a", "DELETE FROM b")\ndb.execute("BEGIN " + "; ".join(STEPS))',
     ],
 )
 def test_the_scan_passes_queries_from_literals(snippet: str) -> None:

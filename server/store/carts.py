@@ -6,11 +6,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from ..cart import Cart, Line, Status
 from ..clock import iso, parse_iso
 from . import ANSWERS_PER_CART, AlreadyApplied, CartWrite, StaleVersion, StoredCart
 from .effects import apply_effects
-from .sql import Many, Pair, Params, Plan, Rows, Run, Together
+from .sql import Many, Pair, Params, Plan, Rows, Run
 
 _HEADER = (
     "user_id = :user_id, status = :status, version = :version, abandon_at = :abandon_at,"
@@ -53,68 +55,62 @@ TRIM_PATCHES = "DELETE FROM cart_patches WHERE cart_id = :cart_id AND version <=
 TRIM_STEP = 8
 ADD_PATCH = "INSERT INTO cart_patches (cart_id, version, body) VALUES (:cart_id, :version, :body)"
 
-# write_many's statements: `{rows}` is one `(...)` group per row, its values in the
-# order of the names after it. Rows of NULLs may follow the real ones (see Together):
-# every statement leaves them out, by a comparison that is never true for NULL or by
-# `IS NOT NULL` on the first column.
-HEADS = (
-    "WITH v(id, user_id, status, version, abandon_at, expires_at, merged_into, now, base)"
-    " AS (VALUES {rows}) UPDATE cart_sessions SET user_id = v.user_id, status = v.status,"
-    " version = v.version, abandon_at = v.abandon_at, expires_at = v.expires_at,"
-    " merged_into = v.merged_into, updated_at = v.now"
-    " FROM v WHERE cart_sessions.id = v.id AND cart_sessions.version = v.base"
+# write_many's one statement: an insert into a temporary view (made on the SQLite writer's
+# connection, EDITS_VIEW), whose trigger writes every kind of row of all the edits
+# (EDIT_STEPS). Each kind comes as one JSON array of rows, each row an array of the values
+# named in its comment. One statement is one trip into SQLite, and without a transaction
+# around it, its own: the writer's thread lets go of the GIL, and waits to take it back
+# from the event loop, once per batch. A compare-and-set or a mutation id that refuses one
+# edit fails the statement, and with it every row of the batch.
+EDITS = (
+    "INSERT INTO edits (heads, keys, answers, drops, puts, patches, trims)"
+    " VALUES (:heads, :keys, :answers, :drops, :puts, :patches, :trims)"
 )
-HEAD_ROW = (
-    "id", "user_id", "status", "version", "abandon_at", "expires_at", "merged_into", "now",
-    "base",
-)  # fmt: skip
-KEYS = (
-    "WITH v(cart_id, key, version, response, now, request) AS (VALUES {rows})"
-    " INSERT INTO applied_mutations (cart_id, key, version, response, created_at, request)"
-    " SELECT * FROM v WHERE cart_id IS NOT NULL ON CONFLICT (cart_id, key) DO NOTHING"
+EDITS_VIEW = (
+    "CREATE TEMP VIEW IF NOT EXISTS edits (heads, keys, answers, drops, puts, patches, trims)"
+    " AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL"
 )
-KEY_ROW = ("cart_id", "key", "version", "response", "now", "request")
-OLD_ANSWERS = (
-    "WITH v(cart_id, version) AS (VALUES {rows}) UPDATE applied_mutations SET response = NULL"
-    " FROM v WHERE applied_mutations.cart_id = v.cart_id"
-    " AND applied_mutations.version <= v.version AND applied_mutations.response IS NOT NULL"
-)
-OLD_ANSWERS_ROW = ("cart_id", "version")
-# Through a CTE: with `IN (VALUES ...)` of more than one row SQLite scans the table.
-DROPS = (
-    "WITH v(cart_id, product_id) AS (VALUES {rows}) DELETE FROM cart_items"
-    " WHERE (cart_id, product_id) IN (SELECT cart_id, product_id FROM v)"
-)
-DROP_ROW = ("cart_id", "product_id")
-PUTS = (
-    "WITH v(cart_id, product_id, quantity, price_cents, position, added_at)"
-    " AS (VALUES {rows})"
-    " INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position, added_at)"
-    " SELECT * FROM v WHERE cart_id IS NOT NULL ON CONFLICT (cart_id, product_id) DO UPDATE"
+EDIT_STEPS = (
+    # heads: [id, user_id, status, version, abandon_at, expires_at, merged_into, now, base],
+    # each cart once: every one must be at its base version.
+    "SELECT RAISE(ABORT, 'a cart is not at the version its edits were applied to')"
+    " WHERE (SELECT count(*) FROM json_each(NEW.heads) v JOIN cart_sessions"
+    " ON cart_sessions.id = v.value ->> 0 AND cart_sessions.version = v.value ->> 8)"
+    " <> json_array_length(NEW.heads)",
+    "UPDATE cart_sessions SET user_id = v.value ->> 1, status = v.value ->> 2,"
+    " version = v.value ->> 3, abandon_at = v.value ->> 4, expires_at = v.value ->> 5,"
+    " merged_into = v.value ->> 6, updated_at = v.value ->> 7"
+    " FROM json_each(NEW.heads) v WHERE cart_sessions.id = v.value ->> 0",
+    # keys: [cart_id, key, version, response, now, request]; one applied already fails it.
+    "INSERT INTO applied_mutations (cart_id, key, version, response, created_at, request)"
+    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5"
+    " FROM json_each(NEW.keys)",
+    # answers: [cart_id, version]: REST answers kept at and before it are forgotten.
+    "UPDATE applied_mutations SET response = NULL FROM json_each(NEW.answers) v"
+    " WHERE applied_mutations.cart_id = v.value ->> 0"
+    " AND applied_mutations.version <= v.value ->> 1 AND applied_mutations.response IS NOT NULL",
+    # drops: [cart_id, product_id]
+    "DELETE FROM cart_items WHERE (cart_id, product_id) IN"
+    " (SELECT value ->> 0, value ->> 1 FROM json_each(NEW.drops))",
+    # puts: [cart_id, product_id, quantity, price_cents, position, added_at]
+    "INSERT INTO cart_items (cart_id, product_id, quantity, price_cents, position, added_at)"
+    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5"
+    " FROM json_each(NEW.puts) WHERE true ON CONFLICT (cart_id, product_id) DO UPDATE"
     " SET quantity = excluded.quantity, price_cents = excluded.price_cents,"
-    " added_at = excluded.added_at"
+    " added_at = excluded.added_at",
+    # patches: [cart_id, version, body]
+    "INSERT INTO cart_patches (cart_id, version, body)"
+    " SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(NEW.patches)",
+    # trims: [cart_id, oldest]: a cart's patches at and before `oldest` go.
+    "DELETE FROM cart_patches WHERE (cart_id, version) IN (SELECT p.cart_id, p.version"
+    " FROM cart_patches p JOIN json_each(NEW.trims) v"
+    " ON p.cart_id = v.value ->> 0 AND p.version <= v.value ->> 1)",
 )
-PUT_ROW = ("cart_id", "product_id", "quantity", "price_cents", "position", "added_at")
-PATCHES = (
-    "WITH v(cart_id, version, body) AS (VALUES {rows})"
-    " INSERT INTO cart_patches (cart_id, version, body) SELECT * FROM v WHERE cart_id IS NOT NULL"
+EDITS_TRIGGER = (
+    "CREATE TEMP TRIGGER IF NOT EXISTS edits_write INSTEAD OF INSERT ON edits BEGIN "
+    + "; ".join(EDIT_STEPS)
+    + "; END"
 )
-PATCH_ROW = ("cart_id", "version", "body")
-TRIMS = (
-    "WITH v(cart_id, oldest) AS (VALUES {rows}) DELETE FROM cart_patches"
-    " WHERE (cart_id, version) IN (SELECT p.cart_id, p.version FROM cart_patches p"
-    " JOIN v ON p.cart_id = v.cart_id AND p.version <= v.oldest)"
-)
-TRIM_ROW = ("cart_id", "oldest")
-TOGETHER = {  # SQLite's alone: each with the names of its row's values
-    HEADS: HEAD_ROW,
-    KEYS: KEY_ROW,
-    OLD_ANSWERS: OLD_ANSWERS_ROW,
-    DROPS: DROP_ROW,
-    PUTS: PUT_ROW,
-    PATCHES: PATCH_ROW,
-    TRIMS: TRIM_ROW,
-}
 
 REPLAY = "SELECT response, request FROM applied_mutations WHERE cart_id = :cart_id AND key = :key"
 VERSIONS = "SELECT id, version FROM cart_sessions WHERE id {in_ids}"
@@ -187,49 +183,75 @@ def plain(write: CartWrite) -> bool:
     return write.base_version > 0 and not write.effects
 
 
-def write_many(writes: Sequence[CartWrite], ttl: timedelta, history: int) -> Plan[bool]:
+def write_many(writes: Sequence[CartWrite], ttl: timedelta, history: int) -> Plan[None]:
     """Plain edits (see plain()), of one cart or many, in order: the rows write_cart
-    would leave, each kind of row in one statement for all of them (`Together`). False
-    once a compare-and-set or a mutation id refuses one (with some rows written): the
-    caller rolls back and writes them one at a time with write_cart, which tells the
-    refused one why. Only the SQLite writer runs it (see `Together`)."""
+    would leave, all in one statement (EDITS). It fails as a whole if a compare-and-set
+    or a mutation id refuses one: the caller writes them one at a time with write_cart,
+    which tells the refused one why. Only the SQLite writer runs it (see EDITS_VIEW)."""
     stamps = [iso(write.cart.updated_at) for write in writes]
     # Each cart's row once: compared with the version its first edit was applied to, and
     # left as its last edit leaves it.
-    heads: dict[str, Params] = {}
+    heads: dict[str, list[Any]] = {}
     for write, now in zip(writes, stamps, strict=True):
         first = heads.get(write.cart.id)
-        heads[write.cart.id] = _header(write, ttl, now, first["base"] if first else None)
-    if (yield Together(HEADS, HEAD_ROW, list(heads.values()))) != len(heads):
-        return False
-    keys = [_key(w, now) for w, now in zip(writes, stamps, strict=True) if w.key is not None]
-    if keys and (yield Together(KEYS, KEY_ROW, keys)) != len(keys):
-        return False
-    answered = {w.cart.id: _old_answers(w) for w in writes if w.key and w.response is not None}
-    if answered:
-        yield Together(OLD_ANSWERS, OLD_ANSWERS_ROW, list(answered.values()))
+        heads[write.cart.id] = _head_row(write, ttl, now, first[8] if first else None)
+    keys = [_key_row(w, now) for w, now in zip(writes, stamps, strict=True) if w.key is not None]
+    answered = {
+        w.cart.id: [w.cart.id, w.cart.version - ANSWERS_PER_CART]
+        for w in writes
+        if w.key and w.response is not None
+    }
     # The last of each line's changes wins, as one at a time; a line dropped before it is
     # put again is dropped first, so it comes back as a new line (its position, its time).
-    dropped: dict[tuple[str, str], Params] = {}
-    put: dict[tuple[str, str], Params] = {}
+    dropped: dict[tuple[str, str], list[Any]] = {}
+    put: dict[tuple[str, str], list[Any]] = {}
     for write, now in zip(writes, stamps, strict=True):
         cart_id = write.cart.id
         for product_id in write.change.removed:
             put.pop((cart_id, product_id), None)
-            dropped[(cart_id, product_id)] = _dropped(cart_id, product_id)
+            dropped[(cart_id, product_id)] = [cart_id, product_id]
         for line in write.change.upserted:
-            put[(cart_id, line.product_id)] = _line(cart_id, line, now)
-    if dropped:
-        yield Together(DROPS, DROP_ROW, list(dropped.values()))
-    if put:
-        yield Together(PUTS, PUT_ROW, list(put.values()))
+            put[(cart_id, line.product_id)] = [
+                cart_id,
+                line.product_id,
+                line.quantity,
+                line.unit_price_cents,
+                line.position,
+                iso(line.added_at) if line.added_at else now,
+            ]
     patches = [_patch(write, history) for write in writes]
-    yield Together(PATCHES, PATCH_ROW, patches)
     # One trim per cart, its last due: the patches it keeps are the ones write_cart keeps.
-    trims = {p["cart_id"]: p for p in patches if _trims(p)}
-    if trims:
-        yield Together(TRIMS, TRIM_ROW, list(trims.values()))
-    return True
+    trims = {p["cart_id"]: [p["cart_id"], p["oldest"]] for p in patches if _trims(p)}
+    rows = {
+        "heads": list(heads.values()),
+        "keys": keys,
+        "answers": list(answered.values()),
+        "drops": list(dropped.values()),
+        "puts": list(put.values()),
+        "patches": [[p["cart_id"], p["version"], p["body"]] for p in patches],
+        "trims": list(trims.values()),
+    }
+    yield Run(EDITS, {kind: _json(values) for kind, values in rows.items()})
+
+
+def _json(rows: list[list[Any]]) -> str:
+    return msgspec.json.encode(rows).decode()
+
+
+def _head_row(write: CartWrite, ttl: timedelta, now: str, base: int | None) -> list[Any]:
+    header = _header(write, ttl, now, base)
+    return [header[name] for name in _HEAD_ROW]
+
+
+_HEAD_ROW = (
+    "id", "user_id", "status", "version", "abandon_at", "expires_at", "merged_into", "now",
+    "base",
+)  # fmt: skip
+
+
+def _key_row(write: CartWrite, now: str) -> list[Any]:
+    key = _key(write, now)
+    return [key[name] for name in ("cart_id", "key", "version", "response", "now", "request")]
 
 
 def _header(write: CartWrite, ttl: timedelta, now: str, base: int | None = None) -> Params:

@@ -138,18 +138,6 @@ class Many(NamedTuple):
     params: list[Params]
 
 
-class Together(NamedTuple):
-    """One statement for many rows: `{rows}` in `sql` stands for one `(...)` group of
-    values per set of parameters, the values named by `names`, in that order, and maybe
-    groups of NULLs after them, which the statement must leave out. Run as one statement
-    (one per 256 rows), not one per row: SQLite only (write_many). Returns the rows
-    changed."""
-
-    sql: str
-    names: tuple[str, ...]
-    params: list[Params]
-
-
 class Pair(NamedTuple):
     """Two statements with one set of parameters: PostgreSQL sends them in one round
     trip (a data-modifying WITH); SQLite, which has none, runs one after the other."""
@@ -167,7 +155,7 @@ class Lock(NamedTuple):
     params: Params
 
 
-Step = Run | Rows | Many | Pair | Lock | Together
+Step = Run | Rows | Many | Pair | Lock
 Plan = Generator[Step, Any, T]
 
 

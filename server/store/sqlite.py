@@ -22,8 +22,7 @@ import time
 from asyncio import Future
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
-from functools import lru_cache, partial
-from operator import itemgetter
+from functools import partial
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -35,12 +34,12 @@ from ..clock import iso, utcnow
 from ..config import SCHEMA_PATH, Settings, sqlite_path
 from ..metrics import Metrics
 from . import CartWrite, Held, StoredCart, StoreStats
+from .carts import EDITS_TRIGGER, EDITS_VIEW, plain, stored_cart, write_cart, write_many
 from .carts import PRUNE_BATCH as PRUNE_BATCH
-from .carts import plain, stored_cart, write_cart, write_many
 from .queries import SqlStore
 from .records import FIGURES
 from .shop import PARK_SKUS, SKU_PARK, upsert_each
-from .sql import SQLITE, Many, Pair, Params, Plan, Rows, Run, Step, Together
+from .sql import SQLITE, Many, Pair, Params, Plan, Rows, Run, Step
 from .writer import Entry, Fail, Joinable, Outcome, Writer
 
 log = logging.getLogger("server.store")
@@ -86,6 +85,8 @@ class SQLiteStore(SqlStore):
         conn.execute("PRAGMA foreign_keys = ON")
         conn.executescript("BEGIN IMMEDIATE;\n" + SCHEMA_PATH.read_text() + "\nCOMMIT;")
         _add_columns(conn)
+        conn.execute(EDITS_VIEW)  # write_many's statement (this connection's own)
+        conn.execute(EDITS_TRIGGER)
         return conn
 
     # --- the writer: group commit (writer.py) ---------------------------------------
@@ -239,9 +240,9 @@ class _Edit(Joinable):
     def __call__(self, conn: sqlite3.Connection) -> None:
         drive(write_cart(self.write, self.ttl, self.history), conn)
 
-    def together(self, conn: sqlite3.Connection, jobs: list[Any]) -> bool:
+    def together(self, conn: sqlite3.Connection, jobs: list[Any]) -> None:
         writes = [job.write for job in jobs]
-        return drive(write_many(writes, self.ttl, self.history), conn)
+        drive(write_many(writes, self.ttl, self.history), conn)
 
 
 class _Held:
@@ -281,8 +282,6 @@ def _step(step: Step, conn: sqlite3.Connection) -> Any:
     if isinstance(step, Rows):
         sql = SQLITE[step.sql]
         return conn.execute(sql.text, sql.bind(step.params)).fetchall()
-    if isinstance(step, Together):
-        return _together(step, conn)
     if isinstance(step, Many):
         sql = SQLITE[step.sql]
         conn.executemany(sql.text, map(sql.bind, step.params))
@@ -291,33 +290,6 @@ def _step(step: Step, conn: sqlite3.Connection) -> Any:
             conn.execute(each.text, each.bind(step.params))
     # A Lock: one writer holds every lock already.
     return None
-
-
-# The most rows a Together statement is sent with. Fewer are padded with rows of NULLs
-# up to a power of two, so that the connection's statement cache holds a few texts of
-# each statement, and each is one trip into SQLite: every trip lets go of the GIL and
-# waits to take it back from the event loop, which takes longer than the statement.
-_MOST = 256
-
-
-def _together(step: Together, conn: sqlite3.Connection) -> int:
-    values = itemgetter(*step.names)
-    width = len(step.names)
-    rows = step.params
-    before = conn.total_changes  # a cursor's rowcount is -1 after a statement with WITH
-    for start in range(0, len(rows), _MOST):
-        chunk = rows[start : start + _MOST]
-        count = 1 << (len(chunk) - 1).bit_length()  # the power of two at or above
-        flat = [value for row in chunk for value in values(row)]
-        flat.extend([None] * ((count - len(chunk)) * width))
-        conn.execute(_rows(step.sql, width, count), flat)
-    return conn.total_changes - before
-
-
-@lru_cache(maxsize=512)
-def _rows(sql: str, width: int, count: int) -> str:
-    group = "(" + ", ".join("?" * width) + ")"
-    return sql.replace("{rows}", ", ".join([group] * count))
 
 
 def _upsert(products: list[Product], now: str) -> Plan[tuple[int, int]]:

@@ -115,37 +115,34 @@ class Writer:
 
 
 class Joinable:
-    """A job that runs with the jobs of its kind next to it in a batch, in one set of
-    statements for all of them (`together`): the same rows for fewer trips into SQLite,
-    each of which lets go of the GIL and waits to take it back from the event loop.
-    Called alone, it runs by itself. It returns nothing."""
+    """A job that runs with the jobs of its kind next to it in a batch, in one statement
+    for all of them (`together`): the same rows for fewer trips into SQLite, each of which
+    lets go of the GIL and waits to take it back from the event loop. Called alone, it
+    runs by itself. It returns nothing."""
 
     __slots__ = ()
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         raise NotImplementedError
 
-    def together(self, conn: sqlite3.Connection, jobs: list[Any]) -> bool:
-        """Run `jobs` (this one first), all or, returning False, not all of them."""
+    def together(self, conn: sqlite3.Connection, jobs: list[Any]) -> None:
+        """Run `jobs` (this one first) in one statement: all of them, or (raising) none."""
         raise NotImplementedError
 
 
 def run_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[tuple[bool, Any]]:
     """One transaction; each job in its own savepoint, so one bad write fails alone, and
     a run of joinable jobs in one, run one at a time if it fails together. A batch that
-    is one such run, the usual one under load, is written with no savepoint (two trips
-    into SQLite fewer): if it fails together, the transaction starts again and each job
-    runs alone."""
+    is one such run, the usual one, is its one statement and nothing else: its own
+    transaction, one trip into SQLite. If it fails, nothing of it is written, and each
+    job runs alone in a transaction."""
+    first = jobs[0]
+    one_run = isinstance(first, Joinable) and all(type(job) is type(first) for job in jobs)
+    if isinstance(first, Joinable) and one_run and _at_once(conn, first, jobs):
+        return [(True, None)] * len(jobs)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        first = jobs[0]
-        one_run = all(type(job) is type(first) for job in jobs)
-        if not (isinstance(first, Joinable) and one_run and len(jobs) > 1):
-            results = _each(conn, jobs, join=True)
-        elif _joined(conn, first, jobs):
-            results = [(True, None)] * len(jobs)
-        else:
-            results = _each(conn, jobs, join=False)
+        results = _each(conn, jobs, join=not one_run)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -154,16 +151,14 @@ def run_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[tuple[bool, Any
     return results
 
 
-def _joined(conn: sqlite3.Connection, first: Joinable, jobs: list[Job]) -> bool:
+def _at_once(conn: sqlite3.Connection, first: Joinable, jobs: list[Job]) -> bool:
     try:
-        if first.together(conn, jobs):
-            return True
+        first.together(conn, jobs)
     except Exception:  # each job alone tells its own outcome
-        pass
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
-    conn.execute("BEGIN IMMEDIATE")
-    return False
+        if conn.in_transaction:  # a statement that failed leaves none; just in case
+            conn.execute("ROLLBACK")
+        return False
+    return True
 
 
 def _each(conn: sqlite3.Connection, jobs: list[Job], join: bool) -> list[tuple[bool, Any]]:
@@ -176,7 +171,7 @@ def _each(conn: sqlite3.Connection, jobs: list[Job], join: bool) -> list[tuple[b
         while end < len(jobs) and type(jobs[end]) is kind:
             end += 1
         run = jobs[start:end]
-        if len(run) > 1 and isinstance(first, Joinable) and _together(conn, first, run):
+        if kind is not None and _together(conn, first, run):  # type: ignore[arg-type]
             results.extend([(True, None)] * len(run))
         else:
             results.extend(_alone(conn, job) for job in run)
@@ -187,10 +182,10 @@ def _each(conn: sqlite3.Connection, jobs: list[Job], join: bool) -> list[tuple[b
 def _together(conn: sqlite3.Connection, first: Joinable, run: list[Job]) -> bool:
     conn.execute("SAVEPOINT jobs")
     try:
-        done = first.together(conn, run)
+        first.together(conn, run)
+        done = True
     except Exception:  # run one at a time, each job gets its own outcome
         done = False
-    if not done:
         conn.execute("ROLLBACK TO jobs")
     conn.execute("RELEASE jobs")
     return done
