@@ -68,10 +68,15 @@ class Cart(Struct, frozen=True):
         return sum(line.quantity * line.unit_price_cents for line in self.lines)
 
     def line(self, product_id: str) -> Line | None:
-        for line in self.lines:
+        index = self.index(product_id)
+        return None if index < 0 else self.lines[index]
+
+    def index(self, product_id: str) -> int:
+        """Where the line of `product_id` is in `lines`; -1 if there is none."""
+        for index, line in enumerate(self.lines):
             if line.product_id == product_id:
-                return line
-        return None
+                return index
+        return -1
 
 
 # --- operations ---------------------------------------------------------------------
@@ -228,7 +233,8 @@ def _edit(
                     f"no product with id {product_id!r}", product_id=product_id
                 )
             _check_active(product)
-            existing = cart.line(product_id)
+            index = cart.index(product_id)
+            existing = cart.lines[index] if index >= 0 else None
             held = existing.quantity if existing else 0
             available = max(0, min(product.stock, MAX_QUANTITY) - held)
             if quantity > available:
@@ -252,19 +258,21 @@ def _edit(
                 line = Line(product_id, quantity, product.price_cents, cart.version + 1, now)
                 return (*cart.lines, line), Change(upserted=(line,))
             line = structs.replace(existing, quantity=held + quantity)
-            return _replace(cart.lines, line), Change(upserted=(line,))
+            return _replace(cart.lines, index, line), Change(upserted=(line,))
 
         case SetQuantity(product_id, 0) | RemoveItem(product_id):
-            if cart.line(product_id) is None:
+            index = cart.index(product_id)
+            if index < 0:
                 raise errors.NotInCart(f"{product_id!r} is not in the cart", product_id=product_id)
-            kept = tuple(line for line in cart.lines if line.product_id != product_id)
+            kept = cart.lines[:index] + cart.lines[index + 1 :]
             return kept, Change(removed=(product_id,))
 
         case SetQuantity(product_id, quantity):
             _check_quantity(quantity, 1)
-            existing = cart.line(product_id)
-            if existing is None:
+            index = cart.index(product_id)
+            if index < 0:
                 raise errors.NotInCart(f"{product_id!r} is not in the cart", product_id=product_id)
+            existing = cart.lines[index]
             product = catalog.get(product_id)
             if quantity > existing.quantity and product is not None:
                 _check_active(product)  # lowering is always allowed, raising is not
@@ -277,7 +285,7 @@ def _edit(
                     available=stock,
                 )
             line = structs.replace(existing, quantity=quantity)
-            return _replace(cart.lines, line), Change(upserted=(line,))
+            return _replace(cart.lines, index, line), Change(upserted=(line,))
 
         case ClearCart():
             return (), Change(removed=tuple(line.product_id for line in cart.lines))
@@ -340,5 +348,5 @@ def _earlier(a: Line, b: Line) -> Line:
     return b
 
 
-def _replace(lines: tuple[Line, ...], new: Line) -> tuple[Line, ...]:
-    return tuple(new if line.product_id == new.product_id else line for line in lines)
+def _replace(lines: tuple[Line, ...], index: int, new: Line) -> tuple[Line, ...]:
+    return (*lines[:index], new, *lines[index + 1 :])

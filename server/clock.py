@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
@@ -12,8 +13,9 @@ offset = timedelta(0)
 
 def utcnow() -> datetime:
     """Now, to the millisecond: the precision the store keeps, so memory matches a reload."""
-    now = datetime.now(UTC) + offset
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    # One datetime made, not three: read on every mutation.
+    now = datetime.fromtimestamp(time.time_ns() // 1_000_000 / 1000, UTC)
+    return now + offset if offset else now
 
 
 @lru_cache(maxsize=1024)  # one mutation formats the same few moments for its doc and its row

@@ -20,8 +20,9 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = time.monotonic()
 
-    def _refill(self) -> None:
-        now = time.monotonic()
+    def _refill(self, now: float | None = None) -> None:
+        if now is None:
+            now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
@@ -41,15 +42,22 @@ class TokenBucket:
 def admit(*buckets: TokenBucket | None) -> None:
     """Take a token from every bucket, or from none and raise RateLimited: a refusal by one
     limit spends nothing from the others."""
-    present = [bucket for bucket in buckets if bucket is not None]
-    wait = max((bucket.wait() for bucket in present), default=0.0)
+    # Every mutation passes here: one reading of the clock, no generator.
+    now = time.monotonic()
+    wait = 0.0
+    for bucket in buckets:
+        if bucket is not None:
+            bucket._refill(now)
+            if bucket.tokens < 1.0:
+                wait = max(wait, (1.0 - bucket.tokens) / bucket.rate)
     if wait > 0:
         seconds = math.ceil(wait * 1000) / 1000
         raise errors.RateLimited(
             f"too many changes; try again in {seconds:g} s", retry_after=seconds
         )
-    for bucket in present:
-        bucket.take()
+    for bucket in buckets:
+        if bucket is not None:
+            bucket.tokens -= 1.0
 
 
 class AddressRate:

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import websockets
 
+from server import errors
+from server.limits import TokenBucket, admit
 from tests.support import ServerProcess, Tab, rest
 
 LIMITS = {
@@ -253,3 +255,13 @@ async def test_the_address_is_the_one_the_server_trusts_not_any_x_forwarded_for(
             assert await spoofed.closed() == 1008
     finally:
         direct.stop()
+
+
+def test_admit_takes_from_every_bucket_or_from_none() -> None:
+    tab, cart = TokenBucket(rate=1.0, burst=3), TokenBucket(rate=0.5, burst=1)
+    admit(tab, None, cart)
+    assert tab.tokens == pytest.approx(2, abs=0.01) and cart.tokens == pytest.approx(0, abs=0.01)
+    with pytest.raises(errors.RateLimited) as refused:
+        admit(tab, None, cart)  # the cart's is empty: the tab's keeps its tokens
+    assert tab.tokens == pytest.approx(2, abs=0.01)
+    assert 1.9 <= refused.value.details["retry_after"] <= 2.0  # a token at 0.5 a second
