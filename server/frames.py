@@ -3,13 +3,16 @@ bytes are written straight to each tab's socket; a tab's frames of one loop turn
 patch and its author's ack, say) leave in one write. Only a socket that pushes back
 holds frames here, up to a limit: past it the tab is closed with 1013.
 
+Incoming text messages take the same shortcut: the Sink hands each to a reader as it is
+parsed (ws.py's), with no ASGI queue and no task switch between them.
+
 The rest of the server sees a Tab (send, write, close) and never a transport; the
 serving layer gives each WebSocket a Sink (serving.StallGuardedProtocol is one)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from .errors import CLOSE_TRY_AGAIN_LATER, REASON_FOR_CLOSE
@@ -43,6 +46,13 @@ class Sink(Protocol):
 
     def listen(self, tab: Tab | None) -> None:
         """Tell `tab` when the socket drains (tab.drained) or is lost (tab.lost)."""
+
+    def read_with(self, reader: Callable[[str], None] | None) -> None:
+        """Hand each text message to `reader` as it arrives, in order, instead of to the
+        endpoint's receive, which still gets binary messages and the disconnect."""
+
+    def hold_reading(self, held: bool) -> None:
+        """Read nothing more from the socket (held), or read it again."""
 
 
 class Tab:

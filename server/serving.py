@@ -8,6 +8,7 @@ import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote
 
 import uvicorn
@@ -68,6 +69,8 @@ class StallGuardedProtocol(WebSocketsSansIOProtocol):
     _stall: asyncio.TimerHandle | None = None
     _tab: frames.Tab | None = None
     _paused = False
+    _reader: Callable[[str], None] | None = None
+    _holding = False  # the reader holds the socket: not read until it lets go
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -128,13 +131,50 @@ class StallGuardedProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
-        if self.read_paused:
-            self.read_paused = False
+        if self.read_paused or self._holding:  # the peer's close comes next: read it
+            self.read_paused = self._holding = False
             self.transport.resume_reading()
         self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
     def listen(self, tab: frames.Tab | None) -> None:
         self._tab = tab
+
+    def read_with(self, reader: Callable[[str], None] | None) -> None:
+        self._reader = reader
+
+    def hold_reading(self, held: bool) -> None:
+        if held == self._holding or self.close_sent or self.transport.is_closing():
+            return
+        self._holding = held
+        if not self.read_paused:  # else uvicorn holds it, until the app takes a message
+            (self.transport.pause_reading if held else self.transport.resume_reading)()
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def send_receive_event_to_app(self) -> None:
+        """A complete message: a text one to the reader, if there is one; else, as uvicorn
+        does, to the app's queue (and the socket is not read until the app takes it)."""
+        reader = self._reader
+        if reader is None or self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:  # uvicorn closes with 1007
+            super().send_receive_event_to_app()
+            return
+        self.frames = []
+        reader(text)
+
+    async def receive(self) -> Any:
+        """uvicorn's, except that a socket the reader holds stays held."""
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            if not self._holding:
+                self.transport.resume_reading()
+        return message
 
     def _cancel_stall(self) -> None:
         if self._stall is not None:

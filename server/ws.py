@@ -125,7 +125,7 @@ async def _serve(websocket: WebSocket, svc: Services) -> None:
         tab = Tab(client_id, svc.settings.ws_send_queue, sink)
         room.join(tab, since)
         try:
-            await _read(websocket, room, tab, svc)
+            await _read(websocket, room, tab, svc, sink)
         finally:
             room.leave(tab)
             if tab.close_code is not None:
@@ -135,56 +135,111 @@ async def _serve(websocket: WebSocket, svc: Services) -> None:
                     await asyncio.wait_for(tab.closed(), CLOSE_WAIT)
 
 
-async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services) -> None:
-    # Invalid frames and rate-limited mutations are strikes: a burst of them is answered
-    # with error frames, a connection that keeps going is closed with 1008.
-    strikes = TokenBucket(STRIKE_RATE, STRIKE_BURST)
-    rate = TokenBucket(svc.settings.connection_rate, svc.settings.connection_burst)
-    limit = svc.settings.max_frame_bytes
-    draining = svc.hub.draining
-    # The tab's mutations being applied and committed. Each is submitted in the order
-    # received (the room's lock is first come, first served), so the next one joins the
-    # same group commit instead of waiting a commit for its turn.
-    flying: list[asyncio.Task[None]] = []  # a list: a deque is 600 bytes, for every tab
-    struck = False  # past the strikes' allowance: closed once the mutations in flight answer
+async def _read(websocket: WebSocket, room: Room, tab: Tab, svc: Services, sink: Sink) -> None:
+    reader = _Reader(room, tab, svc, sink)
+    sink.read_with(reader)  # text messages go straight to it, as they are parsed
     try:
-        while tab.close_code is None and not struck:
-            message = await websocket.receive()
+        while tab.close_code is None:
+            message = await websocket.receive()  # the disconnect, or a binary message
             if message["type"] == "websocket.disconnect":
                 return
-            if draining.is_set():
-                continue  # shutting down: not applied, not acknowledged; resent after reconnecting
-            text: str | None = message.get("text")
-            try:
-                if text is None:
-                    raise errors.InvalidMessage("binary frames are not accepted; send JSON text")
-                if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
-                    raise errors.InvalidMessage(f"frames are limited to {limit} bytes")
-                try:
-                    msg = client_message_decoder.decode(text)
-                except DECODE_ERRORS as exc:
-                    raise errors.InvalidMessage(str(exc)) from None
-            except errors.InvalidMessage as exc:
-                struck = _refused(tab, svc, strikes, _loose_id(text), exc, strike=True)
-                continue
-            if isinstance(msg, PingMsg):
-                tab.write(_PONG)
-                continue
-            try:
-                admit(rate, room.rate)
-            except errors.CartError as exc:
-                struck = _refused(tab, svc, strikes, msg.id, exc)
-                continue
-            while flying and flying[0].done():
-                del flying[0]
-            if len(flying) >= IN_FLIGHT:
-                await asyncio.wait([flying.pop(0)])  # its socket waits meanwhile
-            flying.append(asyncio.create_task(_mutate(room, tab, msg, svc, strikes)))
+            reader.refuse(
+                None, errors.InvalidMessage("binary frames are not accepted; send JSON text")
+            )
     finally:
-        if flying:
-            await asyncio.wait(flying)
-    if struck:
-        tab.close(CLOSE_POLICY_VIOLATION, flush=True)
+        sink.read_with(None)
+        if reader.flying:
+            await asyncio.wait(reader.flying)
+
+
+class _Reader:
+    """A tab's text messages, each taken as soon as it is parsed (Sink.read_with): checked,
+    decoded and limited, and a mutation submitted in a task of its own, in the order
+    received (the room's lock is first come, first served), so the next one joins the same
+    group commit instead of waiting for this one's answer. Past IN_FLIGHT mutations in
+    flight the socket is held, and what was read already waits here for its turn."""
+
+    __slots__ = (
+        "room", "tab", "svc", "sink", "strikes", "rate", "limit", "draining", "flying",
+        "waiting", "struck",
+    )  # fmt: skip
+
+    def __init__(self, room: Room, tab: Tab, svc: Services, sink: Sink) -> None:
+        self.room = room
+        self.tab = tab
+        self.svc = svc
+        self.sink = sink
+        # Invalid frames and rate-limited mutations are strikes: a burst of them is
+        # answered with error frames, a connection that keeps going is closed with 1008.
+        self.strikes = TokenBucket(STRIKE_RATE, STRIKE_BURST)
+        self.rate = TokenBucket(svc.settings.connection_rate, svc.settings.connection_burst)
+        self.limit = svc.settings.max_frame_bytes
+        self.draining = svc.hub.draining
+        self.flying: set[asyncio.Task[None]] = set()
+        self.waiting: list[str] = []  # read while IN_FLIGHT were in flight, oldest first
+        self.struck = False  # past the strikes' allowance: closed once the flying answer
+
+    def __call__(self, text: str) -> None:
+        if self.struck or self.tab.close_code is not None:
+            return
+        if self.waiting or len(self.flying) >= IN_FLIGHT:
+            self.waiting.append(text)
+            self.sink.hold_reading(True)
+            return
+        self._take(text)
+
+    def _take(self, text: str) -> None:
+        try:
+            self._read(text)
+        except Exception:  # a bug: the tab starts over rather than wait for an answer
+            log.exception("reading a message of cart %s failed", self.room.cart.id)
+            self.tab.close(CLOSE_INTERNAL_ERROR)
+
+    def _read(self, text: str) -> None:
+        if self.draining.is_set():
+            return  # shutting down: not applied, not acknowledged; resent after reconnecting
+        try:
+            limit = self.limit
+            if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+                raise errors.InvalidMessage(f"frames are limited to {limit} bytes")
+            try:
+                msg = client_message_decoder.decode(text)
+            except DECODE_ERRORS as exc:
+                raise errors.InvalidMessage(str(exc)) from None
+        except errors.InvalidMessage as exc:
+            self.refuse(_loose_id(text), exc)
+            return
+        if isinstance(msg, PingMsg):
+            self.tab.write(_PONG)
+            return
+        try:
+            admit(self.rate, self.room.rate)
+        except errors.CartError as exc:
+            self.refuse(msg.id, exc, strike=False)
+            return
+        task = asyncio.create_task(_mutate(self.room, self.tab, msg, self.svc, self.strikes))
+        self.flying.add(task)
+        task.add_done_callback(self._answered)
+
+    def refuse(self, msg_id: str | None, exc: errors.CartError, strike: bool = True) -> None:
+        """Answer `exc`; a strike past the allowance closes the tab with 1008 once the
+        mutations in flight are answered, reading nothing more meanwhile."""
+        if _refused(self.tab, self.svc, self.strikes, msg_id, exc, strike=strike):
+            self.struck = True
+            self.waiting.clear()
+            self.sink.hold_reading(True)
+            if not self.flying:
+                self.tab.close(CLOSE_POLICY_VIOLATION, flush=True)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self.flying.discard(task)
+        while self.waiting and len(self.flying) < IN_FLIGHT and not self.struck:
+            self._take(self.waiting.pop(0))
+        if self.struck:
+            if not self.flying:
+                self.tab.close(CLOSE_POLICY_VIOLATION, flush=True)
+        elif not self.waiting:
+            self.sink.hold_reading(False)
 
 
 async def _mutate(

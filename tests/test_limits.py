@@ -12,6 +12,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -265,3 +266,52 @@ def test_admit_takes_from_every_bucket_or_from_none() -> None:
         admit(tab, None, cart)  # the cart's is empty: the tab's keeps its tokens
     assert tab.tokens == pytest.approx(2, abs=0.01)
     assert 1.9 <= refused.value.details["retry_after"] <= 2.0  # a token at 0.5 a second
+
+
+class _Sink:
+    held = False
+
+    def hold_reading(self, held: bool) -> None:
+        self.held = held
+
+
+async def test_past_16_mutations_in_flight_a_tab_is_not_read_until_one_is_answered() -> None:
+    from server import ws
+
+    answers: dict[str, asyncio.Future[None]] = {}
+    sent: list[dict[str, Any]] = []
+
+    async def submit(op: Any, *, key: str, **_: Any) -> Any:
+        answers[key] = asyncio.get_running_loop().create_future()
+        await answers[key]
+        return SimpleNamespace(version=len(sent) + 1)
+
+    room = SimpleNamespace(rate=None, cart=SimpleNamespace(id="cart"), submit=submit)
+    tab = SimpleNamespace(
+        client_id="tab", close_code=None, send=lambda payload: sent.append(json.loads(payload))
+    )
+    settings = SimpleNamespace(connection_rate=1e6, connection_burst=1e6, max_frame_bytes=4096)
+    hub = SimpleNamespace(draining=asyncio.Event())
+    svc = SimpleNamespace(
+        settings=settings, hub=hub, metrics=SimpleNamespace(inc=lambda *a, **k: 0)
+    )
+    sink = _Sink()
+    reader = ws._Reader(room, tab, svc, sink)  # type: ignore[arg-type]
+    for n in range(40):  # one read of the socket can hold many messages
+        reader(json.dumps({"type": "add", "id": f"m{n}", "product_id": "p-001", "quantity": 1}))
+    while len(answers) < ws.IN_FLIGHT:
+        await asyncio.sleep(0)
+    assert sink.held and len(reader.waiting) == 40 - ws.IN_FLIGHT
+    answers["ws:tab:m0"].set_result(None)
+    while len(answers) < ws.IN_FLIGHT + 1:
+        await asyncio.sleep(0)
+    assert sink.held and list(answers) == [f"ws:tab:m{n}" for n in range(ws.IN_FLIGHT + 1)]
+    for n in range(40):
+        while f"ws:tab:m{n}" not in answers:
+            await asyncio.sleep(0)
+        if not answers[f"ws:tab:m{n}"].done():
+            answers[f"ws:tab:m{n}"].set_result(None)
+    while reader.flying:  # answered, and each one's done callback run
+        await asyncio.sleep(0)
+    assert [frame["id"] for frame in sent] == [f"m{n}" for n in range(40)]  # in order
+    assert not sink.held and not reader.waiting and not reader.flying
