@@ -1,5 +1,6 @@
-"""WebSocket endpoint: accept -> join the room -> read loop (decode -> submit). Frames to
-the tab go the frame path (frames.Tab), not through ASGI `send`."""
+"""WebSocket endpoint: accept -> join the room -> each text message, as it is parsed,
+to the tab's reader (decode -> submit). Frames to the tab go the frame path (frames.Tab),
+not through ASGI `send`; messages from it skip ASGI `receive` (Sink.read_with)."""
 
 from __future__ import annotations
 

@@ -47,6 +47,7 @@ WS_METHODS = [
     "pause_writing",  # not there in uvicorn 0.35: the stall guard would never start
     "resume_writing",
     "connection_lost",
+    "send_receive_event_to_app",  # a text message to the tab's reader instead
 ]
 WS_STATE = [  # read or written by StallGuardedProtocol.close_with and the rest
     "loop",
@@ -57,6 +58,8 @@ WS_STATE = [  # read or written by StallGuardedProtocol.close_with and the rest
     "read_paused",
     "close_timeout",
     "close_timer",
+    "frames",  # a message's frames, joined by send_receive_event_to_app
+    "curr_msg_data_type",
 ]
 WS_CONN = ["parser", "send_close", "data_to_send"]  # websockets' ServerProtocol; parser is private
 # connections.HeadGuard and the two guarded parsers
