@@ -58,10 +58,11 @@ ADD_PATCH = "INSERT INTO cart_patches (cart_id, version, body) VALUES (:cart_id,
 # write_many's one statement: an insert into a temporary view (made on the SQLite writer's
 # connection, EDITS_VIEW), whose trigger writes every kind of row of all the edits
 # (EDIT_STEPS). Each kind comes as one JSON array of rows, each row an array of the values
-# named in its comment. One statement is one trip into SQLite, and without a transaction
-# around it, its own: the writer's thread lets go of the GIL, and waits to take it back
-# from the event loop, once per batch. A compare-and-set or a mutation id that refuses one
-# edit fails the statement, and with it every row of the batch.
+# named in its comment: those of write_cart's parameters for it, in their order. One
+# statement is one trip into SQLite, and without a transaction around it, its own: the
+# writer's thread lets go of the GIL, and waits to take it back from the event loop, once
+# per batch. A compare-and-set or a mutation id that refuses one edit fails the statement,
+# and with it every row of the batch.
 EDITS = (
     "INSERT INTO edits (heads, keys, answers, drops, puts, patches, trims)"
     " VALUES (:heads, :keys, :answers, :drops, :puts, :patches, :trims)"
@@ -191,67 +192,44 @@ def write_many(writes: Sequence[CartWrite], ttl: timedelta, history: int) -> Pla
     stamps = [iso(write.cart.updated_at) for write in writes]
     # Each cart's row once: compared with the version its first edit was applied to, and
     # left as its last edit leaves it.
-    heads: dict[str, list[Any]] = {}
+    heads: dict[str, Params] = {}
     for write, now in zip(writes, stamps, strict=True):
         first = heads.get(write.cart.id)
-        heads[write.cart.id] = _head_row(write, ttl, now, first[8] if first else None)
-    keys = [_key_row(w, now) for w, now in zip(writes, stamps, strict=True) if w.key is not None]
-    answered = {
-        w.cart.id: [w.cart.id, w.cart.version - ANSWERS_PER_CART]
-        for w in writes
-        if w.key and w.response is not None
-    }
+        heads[write.cart.id] = _header(write, ttl, now, first["base"] if first else None)
+    keys = [_key(w, now) for w, now in zip(writes, stamps, strict=True) if w.key is not None]
+    answered = {w.cart.id: _old_answers(w) for w in writes if w.key and w.response is not None}
     # The last of each line's changes wins, as one at a time; a line dropped before it is
     # put again is dropped first, so it comes back as a new line (its position, its time).
-    dropped: dict[tuple[str, str], list[Any]] = {}
-    put: dict[tuple[str, str], list[Any]] = {}
+    dropped: dict[tuple[str, str], Params] = {}
+    put: dict[tuple[str, str], Params] = {}
     for write, now in zip(writes, stamps, strict=True):
         cart_id = write.cart.id
         for product_id in write.change.removed:
             put.pop((cart_id, product_id), None)
-            dropped[(cart_id, product_id)] = [cart_id, product_id]
+            dropped[(cart_id, product_id)] = _dropped(cart_id, product_id)
         for line in write.change.upserted:
-            put[(cart_id, line.product_id)] = [
-                cart_id,
-                line.product_id,
-                line.quantity,
-                line.unit_price_cents,
-                line.position,
-                iso(line.added_at) if line.added_at else now,
-            ]
+            put[(cart_id, line.product_id)] = _line(cart_id, line, now)
     patches = [_patch(write, history) for write in writes]
     # One trim per cart, its last due: the patches it keeps are the ones write_cart keeps.
-    trims = {p["cart_id"]: [p["cart_id"], p["oldest"]] for p in patches if _trims(p)}
+    trims = {
+        p["cart_id"]: {"cart_id": p["cart_id"], "oldest": p["oldest"]} for p in patches if _trims(p)
+    }
     rows = {
-        "heads": list(heads.values()),
+        "heads": heads.values(),
         "keys": keys,
-        "answers": list(answered.values()),
-        "drops": list(dropped.values()),
-        "puts": list(put.values()),
-        "patches": [[p["cart_id"], p["version"], p["body"]] for p in patches],
-        "trims": list(trims.values()),
+        "answers": answered.values(),
+        "drops": dropped.values(),
+        "puts": put.values(),
+        "patches": patches,  # its last value, `oldest`, is the trims'
+        "trims": trims.values(),
     }
     yield Run(EDITS, {kind: _json(values) for kind, values in rows.items()})
 
 
-def _json(rows: list[list[Any]]) -> str:
-    return msgspec.json.encode(rows).decode()
-
-
-def _head_row(write: CartWrite, ttl: timedelta, now: str, base: int | None) -> list[Any]:
-    header = _header(write, ttl, now, base)
-    return [header[name] for name in _HEAD_ROW]
-
-
-_HEAD_ROW = (
-    "id", "user_id", "status", "version", "abandon_at", "expires_at", "merged_into", "now",
-    "base",
-)  # fmt: skip
-
-
-def _key_row(write: CartWrite, now: str) -> list[Any]:
-    key = _key(write, now)
-    return [key[name] for name in ("cart_id", "key", "version", "response", "now", "request")]
+def _json(rows: Iterable[Params]) -> str:
+    """Rows as EDIT_STEPS read them: each the values of write_cart's parameters for it, in
+    their order."""
+    return msgspec.json.encode([list(row.values()) for row in rows]).decode()
 
 
 def _header(write: CartWrite, ttl: timedelta, now: str, base: int | None = None) -> Params:
