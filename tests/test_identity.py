@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import stat
+import string
 import uuid
 from pathlib import Path
 
@@ -41,6 +43,23 @@ def test_tampered_value_is_rejected(ids: CartIds) -> None:
     assert ids.unsign(flipped) is None
     assert ids.unsign(signed[:-3]) is None
     assert ids.unsign(cart_id[:-1] + ("0" if cart_id[-1] != "0" else "1") + signed[36:]) is None
+
+
+def test_only_the_issued_spelling_of_a_signature_is_accepted(ids: CartIds) -> None:
+    # A 32-byte signature is 43 base64 characters: the last one's two low bits are
+    # padding, which decoding ignores. Changing them spells the same signature anew.
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    for _ in range(20):
+        ref = ids.new()
+        last = alphabet.index(ref.signed[-1])
+        for padding in (1, 2, 3):
+            respelled = ref.signed[:-1] + alphabet[last ^ padding]
+            assert base64.urlsafe_b64decode(respelled.split(".")[1] + "=") == (
+                base64.urlsafe_b64decode(ref.signed.split(".")[1] + "=")
+            )
+            assert ids.unsign(respelled) is None
+            assert ids.resolve(respelled).cart_id != ref.cart_id
+        assert ids.unsign(ref.signed) == ref.cart_id
 
 
 def test_value_signed_with_another_secret_is_rejected(ids: CartIds) -> None:
@@ -167,6 +186,8 @@ def test_verified_ids_are_remembered_but_never_a_forgery(
         assert ids.unsign(ref.signed) == ref.cart_id
         assert ids.unsign(ref.signed) == ref.cart_id
         assert len(ids._verified) <= 3
-    forged = refs[-1].signed[:-1] + ("A" if refs[-1].signed[-1] != "A" else "B")
+    signed = refs[-1].signed
+    at = len(refs[-1].cart_id) + 1 + 20  # a signature character in full bits
+    forged = signed[:at] + ("A" if signed[at] != "A" else "B") + signed[at + 1 :]
     assert ids.unsign(forged) is None
     assert CartIds("another secret").unsign(refs[-1].signed) is None
