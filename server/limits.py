@@ -26,16 +26,16 @@ class TokenBucket:
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
-    def take(self, cost: float = 1.0) -> bool:
-        self._refill()
+    def take(self, cost: float = 1.0, now: float | None = None) -> bool:
+        self._refill(now)
         if self.tokens < cost:
             return False
         self.tokens -= cost
         return True
 
-    def wait(self, cost: float = 1.0) -> float:
+    def wait(self, cost: float = 1.0, now: float | None = None) -> float:
         """Seconds until `cost` tokens are there; 0 if they are now."""
-        self._refill()
+        self._refill(now)
         return max(0.0, (cost - self.tokens) / self.rate)
 
 
@@ -47,9 +47,7 @@ def admit(*buckets: TokenBucket | None) -> None:
     wait = 0.0
     for bucket in buckets:
         if bucket is not None:
-            bucket._refill(now)
-            if bucket.tokens < 1.0:
-                wait = max(wait, (1.0 - bucket.tokens) / bucket.rate)
+            wait = max(wait, bucket.wait(now=now))
     if wait > 0:
         seconds = math.ceil(wait * 1000) / 1000
         raise errors.RateLimited(
@@ -57,7 +55,7 @@ def admit(*buckets: TokenBucket | None) -> None:
         )
     for bucket in buckets:
         if bucket is not None:
-            bucket.tokens -= 1.0
+            bucket.take(now=now)
 
 
 class AddressRate:
