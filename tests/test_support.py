@@ -32,28 +32,29 @@ def test_elsewhere_what_is_missing_is_skipped(
         unavailable("Redis is gone")
 
 
-def test_no_test_module_reads_ci_on_its_own() -> None:
-    reads = re.compile(r"""environ(\.get)?\s*[\[(]\s*["']CI["']|getenv\(\s*["']CI["']""")
-    own = [
+def lines_outside_support(pattern: str) -> list[str]:
+    """`module:line` of every line of the test modules (support.py and this one aside)
+    that `pattern` matches."""
+    found = re.compile(pattern)
+    return [
         f"{path.name}:{n}"
         for path in sorted(TESTS.glob("*.py"))
         if path.name not in {"support.py", "test_support.py"}
         for n, line in enumerate(path.read_text().splitlines(), 1)
-        if reads.search(line)
+        if found.search(line)
     ]
+
+
+def test_no_test_module_reads_ci_on_its_own() -> None:
+    own = lines_outside_support(r"""environ(\.get)?\s*[\[(]\s*["']CI["']|getenv\(\s*["']CI["']""")
     assert not own, f"use tests.support.unavailable / in_ci instead: {own}"
 
 
 def test_the_only_skip_is_unavailable() -> None:
     """A skip anywhere else (a marker, importorskip, an xfail) would pass in CI with the
     feature it covers missing; unavailable() is the one that fails there instead."""
-    skips = re.compile(r"pytest\.(skip\b|importorskip|xfail)|mark\.(skip|skipif|xfail)\b")
-    found = [
-        f"{path.name}:{n}"
-        for path in sorted(TESTS.glob("*.py"))
-        if path.name not in {"support.py", "test_support.py"}
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if skips.search(line)
-    ]
+    found = lines_outside_support(
+        r"pytest\.(skip\b|importorskip|xfail)|mark\.(skip|skipif|xfail)\b"
+    )
     assert not found, f"use tests.support.unavailable instead: {found}"
     assert "pytest.skip(" in (TESTS / "support.py").read_text()  # the one, in unavailable()
