@@ -6,7 +6,9 @@ next one (group commit: one fsync for many carts), each inside its own SAVEPOINT
 bad write fails alone. A whole batch costs one thread hop each way, not one per
 statement, which is why the writer uses the stdlib driver on its own thread rather than
 aiosqlite's per-call hops.
-Reads use an aiosqlite connection: WAL lets them run beside the writer.
+Reads use an aiosqlite connection: WAL lets them run beside the writer. Checkpoints run
+on a thread and a connection of their own (checkpoints.py), so a commit seldom copies
+the WAL into the file itself.
 
 The statements are both stores' (see sql.py); a plan runs on the writer in one job.
 """
@@ -36,6 +38,7 @@ from ..metrics import Metrics
 from . import CartWrite, Held, StoredCart, StoreStats
 from .carts import EDITS_TRIGGER, EDITS_VIEW, plain, stored_cart, write_cart, write_many
 from .carts import PRUNE_BATCH as PRUNE_BATCH
+from .checkpoints import Checkpointer
 from .queries import SqlStore
 from .records import FIGURES
 from .shop import PARK_SKUS, SKU_PARK, upsert_each
@@ -60,6 +63,7 @@ class SQLiteStore(SqlStore):
         self._metrics = metrics
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._checkpoints = Checkpointer(self._open_checkpoints)
         self._read_lock = asyncio.Lock()  # one read transaction at a time on the reader
         self._unfinished = 0  # writes submitted and not yet committed or failed
         self._open_lock: int | None = None  # shared lock: no restore while this is open
@@ -69,9 +73,10 @@ class SQLiteStore(SqlStore):
     async def open(cls, settings: Settings, metrics: Metrics | None = None) -> SQLiteStore:
         store = cls(sqlite_path(settings.database_url), settings, metrics or Metrics())
         store._open_lock = hold_open(store._path)
-        writer = Writer(asyncio.get_running_loop(), store._settle)
+        writer = Writer(asyncio.get_running_loop(), store._settle, store._checkpoints.poke)
         await writer.open(store._open_writer)
         store._writer = writer
+        store._checkpoints.start()
         store._reader = await aiosqlite.connect(
             store._path, isolation_level=None, timeout=store._busy
         )
@@ -88,6 +93,9 @@ class SQLiteStore(SqlStore):
         conn.execute(EDITS_VIEW)  # write_many's statement (this connection's own)
         conn.execute(EDITS_TRIGGER)
         return conn
+
+    def _open_checkpoints(self) -> sqlite3.Connection:
+        return sqlite3.connect(self._path, isolation_level=None, timeout=self._busy)
 
     # --- the writer: group commit (writer.py) ---------------------------------------
 
@@ -219,6 +227,7 @@ class SQLiteStore(SqlStore):
     async def close(self) -> None:
         if self._writer is not None:
             await self._writer.close()  # after committing what was submitted
+        await asyncio.to_thread(self._checkpoints.close)
         if self._reader is not None:
             await self._reader.close()
         if self._open_lock is not None:

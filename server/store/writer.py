@@ -29,11 +29,17 @@ Settle = Callable[[list[Entry], Outcome], None]
 
 class Writer:
     """Jobs in, in the order submitted; `settle` gets each batch's entries and outcome on
-    the loop, in the order committed."""
+    the loop, in the order committed; `committed` is told on this thread."""
 
-    def __init__(self, loop: AbstractEventLoop, settle: Settle) -> None:
+    def __init__(
+        self,
+        loop: AbstractEventLoop,
+        settle: Settle,
+        committed: Callable[[], None] | None = None,
+    ) -> None:
         self._loop = loop
         self._settle = settle
+        self._committed = committed  # called on this thread after each transaction
         self._wake = threading.Condition(threading.Lock())
         self._queue: list[Entry] = []
         self._kicked = False  # a wake-up is scheduled for the end of this loop turn
@@ -94,6 +100,8 @@ class Writer:
                 except Exception as exc:  # the transaction failed as a whole
                     outcome = exc
                 self._loop.call_soon_threadsafe(self._settle, batch, outcome)
+                if self._committed is not None:
+                    self._committed()
         finally:
             self._conn.close()
 
