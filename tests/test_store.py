@@ -38,6 +38,7 @@ from server.store import AlreadyApplied, CartWrite, StaleVersion, Store, open_st
 from server.store.carts import TRIM_STEP
 from server.store.postgres import PostgresStore
 from server.store.sqlite import SQLiteStore
+from server.store.writer import MAX_BATCH
 from tests.support import POSTGRES_URL, TcpProxy, fresh_schema
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
@@ -831,3 +832,26 @@ async def test_an_edit_refused_among_edits_written_together_fails_alone(
     for cart, _ in good:
         stored = await sqlite_store.load_cart(cart.id, LONG_AGO)
         assert stored is not None and stored.cart.version == 2
+
+
+async def test_a_transaction_holds_at_most_max_batch_jobs_in_the_order_they_came(
+    sqlite_store: SQLiteStore, metrics: Metrics
+) -> None:
+    """More queued than MAX_BATCH while a commit runs: the next transactions take them
+    MAX_BATCH at a time, in order, and each job still gets its own answer."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocking(conn: sqlite3.Connection) -> str:
+        entered.set()
+        release.wait(10)
+        return "first"
+
+    first = sqlite_store._submit(blocking)
+    await asyncio.to_thread(entered.wait, 10)
+    batches = metrics.value(BATCHES)
+    queued = [sqlite_store._submit(lambda conn, n=n: n) for n in range(2 * MAX_BATCH + 5)]
+    release.set()
+    assert await first == "first"
+    assert await asyncio.gather(*queued) == list(range(2 * MAX_BATCH + 5))
+    assert metrics.value(BATCHES) - batches == 1 + 3  # the blocked one, then 64, 64 and 5
