@@ -369,11 +369,16 @@ async def test_failing_update_of_an_existing_cart_leaves_it_as_it_was(
     assert stored.cart == v2
 
 
-async def test_writes_queued_while_a_batch_commits_share_the_next_one(
-    sqlite_store: SQLiteStore, metrics: Metrics
+@pytest.mark.parametrize(
+    ("queued", "transactions"),
+    [(5, 1), (MAX_BATCH, 1), (2 * MAX_BATCH + 5, 3)],
+)
+async def test_writes_queued_while_a_batch_commits_share_the_next_ones(
+    sqlite_store: SQLiteStore, metrics: Metrics, queued: int, transactions: int
 ) -> None:
     """The writer's thread takes the next batch itself when a commit ends: whatever was
-    queued meanwhile, in the order it came, in one transaction."""
+    queued meanwhile, in the order it came, MAX_BATCH at most in one transaction, each
+    job with its own answer."""
     release = threading.Event()
     entered = threading.Event()
 
@@ -385,11 +390,11 @@ async def test_writes_queued_while_a_batch_commits_share_the_next_one(
     first = sqlite_store._submit(blocking)
     await asyncio.to_thread(entered.wait, 10)
     batches = metrics.value(BATCHES)
-    queued = [sqlite_store._submit(lambda conn, n=n: n) for n in range(5)]
+    jobs = [sqlite_store._submit(lambda conn, n=n: n) for n in range(queued)]
     release.set()
     assert await first == "first"
-    assert await asyncio.gather(*queued) == [0, 1, 2, 3, 4]
-    assert metrics.value(BATCHES) - batches == 2  # the blocked one and the next
+    assert await asyncio.gather(*jobs) == list(range(queued))
+    assert metrics.value(BATCHES) - batches == 1 + transactions  # the blocked one first
 
 
 async def test_close_commits_what_was_submitted(tmp_path: Path) -> None:
@@ -832,26 +837,3 @@ async def test_an_edit_refused_among_edits_written_together_fails_alone(
     for cart, _ in good:
         stored = await sqlite_store.load_cart(cart.id, LONG_AGO)
         assert stored is not None and stored.cart.version == 2
-
-
-async def test_a_transaction_holds_at_most_max_batch_jobs_in_the_order_they_came(
-    sqlite_store: SQLiteStore, metrics: Metrics
-) -> None:
-    """More queued than MAX_BATCH while a commit runs: the next transactions take them
-    MAX_BATCH at a time, in order, and each job still gets its own answer."""
-    release = threading.Event()
-    entered = threading.Event()
-
-    def blocking(conn: sqlite3.Connection) -> str:
-        entered.set()
-        release.wait(10)
-        return "first"
-
-    first = sqlite_store._submit(blocking)
-    await asyncio.to_thread(entered.wait, 10)
-    batches = metrics.value(BATCHES)
-    queued = [sqlite_store._submit(lambda conn, n=n: n) for n in range(2 * MAX_BATCH + 5)]
-    release.set()
-    assert await first == "first"
-    assert await asyncio.gather(*queued) == list(range(2 * MAX_BATCH + 5))
-    assert metrics.value(BATCHES) - batches == 1 + 3  # the blocked one, then 64, 64 and 5
