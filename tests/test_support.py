@@ -3,21 +3,35 @@ machine, a failure in CI (CI=true), decided in one place."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests import browser_support
 from tests.support import unavailable
 
 TESTS = Path(__file__).parent
 
 
+def raised(call: Callable[[], object]) -> pytest.ExceptionInfo[BaseException]:
+    """What `call` raised, a skip included: caught here, so that a skip where a failure
+    is due fails this test instead of skipping it."""
+    with pytest.raises(BaseException) as outcome:
+        call()
+    return outcome
+
+
 @pytest.mark.parametrize("value", ["true", "1", "yes", "TRUE", "True"])
 def test_in_ci_what_is_missing_fails(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("CI", value)
-    with pytest.raises(pytest.fail.Exception, match=r"Redis is gone \(CI must provide it\)"):
-        unavailable("Redis is gone")
+    outcome = raised(lambda: unavailable("Redis is gone"))
+    assert outcome.type is pytest.fail.Exception  # a skip here would pass in CI unseen
+    assert str(outcome.value) == "Redis is gone (CI must provide it)"
 
 
 @pytest.mark.parametrize("value", [None, "", "false", "0", "no"])
@@ -58,3 +72,73 @@ def test_the_only_skip_is_unavailable() -> None:
     )
     assert not found, f"use tests.support.unavailable instead: {found}"
     assert "pytest.skip(" in (TESTS / "support.py").read_text()  # the one, in unavailable()
+
+
+# The three things a test may find missing, each taken away for real: CI fails, a
+# developer's machine skips. Each runs the suite's own modules in a pytest of its own.
+ROOT = TESTS.parent
+BROWSER_MODULES = sorted(str(p.relative_to(ROOT)) for p in TESTS.glob("test_browser*.py"))
+CLOSED = "127.0.0.1:9"  # the discard port: nothing listens there
+
+
+def fake_playwright(tmp_path: Path) -> dict[str, str]:
+    """An importable `playwright` that is not there: its import fails as a missing one."""
+    (tmp_path / "playwright").mkdir()
+    (tmp_path / "playwright" / "__init__.py").write_text("raise ImportError('no playwright')\n")
+    return {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    }
+
+
+MISSING: dict[str, tuple[list[str], Callable[[Path], dict[str, str]]]] = {
+    "playwright": (["--collect-only", *BROWSER_MODULES], fake_playwright),
+    "postgres": (
+        ["tests/test_store.py::test_unknown_cart_loads_as_none", "-k", "postgres"],
+        lambda _: {"TEST_POSTGRES_URL": f"postgresql://postgres@{CLOSED}/test"},
+    ),
+    "redis": (
+        ["tests/test_bus.py::test_messages_reach_subscribers_in_order"],
+        lambda _: {"TEST_REDIS_URL": f"redis://{CLOSED}/0"},
+    ),
+}
+
+
+def run_suite(args: list[str], env: dict[str, str], ci: bool) -> tuple[int, str]:
+    environ = {k: v for k, v in os.environ.items() if k != "CI"} | env
+    if ci:
+        environ["CI"] = "true"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(MISSING))
+def test_what_ci_lacks_fails_there_and_is_skipped_elsewhere(tmp_path: Path, missing: str) -> None:
+    args, make_env = MISSING[missing]
+    env = make_env(tmp_path)
+    code, out = run_suite(args, env, ci=True)
+    assert code != 0 and "CI must provide it" in out, out
+    assert "skipped" not in out.lower(), out
+    code, out = run_suite(args, env, ci=False)
+    assert code in (0, 5) and "skipped" in out.lower(), out  # 5: every module skipped
+    assert "CI must provide it" not in out and not re.search(r"\d+ (failed|error)", out), out
+
+
+def test_without_chromium_the_browser_tests_fail_in_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Debian's Chromium is a file at a fixed path: moved aside here, not on the machine.
+    monkeypatch.setattr(browser_support, "CHROMIUM", tmp_path / "chromium")
+    monkeypatch.setenv("CI", "true")
+    outcome = raised(browser_support.require_chromium)
+    assert outcome.type is pytest.fail.Exception
+    assert re.search(r"chromium is missing.*CI must provide it", str(outcome.value))
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium is missing"):
+        browser_support.require_chromium()
