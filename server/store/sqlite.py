@@ -63,7 +63,7 @@ class SQLiteStore(SqlStore):
         self._metrics = metrics
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._checkpoints = Checkpointer(self._open_checkpoints)
+        self._checkpoints = Checkpointer(self._connect)
         self._read_lock = asyncio.Lock()  # one read transaction at a time on the reader
         self._unfinished = 0  # writes submitted and not yet committed or failed
         self._open_lock: int | None = None  # shared lock: no restore while this is open
@@ -84,7 +84,7 @@ class SQLiteStore(SqlStore):
         return store
 
     def _open_writer(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy)
+        conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")  # validated in Settings
         conn.execute("PRAGMA foreign_keys = ON")
@@ -94,7 +94,8 @@ class SQLiteStore(SqlStore):
         conn.execute(EDITS_TRIGGER)
         return conn
 
-    def _open_checkpoints(self) -> sqlite3.Connection:
+    def _connect(self) -> sqlite3.Connection:
+        """A connection of the writer's thread or the checkpoints' (one each)."""
         return sqlite3.connect(self._path, isolation_level=None, timeout=self._busy)
 
     # --- the writer: group commit (writer.py) ---------------------------------------

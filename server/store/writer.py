@@ -36,10 +36,7 @@ class Writer:
     the loop, in the order committed; `committed` is told on this thread."""
 
     def __init__(
-        self,
-        loop: AbstractEventLoop,
-        settle: Settle,
-        committed: Callable[[], None] | None = None,
+        self, loop: AbstractEventLoop, settle: Settle, committed: Callable[[], None]
     ) -> None:
         self._loop = loop
         self._settle = settle
@@ -104,8 +101,7 @@ class Writer:
                 except Exception as exc:  # the transaction failed as a whole
                     outcome = exc
                 self._loop.call_soon_threadsafe(self._settle, batch, outcome)
-                if self._committed is not None:
-                    self._committed()
+                self._committed()
         finally:
             self._conn.close()
 
