@@ -67,14 +67,16 @@ def test_fanout_over_two_generator_processes(server: ServerProcess) -> None:
 
 
 def test_max_reports_the_last_step_that_held(server: ServerProcess) -> None:
-    steps = ("--start", "50", "--step", "50", "--max-rate", "100", "--seconds", "0.5")
+    # Steps of 50 and 100 mutations: fewer (25 at 50/s) can use less than the one clock
+    # tick /proc counts CPU in, and read as none.
+    steps = ("--start", "100", "--step", "100", "--max-rate", "200", "--seconds", "0.5")
     # A bound no step misses (one fsync the disk holds up for 20 ms is a half-second
     # step's p99): this is about the steps, the bound's own test is the next one.
     steps += ("--p99", "10000")
     result = bench(*against(server), "max", "--carts", "4", "--tabs", "2", *steps)
-    assert [s["offered_rate"] for s in result["steps"]] == [50, 100]
-    assert result["max_rate"] == 100 and result["stopped_by"] == "reached --max-rate"
-    for step, mutations in zip(result["steps"], (25, 50), strict=True):
+    assert [s["offered_rate"] for s in result["steps"]] == [100, 200]
+    assert result["max_rate"] == 200 and result["stopped_by"] == "reached --max-rate"
+    for step, mutations in zip(result["steps"], (50, 100), strict=True):
         assert step["failed"] is None
         assert_clean_fanout(step, mutations)
 
