@@ -341,12 +341,50 @@ class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
         self._in_body = True
         self._head_done()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope["method"] != "HEAD":
+            cycle.transport = OneWrite(self.transport)
 
     def on_message_complete(self) -> None:
         self._in_body = False
         self._cancel_body_timer()
         super().on_message_complete()
         self._in_head = True
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # what uvicorn writes before a body is read
+
+
+class OneWrite:
+    """A request's view of its connection: the response's head is held until the first
+    write of its body, and both go out in one write. uvicorn writes them apart, so every
+    answer cost two sends and two TCP segments. A response without a body write (HEAD) is
+    not given one; closing sends what is held first."""
+
+    __slots__ = ("_transport", "_head")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None  # b"": held and sent already
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is None and data != CONTINUE:  # the first write but a 100: the head
+            self._head = data
+        elif head:
+            self._head = b""
+            self._transport.writelines((head, data))
+        else:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head:
+            self._transport.write(self._head)
+            self._head = b""
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class GuardedH11Protocol(HeadGuard, H11Protocol):

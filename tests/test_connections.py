@@ -7,12 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 
+from server.config import Settings
+from server.connections import CONTINUE, OneWrite, Sockets, guarded_http
+from server.forwarded import TrustedProxies
+from server.limits import AddressCount
 from tests.support import ServerProcess, Tab
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -349,3 +358,101 @@ async def test_a_websocket_counts_as_a_socket_until_it_closes(
     async with asyncio.timeout(10):
         while await refused(await connect(server, HEALTHZ)):
             pass
+
+
+# Item: an answer leaves in one write, its head and body together.
+
+
+class Recording:
+    """A transport that keeps what is written to it, one entry per write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, pieces: tuple[bytes, ...]) -> None:
+        self.writes.append(b"".join(pieces))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_one_write_holds_the_head_for_the_body_and_passes_the_rest() -> None:
+    sent = Recording()
+    conn = OneWrite(sent)  # type: ignore[arg-type]
+    conn.write(CONTINUE)  # before the body is read: out at once
+    conn.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+    assert sent.writes == [CONTINUE]
+    conn.write(b"body")
+    conn.write(b"more")  # a streamed answer's later chunks: each as it comes
+    assert sent.writes == [CONTINUE, b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody", b"more"]
+    conn.close()
+    assert sent.closed and len(sent.writes) == 3
+
+
+def test_one_write_sends_a_head_held_when_the_answer_ends_by_closing() -> None:
+    sent = Recording()
+    conn = OneWrite(sent)  # type: ignore[arg-type]
+    conn.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    assert not conn.is_closing()
+    conn.close()  # the app failed after starting its answer: the head, then closed
+    assert sent.writes == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
+    assert sent.closed and conn.is_closing()
+
+
+@pytest.mark.parametrize(
+    ("request_head", "writes"),
+    [
+        # the head and the body in one write
+        (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}", 1),
+        # 100 Continue first, as the client waits for it to send the body
+        (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n", 2),
+        # a HEAD answer writes no body: its head is not held
+        (b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n", 1),
+    ],
+)
+async def test_uvicorn_answers_through_one_write(request_head: bytes, writes: int) -> None:
+    """The guarded httptools protocol, in this process on a real socket, with a transport
+    that counts the writes of each answer."""
+    answered = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["method"] == "POST":
+            await receive()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"15")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+        answered.set()
+
+    settings = Settings.from_env({"CART_SECRET": "x"})
+    sockets = Sockets(AddressCount(10), capacity=10, trusted=TrustedProxies([]))
+    protocol_class = guarded_http(settings, sockets, WebSocketsSansIOProtocol)
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    config.load()
+    protocol = protocol_class(config, ServerState(), {})  # type: ignore[call-arg]
+    ours, theirs = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, ours)
+    sent = Recording()
+    transport.write = sent.write  # type: ignore[method-assign]
+    try:
+        protocol.data_received(request_head)
+        if b"100-continue" in request_head:
+            await asyncio.sleep(0)  # the app asks for the body: uvicorn says continue
+            assert sent.writes == [CONTINUE]
+            protocol.data_received(b"{}")
+        async with asyncio.timeout(5):
+            await answered.wait()
+    finally:
+        transport.abort()
+        theirs.close()
+    assert len(sent.writes) == writes, sent.writes
+    answer = sent.writes[-1]
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\n" if request_head.startswith(b"HEAD") else b'{"status":"ok"}')

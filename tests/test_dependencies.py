@@ -14,6 +14,7 @@ import asyncio
 import base64
 import inspect
 import os
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -67,7 +68,10 @@ HTTP_METHODS = ["connection_made", "connection_lost", "data_received", "on_respo
 HTTPTOOLS_METHODS = ["on_message_begin", "on_headers_complete", "on_message_complete"]
 HTTP_STATE = ["transport", "loop", "client", "server_state", "ws_protocol_class", "cycle", "flow"]
 # Read off the request being answered (HeadGuard._answer) and off its flow control.
-CYCLE_STATE = ["response_started", "response_complete"]
+CYCLE_STATE = ["response_started", "response_complete", "scope", "transport"]
+# What a request's cycle calls on its transport: connections.OneWrite, which stands in for
+# it, has these and nothing else.
+CYCLE_TRANSPORT = {"write", "close", "is_closing"}
 FLOW_STATE = ["read_paused"]
 H11_STATE = ["conn"]  # replaced in GuardedH11Protocol.__init__ with a larger head limit
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +164,10 @@ async def test_the_http_protocols_have_what_the_head_guard_uses(
             gaps += missing(protocol.flow, FLOW_STATE)
         cycle = inspect.getsource(inspect.getmodule(parser).RequestResponseCycle.__init__)
         gaps += [f"RequestResponseCycle.{x}" for x in CYCLE_STATE if f"self.{x} =" not in cycle]
+        if parser is HttpToolsProtocol:
+            whole = inspect.getsource(inspect.getmodule(parser).RequestResponseCycle)
+            called = set(re.findall(r"self\.transport\.(\w+)", whole))
+            gaps += [f"RequestResponseCycle: transport.{x}" for x in called - CYCLE_TRANSPORT]
     finally:
         transport.abort()
     assert not gaps, f"uvicorn {uvicorn.__version__} lacks what server/connections.py uses: {gaps}"
@@ -171,7 +179,7 @@ EXTENDING = {
     "server/connections.py": {
         "ReleasedOnClose": ["connection_made", "connection_lost"],
         "HeadGuard": HTTP_METHODS + HTTP_STATE,
-        "GuardedHttpToolsProtocol": HTTPTOOLS_METHODS,
+        "GuardedHttpToolsProtocol": HTTPTOOLS_METHODS + ["cycle", "transport"],
         "GuardedH11Protocol": H11_STATE,
     },
 }
