@@ -340,9 +340,10 @@ class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
         self._in_head = self._begun = False
         self._in_body = True
         self._head_done()
+        before = self.cycle
         super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.scope["method"] != "HEAD":
+        cycle = self.cycle  # a new one, unless this head was an upgrade to a WebSocket
+        if cycle is not before and cycle is not None and cycle.scope["method"] != "HEAD":
             cycle.transport = OneWrite(self.transport)
 
     def on_message_complete(self) -> None:
