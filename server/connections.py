@@ -228,6 +228,12 @@ class HeadGuard(asyncio.Protocol):
                 message = f"request line and headers over {limit} bytes"
                 self._answer(431, "headers_too_large", message, linger=True)
 
+    def _one_write(self, before: Any) -> None:
+        """A request just made (not a WebSocket upgrade) answers through OneWrite."""
+        cycle = self.cycle
+        if cycle is not before and cycle is not None and cycle.scope["method"] != "HEAD":
+            cycle.transport = OneWrite(self.transport)
+
     def _idle(self) -> bool:
         """Waiting for a request head, with no response under way."""
         return self._awaiting_head() and (self.cycle is None or self.cycle.response_complete)
@@ -342,9 +348,7 @@ class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
         self._head_done()
         before = self.cycle
         super().on_headers_complete()
-        cycle = self.cycle  # a new one, unless this head was an upgrade to a WebSocket
-        if cycle is not before and cycle is not None and cycle.scope["method"] != "HEAD":
-            cycle.transport = OneWrite(self.transport)
+        self._one_write(before)
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -358,9 +362,9 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # what uvicorn writes before a body
 
 class OneWrite:
     """A request's view of its connection: the response's head is held until the first
-    write of its body, and both go out in one write. uvicorn writes them apart, so every
-    answer cost two sends and two TCP segments. A response without a body write (HEAD) is
-    not given one; closing sends what is held first."""
+    write of its body, and both go out in one write. uvicorn writes them apart (with
+    either parser), so every answer cost two sends and two TCP segments. A HEAD request
+    is not given one; closing sends what is held first."""
 
     __slots__ = ("_transport", "_head")
 
@@ -396,6 +400,11 @@ class GuardedH11Protocol(HeadGuard, H11Protocol):
         # Its own limit (uvicorn answers 400 past it) only backs ours up: pipelined
         # requests wait in its buffer while one is answered.
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=2 * self.max_header_bytes)
+
+    def handle_events(self) -> None:
+        before = self.cycle
+        super().handle_events()  # makes the request's cycle, if a whole head has come
+        self._one_write(before)
 
     def _awaiting_head(self) -> bool:
         return self.conn.their_state is h11.IDLE

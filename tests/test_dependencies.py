@@ -74,6 +74,7 @@ CYCLE_STATE = ["response_started", "response_complete", "scope", "transport"]
 CYCLE_TRANSPORT = {"write", "close", "is_closing"}
 FLOW_STATE = ["read_paused"]
 H11_STATE = ["conn"]  # replaced in GuardedH11Protocol.__init__ with a larger head limit
+H11_METHODS = ["handle_events"]  # makes a request's cycle: GuardedH11Protocol wraps it after
 ROOT = Path(__file__).resolve().parent.parent
 # Not uvicorn's: the constructor, and what connections.guarded_http sets on the class.
 PROTOCOL_OWN = {"__init__", "sockets"}
@@ -154,7 +155,7 @@ async def test_the_http_protocols_have_what_the_head_guard_uses(
 ) -> None:
     ours, _ = sockets
     protocol = parser(config, ServerState(), {})
-    methods = HTTP_METHODS + (HTTPTOOLS_METHODS if parser is HttpToolsProtocol else [])
+    methods = HTTP_METHODS + (HTTPTOOLS_METHODS if parser is HttpToolsProtocol else H11_METHODS)
     gaps = missing(parser, methods)
     transport = await connected(protocol, ours)
     try:
@@ -164,10 +165,9 @@ async def test_the_http_protocols_have_what_the_head_guard_uses(
             gaps += missing(protocol.flow, FLOW_STATE)
         cycle = inspect.getsource(inspect.getmodule(parser).RequestResponseCycle.__init__)
         gaps += [f"RequestResponseCycle.{x}" for x in CYCLE_STATE if f"self.{x} =" not in cycle]
-        if parser is HttpToolsProtocol:
-            whole = inspect.getsource(inspect.getmodule(parser).RequestResponseCycle)
-            called = set(re.findall(r"self\.transport\.(\w+)", whole))
-            gaps += [f"RequestResponseCycle: transport.{x}" for x in called - CYCLE_TRANSPORT]
+        whole = inspect.getsource(inspect.getmodule(parser).RequestResponseCycle)
+        called = set(re.findall(r"self\.transport\.(\w+)", whole))
+        gaps += [f"RequestResponseCycle: transport.{x}" for x in called - CYCLE_TRANSPORT]
     finally:
         transport.abort()
     assert not gaps, f"uvicorn {uvicorn.__version__} lacks what server/connections.py uses: {gaps}"
@@ -180,7 +180,7 @@ EXTENDING = {
         "ReleasedOnClose": ["connection_made", "connection_lost"],
         "HeadGuard": HTTP_METHODS + HTTP_STATE,
         "GuardedHttpToolsProtocol": HTTPTOOLS_METHODS + ["cycle", "transport"],
-        "GuardedH11Protocol": H11_STATE,
+        "GuardedH11Protocol": H11_STATE + H11_METHODS + ["cycle"],
     },
 }
 
