@@ -22,7 +22,7 @@ from .pause import PauseProbe
 from .pool import Pool
 
 # Descriptors a server needs besides its sockets (database, WAL, listener, epoll, pipes):
-# it keeps 128 of its limit back from clients (server/connections.py FD_MARGIN), and more.
+# it keeps 128 of its limit back from clients (server/sockets.py FD_MARGIN), and more.
 SERVER_FDS = 160
 # Half of a common fd limit; one process opens them about as fast as one server accepts.
 TABS_PER_PROC = 10_000

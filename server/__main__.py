@@ -192,10 +192,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .connections import Sockets, capacity, guarded_http, raise_fd_limit
+    from .connections import guarded_http
     from .forwarded import ProxyHeaders, TrustedProxies
     from .limits import AddressCount
     from .serving import GRACEFUL_SECONDS, CartServer, redact_logs, stall_guarded
+    from .sockets import Sockets, capacity, raise_fd_limit
 
     trusted = TrustedProxies(settings.forwarded_allow_ips)
     per_address = AddressCount(settings.max_sockets_per_ip)

@@ -19,9 +19,10 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 
 from server.config import Settings
-from server.connections import CONTINUE, OneWrite, Sockets, guarded_http
+from server.connections import CONTINUE, OneWrite, guarded_http
 from server.forwarded import TrustedProxies
 from server.limits import AddressCount
+from server.sockets import Sockets
 from tests.support import ServerProcess, Tab
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]

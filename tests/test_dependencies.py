@@ -1,8 +1,9 @@
-"""What server/serving.py and server/connections.py take from uvicorn and websockets beyond
-their public API, checked on the installed versions: an upgrade that renames or removes
-one of these fails here, naming it, instead of as a stuck socket in production.
+"""What server/serving.py, server/connections.py and server/sockets.py take from uvicorn
+and websockets beyond their public API, checked on the installed versions: an upgrade that
+renames or removes one of these fails here, naming it, instead of as a stuck socket in
+production.
 
-The lists are read off the two modules: every `super().` of the classes that extend
+The lists are read off the three modules: every `super().` of the classes that extend
 uvicorn's and every `self.` they do not define, plus the objects they reach through.
 test_the_lists_cover_what_the_modules_use parses the modules and fails on a name used
 there and missing here."""
@@ -176,8 +177,8 @@ async def test_the_http_protocols_have_what_the_head_guard_uses(
 # The classes that extend uvicorn's, and the lists above that cover what they inherit.
 EXTENDING = {
     "server/serving.py": {"StallGuardedProtocol": WS_METHODS + WS_STATE + ["scope"]},
+    "server/sockets.py": {"ReleasedOnClose": ["connection_made", "connection_lost"]},
     "server/connections.py": {
-        "ReleasedOnClose": ["connection_made", "connection_lost"],
         "HeadGuard": HTTP_METHODS + HTTP_STATE,
         "GuardedHttpToolsProtocol": HTTPTOOLS_METHODS + ["cycle", "transport"],
         "GuardedH11Protocol": H11_STATE + H11_METHODS + ["cycle"],

@@ -8,9 +8,9 @@ from typing import Any, cast
 
 import pytest
 
-from server.connections import Sockets, capacity
 from server.forwarded import MEMO, ProxyHeaders, TrustedProxies, forwarded_client, forwarded_scheme
 from server.limits import AddressCount
+from server.sockets import Sockets, capacity
 
 
 def xff(*values: str) -> list[tuple[bytes, bytes]]:
