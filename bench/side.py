@@ -5,7 +5,11 @@ so the ratio is the figure to compare between runs.
 
   WebSocket saturated (closed loop, 4 mutations in flight per cart), 100 carts x 3 tabs
   and 30 x 10: mutations/s; fan-out latency at 1,000 mutations/s offered, 100 x 3: p50
-  and p99 until every tab has the patch; REST add-item with 16 clients: requests/s."""
+  and p99 until every tab has the patch; REST add-item with 16 clients: requests/s.
+
+Each round ends with the disk alone (bench/disk.py), in the server's data directory for
+as long as one figure: the floor never waits for a disk and the server waits for one at
+every commit, so a p99 ratio is read beside what the disk's own syncs did in that run."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any
 
 import uvloop
 
-from . import fanout
+from . import disk, fanout
 from . import rest as rest_mode
 from .harness import FloorServer, LocalServer, products, report
 from .http import open_carts
@@ -81,9 +85,10 @@ FIGURES = (_saturated(100, 3), _saturated(30, 10), _latency, _rest)
 
 def main(args: argparse.Namespace, target: None) -> None:
     samples: defaultdict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    disks: list[dict[str, Any]] = []
     servers: dict[str, LocalServer | FloorServer] = {}
     try:
-        servers["server"] = LocalServer().start()
+        own = servers["server"] = LocalServer().start()
         servers["floor"] = FloorServer().start()
         for rep in range(args.reps):
             for who, server in servers.items():
@@ -92,6 +97,8 @@ def main(args: argparse.Namespace, target: None) -> None:
                     for name, value in figure(server.url, pid, args).items():
                         samples[name][who].append(value)
                 print(f"  round {rep + 1} of {args.reps}: {who} done", flush=True)
+            disks.append(disk.probe(str(own.dir), args.seconds))
+            print(f"  round {rep + 1} of {args.reps}: disk {disk.line(disks[-1])}", flush=True)
     finally:
         for server in servers.values():
             server.remove()
@@ -101,4 +108,9 @@ def main(args: argparse.Namespace, target: None) -> None:
         ratio = ours / floor if floor else float("nan")
         rows.append((name, f"server {ours:9.2f}   floor {floor:9.2f}   ratio {ratio:5.2f}"))
         result[name] = {"server": ours, "floor": floor, "ratio": ratio, "samples": by}
-    report("side", rows, {"reps": args.reps, "seconds": args.seconds, "figures": result})
+    rows.extend((f"disk, round {n}", disk.line(run)) for n, run in enumerate(disks, 1))
+    report(
+        "side",
+        rows,
+        {"reps": args.reps, "seconds": args.seconds, "figures": result, "disk": disks},
+    )

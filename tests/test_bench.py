@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bench import disk
 from tests.support import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,6 +141,45 @@ def test_side_reports_each_figure_for_both_and_their_ratio() -> None:
     for figure in figures.values():
         assert figure["server"] > 0 and figure["floor"] > 0
         assert figure["ratio"] == pytest.approx(figure["server"] / figure["floor"])
+    [run] = result["disk"]  # one round, one run of the disk alone
+    assert run["syncs"] > 0 and 0 < run["sync_ms"]["p50"] <= run["sync_ms"]["max"]
+
+
+def test_disk_syncs_on_schedule_in_the_directory_given(tmp_path: Path) -> None:
+    result = bench("disk", "--seconds", "0.3", "--rate", "100", "--size", "8192",
+                   "--dir", str(tmp_path))  # fmt: skip
+    assert result["dir"] == str(tmp_path) and result["size"] == 8192
+    # On schedule: never more than the rate allows (one late sync is not made up for).
+    assert 0 < result["syncs"] <= 0.3 * 100 + 1
+    ms = result["sync_ms"]
+    assert 0 < ms["p50"] <= ms["p99"] <= ms["max"]
+    assert 0 <= result["stalled_share"] < 1
+    assert list(tmp_path.iterdir()) == []  # its file is gone
+
+
+def test_disk_counts_the_stalls_and_the_time_they_take(tmp_path: Path) -> None:
+    # A clock that only the syncs move: each takes the next of these, in seconds.
+    durations = iter([0.001, 0.002, 0.050, 0.001, 0.020, 0.001, 0.001, 0.001, 0.001, 0.001])
+    now = [0.0]
+    synced: list[int] = []
+
+    def sync(fd: int) -> None:
+        synced.append(fd)
+        now[0] += next(durations)
+
+    def pause(seconds: float) -> None:
+        now[0] += seconds
+
+    result = disk.probe(str(tmp_path), 0.2, rate=50, size=4096, sync=sync,
+                        clock=lambda: now[0], pause=pause)  # fmt: skip
+    # Ten slots of 20 ms in 0.2 s; the 50 ms sync pushes the schedule back and is not made
+    # up for, so the later syncs come 20 ms apart again: 0 .. 0.2 s holds 9 of them.
+    assert result["syncs"] == len(synced) == 9
+    assert result["stalls"] == 2  # the 50 ms and the 20 ms syncs: 10 ms or more
+    assert result["stalled_share"] == pytest.approx(0.070 / now[0])
+    assert result["sync_ms"]["max"] == pytest.approx(50.0)
+    assert result["sync_ms"]["p50"] == pytest.approx(1.0)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cold_restarts_its_own_server() -> None:
