@@ -1,7 +1,8 @@
 """Load generator: `python -m bench MODE [options]`, modes fanout, max, rest, tabs, cold,
 catalog; the crash test, `python -m bench crash --kills 1000`; `attack`, half-open
 connections and a huge header from one address; the long runs, churn and soak; and
-`counters`, the cost of a metrics increment; `disk`, what the disk's syncs cost a commit.
+`counters`, the cost of a metrics increment; `disk`, what the disk's syncs cost a commit;
+`writer`, what the SQLite writer's statement costs a batch of edits.
 
 Starts its own server (SQLite in a temp dir) unless given --url. Every run is bounded in
 count and time, and prints a human table and one JSON line (with the machine)."""
@@ -26,6 +27,7 @@ from . import (
     side,
     soak,
     tabs,
+    writer,
 )
 from .harness import FloorServer, LocalServer, Target, raise_nofile
 
@@ -44,6 +46,7 @@ MODES = {
     "churn": (churn, "anonymous shoppers come and go for weeks (TTLs shortened): rows level off"),
     "counters": (counters, "the hot path's metrics.inc beside the dict it replaced: ns per call"),
     "disk": (disk, "the disk alone: write and sync as commits do; how long, how often stalled"),
+    "writer": (writer, "the writer's statement alone: WAL frames and CPU per batch of edits"),
 }
 # Modes that can measure the floor (--floor) instead of this server.
 FLOOR_MODES = {"fanout", "max", "rest", "tabs"}

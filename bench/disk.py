@@ -28,10 +28,14 @@ RING = 64  # writes go round a file of RING * size bytes, as a WAL that starts o
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=8.0, help="how long it writes")
     parser.add_argument("--rate", type=float, default=RATE, help="syncs per second")
     parser.add_argument("--size", type=int, default=SIZE, help="bytes written before each")
-    parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the file goes")
+    parser.add_argument(
+        "--dir",
+        default=tempfile.gettempdir(),
+        help="where its file goes (default: where the bench servers' databases go)",
+    )
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -157,6 +157,19 @@ def test_disk_syncs_on_schedule_in_the_directory_given(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # its file is gone
 
 
+def test_writer_counts_the_frames_each_batch_writes_and_stores_every_edit() -> None:
+    args = ("writer", "--carts", "5", "--edits", "8", "--warm", "3", "--batches", "6")
+    result = bench(*args)
+    assert result["batches"] == 6 and result["edits_per_batch"] == 8
+    assert result["stored_as_applied"] is True  # each cart's stored version is its last edit's
+    # Each batch changes a cart row, a line, a patch and a mutation id: pages of each.
+    assert 4 <= result["frames_per_batch"] <= result["frames_per_batch_max"]
+    assert result["cpu_ms_per_batch"]["user"] + result["cpu_ms_per_batch"]["system"] > 0
+    assert 0 < result["wall_ms"]["p50"] <= result["wall_ms"]["max"]
+    # The same seed writes the same pages, whatever the machine is doing meanwhile.
+    assert bench(*args)["frames_per_batch"] == result["frames_per_batch"]
+
+
 def test_disk_counts_the_stalls_and_the_time_they_take(tmp_path: Path) -> None:
     # A clock that only the syncs move: each takes the next of these, in seconds.
     durations = iter([0.001, 0.002, 0.050, 0.001, 0.020, 0.001, 0.001, 0.001, 0.001, 0.001])
