@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, require_chromium, shop_server
-from tests.support import ServerProcess, fresh_schema
+from tests.support import (
+    ServerProcess,
+    fresh_schema,
+    pytest_sessionfinish,  # noqa: F401 - a hook, found here by name
+)
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser

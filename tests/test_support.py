@@ -136,6 +136,20 @@ def test_what_ci_lacks_fails_there_and_is_skipped_elsewhere(tmp_path: Path, miss
     assert "CI must provide it" not in out and not re.search(r"\d+ (failed|error)", out), out
 
 
+def test_in_ci_a_skip_from_anywhere_fails_the_run(tmp_path: Path) -> None:
+    # A parametrization that finds nothing to run (a list of routes, files or pages that
+    # came up empty) is skipped by pytest itself, with no unavailable() in sight.
+    lost = tmp_path / "test_lost.py"
+    lost.write_text("import pytest\n\n\n@pytest.mark.parametrize('page', [])\n"
+                    "def test_every_page(page):\n    pass\n")  # fmt: skip
+    args = ["-p", "tests.support", str(lost)]
+    code, out = run_suite(args, {}, ci=True)
+    assert code == pytest.ExitCode.TESTS_FAILED, out
+    assert "skipped in CI: " in out and "test_every_page" in out, out
+    code, out = run_suite(args, {}, ci=False)
+    assert code == pytest.ExitCode.OK and "1 skipped" in out, out
+
+
 def test_without_chromium_the_browser_tests_fail_in_ci(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
