@@ -5,7 +5,11 @@ with `carts.write_many` on a connection opened as the store opens its writer's, 
 --warm batches that fill the carts' patch history. Per batch: the WAL frames written
 (pages, counted from the WAL's size with automatic checkpoints off), the thread's CPU,
 user and system, and the wall clock. The frames do not depend on the machine's noise;
-the CPU and the clock do. This is the cost that a storage layout changes."""
+the CPU and the clock do. This is the cost that a storage layout changes.
+
+--without KIND (again for more) runs the same batches with that kind of row left out of
+the statement, so each kind's share of the pages is the difference from a full run with
+the same --seed (the carts' rows are always written: the run checks them)."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from server.config import Settings
 from server.metrics import Metrics
 from server.protocol import MAX_QUANTITY, encode
 from server.store import CartWrite
-from server.store.carts import write_cart, write_many
+from server.store.carts import EDIT_STEPS, edits_trigger, write_cart, write_many
 from server.store.shop import upsert_each
 from server.store.sqlite import SQLiteStore, drive
 
@@ -37,6 +41,13 @@ OWN_SERVER = True
 PRODUCTS = 1000
 LINES = 10  # products each cart draws from: its lines stay few, as a shopper's do
 WAL_HEADER, FRAME_HEADER = 32, 24
+# The steps of the batch statement (carts.EDIT_STEPS) that write each kind of row.
+KINDS = {
+    "keys": ("INSERT INTO applied_mutations",),  # mutation ids
+    "patches": ("INSERT INTO cart_patches", "DELETE FROM cart_patches"),  # with their trims
+    "trims": ("DELETE FROM cart_patches",),  # patches past PATCH_HISTORY
+    "lines": ("INSERT INTO cart_items", "DELETE FROM cart_items"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=100, help="batches measured")
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--without", action="append", choices=sorted(KINDS), default=[],
+        help="leave this kind of row out of every batch (again for more)",
+    )  # fmt: skip
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -56,6 +71,12 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         and 0 < args.batches <= 2000
     ):
         parser.error("bounded: --carts 1..10000, --edits 1..64, --warm 0..2000, --batches 1..2000")
+
+
+def steps_without(kinds: list[str]) -> list[str]:
+    """The batch statement's steps, less those that write `kinds`."""
+    left_out = tuple(prefix for kind in kinds for prefix in KINDS[kind])
+    return [step for step in EDIT_STEPS if not step.startswith(left_out)]
 
 
 class Shoppers:
@@ -95,6 +116,9 @@ def main(args: argparse.Namespace, _target: Any) -> None:
     # The store's own setup of its writer's connection (pragmas, schema, the edits view):
     # the statement measured is the one the server runs.
     conn = SQLiteStore(path, settings, Metrics())._open_writer()
+    if args.without:
+        conn.execute("DROP TRIGGER edits_write")
+        conn.execute(edits_trigger(steps_without(args.without)))
     ttl, history = timedelta(seconds=settings.cart_ttl_seconds), settings.patch_history
     try:
         shoppers = Shoppers(args.carts, args.seed)
@@ -134,6 +158,7 @@ def main(args: argparse.Namespace, _target: Any) -> None:
         "edits_per_batch": args.edits,
         "batches": args.batches,
         "synchronous": args.synchronous,
+        "without": sorted(args.without),
         "frames_per_batch": sum(frames) / args.batches,
         "frames_per_batch_max": ordered[-1],
         "frames_per_edit": sum(frames) / args.batches / args.edits,
@@ -142,6 +167,7 @@ def main(args: argparse.Namespace, _target: Any) -> None:
         "stored_as_applied": stored == held,  # every edit landed: the versions agree
     }
     table = [
+        ("rows left out", ", ".join(result["without"]) or "none"),
         ("WAL frames per batch", f"{result['frames_per_batch']:.1f} (max {ordered[-1]}),"
          f" {result['frames_per_edit']:.2f} per edit"),
         ("CPU per batch", f"user {user * 1000:.2f} ms, system {system * 1000:.2f} ms"),

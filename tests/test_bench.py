@@ -170,6 +170,22 @@ def test_writer_counts_the_frames_each_batch_writes_and_stores_every_edit() -> N
     assert bench(*args)["frames_per_batch"] == result["frames_per_batch"]
 
 
+def test_writer_weighs_each_kind_of_row_by_leaving_it_out() -> None:
+    args = ("writer", "--carts", "5", "--edits", "8", "--warm", "80", "--batches", "6")
+    full = bench(*args)["frames_per_batch"]
+    frames = {}
+    for kinds in (["keys"], ["patches"], ["trims"], ["keys", "patches"]):
+        result = bench(*args, *(arg for kind in kinds for arg in ("--without", kind)))
+        assert result["without"] == sorted(kinds)
+        assert result["stored_as_applied"] is True  # the carts' rows are still written
+        frames[",".join(kinds)] = result["frames_per_batch"]
+    # The same batches (same seed) with a kind of row left out write fewer pages; and
+    # trims are a part of the patches' pages (80 warm batches of 8 take carts past the
+    # history, so they run).
+    assert frames["keys"] < full and frames["patches"] < frames["trims"] < full
+    assert frames["keys,patches"] < min(frames["keys"], frames["patches"])
+
+
 def test_disk_counts_the_stalls_and_the_time_they_take(tmp_path: Path) -> None:
     # A clock that only the syncs move: each takes the next of these, in seconds.
     durations = iter([0.001, 0.002, 0.050, 0.001, 0.020, 0.001, 0.001, 0.001, 0.001, 0.001])
