@@ -31,7 +31,7 @@ from server.config import Settings
 from server.metrics import Metrics
 from server.protocol import MAX_QUANTITY, encode
 from server.store import CartWrite
-from server.store.carts import EDIT_STEPS, edits_trigger, write_cart, write_many
+from server.store.carts import EDIT_STEPS, EDITS_TRIGGER, write_cart, write_many
 from server.store.shop import upsert_each
 from server.store.sqlite import SQLiteStore, drive
 
@@ -73,10 +73,11 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("bounded: --carts 1..10000, --edits 1..64, --warm 0..2000, --batches 1..2000")
 
 
-def steps_without(kinds: list[str]) -> list[str]:
-    """The batch statement's steps, less those that write `kinds`."""
+def trigger_without(kinds: list[str]) -> str:
+    """The writer's trigger (carts.EDITS_TRIGGER), less the steps that write `kinds`."""
     left_out = tuple(prefix for kind in kinds for prefix in KINDS[kind])
-    return [step for step in EDIT_STEPS if not step.startswith(left_out)]
+    kept = [step for step in EDIT_STEPS if not step.startswith(left_out)]
+    return EDITS_TRIGGER.replace("; ".join(EDIT_STEPS), "; ".join(kept))
 
 
 class Shoppers:
@@ -118,7 +119,7 @@ def main(args: argparse.Namespace, _target: Any) -> None:
     conn = SQLiteStore(path, settings, Metrics())._open_writer()
     if args.without:
         conn.execute("DROP TRIGGER edits_write")
-        conn.execute(edits_trigger(steps_without(args.without)))
+        conn.execute(trigger_without(args.without))
     ttl, history = timedelta(seconds=settings.cart_ttl_seconds), settings.patch_history
     try:
         shoppers = Shoppers(args.carts, args.seed)

@@ -107,16 +107,11 @@ EDIT_STEPS = (
     " FROM cart_patches p JOIN json_each(NEW.trims) v"
     " ON p.cart_id = v.value ->> 0 AND p.version <= v.value ->> 1)",
 )
-
-
-def edits_trigger(steps: Iterable[str] = EDIT_STEPS) -> str:
-    """The trigger that runs `steps` for each insert into EDITS_VIEW (`bench writer
-    --without` leaves some out, to weigh each kind of row)."""
-    head = "CREATE TEMP TRIGGER IF NOT EXISTS edits_write INSTEAD OF INSERT ON edits"
-    return f"{head} BEGIN {'; '.join(steps)}; END"
-
-
-EDITS_TRIGGER = edits_trigger()
+EDITS_TRIGGER = (
+    "CREATE TEMP TRIGGER IF NOT EXISTS edits_write INSTEAD OF INSERT ON edits BEGIN "
+    + "; ".join(EDIT_STEPS)
+    + "; END"
+)
 
 REPLAY = "SELECT response, request FROM applied_mutations WHERE cart_id = :cart_id AND key = :key"
 VERSIONS = "SELECT id, version FROM cart_sessions WHERE id {in_ids}"
