@@ -9,7 +9,7 @@ from typing import Any
 
 import uvloop
 
-from .harness import Target, latency_line, percentiles, products, report
+from .harness import Target, cpu_line, latency_line, per, percentiles, products, report
 from .http import open_carts
 from .pool import Pool
 
@@ -62,9 +62,8 @@ def summarize(raw: dict[str, Any], rate: float, tabs_per_cart: int) -> dict[str,
         "out_of_order": raw["out_of_order"],
         "latency_ms": percentiles(raw["latencies"]),
         "deliveries_per_s": done * tabs_per_cart / elapsed,
-        "server_cpu_ms_per_mutation": (
-            server_cpu * 1000 / offered if server_cpu is not None and offered else None
-        ),
+        "server_cpu_ms_per_mutation": per(server_cpu, offered),
+        "server_loop_cpu_ms_per_mutation": per(raw["server_loop_cpu"], offered),
         # Near 1.0 per process means the generator, not the server, may be the limit.
         "client_cpu_cores": raw["client_cpu"] / elapsed,
     }
@@ -85,7 +84,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             f" ({result['deliveries_per_s']:,.0f} patch deliveries/s)",
         ),
         ("latency to all tabs", latency_line(result["latency_ms"])),
-        ("server CPU", f"{cpu:.3f} ms per mutation" if cpu is not None else "n/a (no --pid)"),
+        ("server CPU", cpu_line(cpu, result["server_loop_cpu_ms_per_mutation"], "mutation")),
         ("generator CPU", f"{result['client_cpu_cores']:.2f} cores"),
         ("errors / unfinished", f"{result['errors']} / {result['unfinished']}"),
         (

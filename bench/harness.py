@@ -48,8 +48,12 @@ class Probe:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the process (all its threads) has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu(Path(f"/proc/{self.pid}/stat"))
+
+    def loop_cpu_seconds(self) -> float:
+        """The same, of its main thread alone: the event loop's. The rest of the process's
+        is its other threads' (the SQLite writer, checkpoints, the reader)."""
+        return _cpu(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
 
     def nofile(self) -> int:
         """The process's soft limit on open files."""
@@ -57,6 +61,11 @@ class Probe:
             if line.startswith("Max open files"):
                 return int(line.split()[3])
         return 0
+
+
+def _cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class LocalServer:
@@ -256,6 +265,21 @@ def latency_line(lat: dict[str, float]) -> str:
         f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms"
         f"  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms"
     )
+
+
+def per(cpu_seconds: float | None, count: int) -> float | None:
+    """Milliseconds of CPU per mutation (or request); None without a server to read."""
+    return cpu_seconds * 1000 / count if cpu_seconds is not None and count else None
+
+
+def cpu_line(total: float | None, loop: float | None, each: str) -> str:
+    """The server's CPU per `each`, and how much of it was its event loop's: the rest is
+    its other threads' (this server's SQLite writer above all; the floor has none), on
+    another core if there is one."""
+    if total is None or loop is None:
+        return "n/a (no --pid)"
+    rest = total - loop
+    return f"{total:.3f} ms per {each}: {loop:.3f} on the event loop, {rest:.3f} on other threads"
 
 
 def products(url: str, count: int) -> list[str]:

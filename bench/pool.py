@@ -185,7 +185,8 @@ class Pool:
             for key in (*counts, "client_cpu"):
                 merged[key] += part[key]
         merged["elapsed"] = max((p["elapsed"] for p in parts), default=0.0)
-        merged["server_cpu"] = parts[0]["server_cpu"] if parts else None
+        for key in ("server_cpu", "server_loop_cpu"):  # only the first process reads them
+            merged[key] = parts[0][key] if parts else None
         return merged
 
     def close(self) -> None:

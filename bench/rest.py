@@ -12,7 +12,16 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from . import fanout
-from .harness import Probe, Target, latency_line, percentiles, products, report
+from .harness import (
+    Probe,
+    Target,
+    cpu_line,
+    latency_line,
+    per,
+    percentiles,
+    products,
+    report,
+)
 from .http import Conn, HttpError
 
 PRODUCTS = 10
@@ -93,15 +102,18 @@ def _process(
         await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
         probe = Probe(pid) if pid else None
         server_cpu, client_cpu = probe.cpu_seconds() if probe else 0.0, cpu_seconds()
+        loop_cpu = probe.loop_cpu_seconds() if probe else 0.0
         await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
         client_cpu = cpu_seconds() - client_cpu
         server_cpu = probe.cpu_seconds() - server_cpu if probe else None
+        loop_cpu = probe.loop_cpu_seconds() - loop_cpu if probe else None
         await asyncio.gather(*tasks)
         return {
             "latencies": latencies,
             "statuses": dict(statuses),
             "client_cpu": client_cpu,
             "server_cpu": server_cpu,
+            "server_loop_cpu": loop_cpu,
         }
 
     return uvloop.run(run())
@@ -145,7 +157,8 @@ def main(args: argparse.Namespace, target: Target) -> None:
         "statuses": dict(statuses),
         "requests_per_s": ok / args.seconds,
         "latency_ms": percentiles(latencies),
-        "server_cpu_ms_per_request": server_cpu * 1000 / ok if server_cpu and ok else None,
+        "server_cpu_ms_per_request": per(server_cpu, ok),
+        "server_loop_cpu_ms_per_request": per(parts[0]["server_loop_cpu"], ok),
         "client_cpu_cores": sum(p["client_cpu"] for p in parts) / args.seconds,
     }
     cpu = result["server_cpu_ms_per_request"]
@@ -156,7 +169,7 @@ def main(args: argparse.Namespace, target: Target) -> None:
             ("request", "POST /api/cart/items (add one), closed loop"),
             ("throughput", f"{result['requests_per_s']:,.0f} req/s over {args.seconds:g} s"),
             ("latency", latency_line(result["latency_ms"])),
-            ("server CPU", f"{cpu:.3f} ms per request" if cpu is not None else "n/a (no --pid)"),
+            ("server CPU", cpu_line(cpu, result["server_loop_cpu_ms_per_request"], "request")),
             ("generator CPU", f"{result['client_cpu_cores']:.2f} cores"),
             ("errors", f"{result['errors']} {dict(statuses) if result['errors'] else ''}"),
         ],

@@ -229,6 +229,7 @@ class Rig:
                 "out_of_order": 0,
                 "client_cpu": 0.0,
                 "server_cpu": None,
+                "server_loop_cpu": None,
             }
         if warmup > 0:
             self.rec = Recorder()
@@ -237,11 +238,13 @@ class Rig:
         rec = self.rec
         probe = Probe(server_pid) if server_pid else None
         server_cpu = probe.cpu_seconds() if probe else 0.0
+        loop_cpu = probe.loop_cpu_seconds() if probe else 0.0
         client_cpu, started = cpu_seconds(), time.perf_counter()
         offered = await offer(seconds, f"r{self.runs}m")
         elapsed = time.perf_counter() - started
         client_cpu = cpu_seconds() - client_cpu
         server_cpu = probe.cpu_seconds() - server_cpu if probe else None
+        loop_cpu = probe.loop_cpu_seconds() - loop_cpu if probe else None
         deadline = time.perf_counter() + DRAIN_SECONDS
         while time.perf_counter() < deadline:
             if len(rec.acked) + rec.errors >= len(rec.sent) and not self._settle(rec)[1]:
@@ -259,6 +262,7 @@ class Rig:
             "out_of_order": rec.out_of_order + warm.out_of_order,
             "client_cpu": client_cpu,
             "server_cpu": server_cpu,
+            "server_loop_cpu": loop_cpu,
         }
 
     def _settle(self, rec: Recorder) -> tuple[list[float], int]:

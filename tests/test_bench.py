@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench import disk
+from bench.harness import Probe, cpu_line
 from tests.support import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,7 @@ def assert_clean_fanout(run: dict[str, Any], mutations: int) -> None:
     lat = run["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     assert run["server_cpu_ms_per_mutation"] > 0
+    assert 0 <= run["server_loop_cpu_ms_per_mutation"] <= run["server_cpu_ms_per_mutation"]
 
 
 def test_fanout_over_two_generator_processes(server: ServerProcess) -> None:
@@ -96,6 +98,49 @@ def test_rest_clients_each_add_to_their_own_cart(server: ServerProcess) -> None:
     assert result["requests_per_s"] == result["ok"] / 1.0
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
     assert result["server_cpu_ms_per_request"] > 0
+    assert 0 <= result["server_loop_cpu_ms_per_request"] <= result["server_cpu_ms_per_request"]
+
+
+BUSY = """
+import sys, threading, time
+def spin(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+if sys.argv[1] == "thread":  # the main thread waits; another one works
+    worker = threading.Thread(target=spin, args=(0.5,))
+    worker.start()
+    worker.join()
+else:
+    spin(0.5)
+print("done", flush=True)
+sys.stdin.read()  # held open until the test has read its CPU
+"""
+
+
+@pytest.mark.parametrize("where", ["thread", "main"])
+def test_probe_tells_the_event_loops_cpu_from_the_other_threads(where: str) -> None:
+    # The server's event loop runs on its main thread: Probe reads that thread's CPU apart
+    # from the process's, and the bench reports the rest as the other threads' (the
+    # SQLite writer's above all).
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BUSY, where], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"done\n"
+        probe = Probe(proc.pid)
+        total, loop = probe.cpu_seconds(), probe.loop_cpu_seconds()
+    finally:
+        proc.communicate(b"", timeout=10)
+    assert total >= 0.45
+    if where == "thread":
+        assert loop < 0.2  # the interpreter's start, not the spin
+    else:
+        assert loop >= 0.45 and total - loop < 0.2
+    line = cpu_line(total * 1000, loop * 1000, "run")
+    assert f"{total * 1000:.3f} ms per run: {loop * 1000:.3f} on the event loop" in line
+    assert f"{(total - loop) * 1000:.3f} on other threads" in line
+    assert cpu_line(None, None, "run") == "n/a (no --pid)"
 
 
 def test_tabs_measures_rss_then_fans_out_beside_the_idle_tabs(server: ServerProcess) -> None:
