@@ -55,6 +55,10 @@ class Probe:
         is its other threads' (the SQLite writer, checkpoints, the reader)."""
         return _cpu(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
 
+    def cpu_split(self) -> tuple[float, float]:
+        """(cpu_seconds, loop_cpu_seconds), read together."""
+        return self.cpu_seconds(), self.loop_cpu_seconds()
+
     def nofile(self) -> int:
         """The process's soft limit on open files."""
         for line in Path(f"/proc/{self.pid}/limits").read_text().splitlines():
@@ -265,6 +269,17 @@ def latency_line(lat: dict[str, float]) -> str:
         f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms"
         f"  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms"
     )
+
+
+def cpu_spent(
+    probe: Probe | None, before: tuple[float, float] | None
+) -> tuple[float | None, float | None]:
+    """The server's CPU since `before` (Probe.cpu_split): the process's and its event
+    loop's; None, None without a server to read."""
+    if probe is None or before is None:
+        return None, None
+    total, loop = probe.cpu_split()
+    return total - before[0], loop - before[1]
 
 
 def per(cpu_seconds: float | None, count: int) -> float | None:

@@ -16,6 +16,7 @@ from .harness import (
     Probe,
     Target,
     cpu_line,
+    cpu_spent,
     latency_line,
     per,
     percentiles,
@@ -101,12 +102,10 @@ def _process(
         ]
         await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
         probe = Probe(pid) if pid else None
-        server_cpu, client_cpu = probe.cpu_seconds() if probe else 0.0, cpu_seconds()
-        loop_cpu = probe.loop_cpu_seconds() if probe else 0.0
+        server_before, client_cpu = probe.cpu_split() if probe else None, cpu_seconds()
         await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
         client_cpu = cpu_seconds() - client_cpu
-        server_cpu = probe.cpu_seconds() - server_cpu if probe else None
-        loop_cpu = probe.loop_cpu_seconds() - loop_cpu if probe else None
+        server_cpu, loop_cpu = cpu_spent(probe, server_before)
         await asyncio.gather(*tasks)
         return {
             "latencies": latencies,

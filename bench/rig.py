@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from .harness import Probe
+from .harness import Probe, cpu_spent
 from .wsclient import HandshakeError, WsClient
 from .wsclient import connect as ws_connect
 
@@ -237,14 +237,12 @@ class Rig:
         warm, self.rec = self.rec, Recorder()
         rec = self.rec
         probe = Probe(server_pid) if server_pid else None
-        server_cpu = probe.cpu_seconds() if probe else 0.0
-        loop_cpu = probe.loop_cpu_seconds() if probe else 0.0
+        server_before = probe.cpu_split() if probe else None
         client_cpu, started = cpu_seconds(), time.perf_counter()
         offered = await offer(seconds, f"r{self.runs}m")
         elapsed = time.perf_counter() - started
         client_cpu = cpu_seconds() - client_cpu
-        server_cpu = probe.cpu_seconds() - server_cpu if probe else None
-        loop_cpu = probe.loop_cpu_seconds() - loop_cpu if probe else None
+        server_cpu, loop_cpu = cpu_spent(probe, server_before)
         deadline = time.perf_counter() + DRAIN_SECONDS
         while time.perf_counter() < deadline:
             if len(rec.acked) + rec.errors >= len(rec.sent) and not self._settle(rec)[1]:
