@@ -137,8 +137,8 @@ async def live(
                 ws_url = ws_urls[(cart + tab) % len(ws_urls)]
                 tabs.append(await websockets.connect(f"{ws_url}?cart={signed}", proxy=None))
     try:
-        for tab in tabs:
-            await next_catalog(tab, until="snapshot")
+        for socket in tabs:
+            await next_catalog(socket, until="snapshot")
         samples: list[float] = []
         for n in range(args.changes):
             started = time.perf_counter()

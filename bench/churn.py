@@ -59,7 +59,7 @@ async def shopper(client: httpx.AsyncClient, n: int, ids: list[str], edits: int)
         product = ids[(n + e) % len(ids)]
         key = {"idempotency-key": uuid.uuid4().hex}
         if e % 3 == 2:
-            body = {"quantity": 2}
+            body: dict[str, Any] = {"quantity": 2}
             response = await client.patch(
                 f"/api/cart/items/{ids[n % len(ids)]}", json=body, headers=headers | key
             )

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import uvloop
 
-from .harness import Target, latency_line, percentiles, products, report
+from .harness import LocalServer, Target, latency_line, percentiles, products, report
 from .http import Conn, HttpError
 from .rig import connect
 
@@ -148,7 +148,7 @@ def main(args: argparse.Namespace, target: Target) -> None:
     started = time.perf_counter()
     signed = uvloop.run(fill(target.url, ids, args.carts, args.lines))
     fill_seconds = time.perf_counter() - started
-    if target.server is not None:
+    if isinstance(target.server, LocalServer):  # cold is no --floor mode
         target.server.restart()
         how, loaded = "server restarted", uvloop.run(rooms_loaded(target.url))
     else:

@@ -33,7 +33,7 @@ class Cart:
         self.tabs: set[Any] = set()  # the ASGI send of each open tab
 
     def item(self, product_id: str) -> dict[str, Any]:
-        quantity, price = self.lines[product_id], price_of(product_id)
+        quantity, price = self.lines[product_id], held_price(product_id)
         return {
             "product_id": product_id,
             "sku": product_id.upper(),
@@ -47,7 +47,7 @@ class Cart:
 
     def totals(self) -> tuple[int, int]:
         count = sum(self.lines.values())
-        return count, sum(q * price_of(p) for p, q in self.lines.items())
+        return count, sum(q * held_price(p) for p, q in self.lines.items())
 
     def doc(self, cart_id: str) -> dict[str, Any]:
         count, subtotal = self.totals()
@@ -60,7 +60,7 @@ class Cart:
         kind, product = msg.get("type"), msg.get("product_id")
         quantity = msg.get("quantity", 1)
         if kind == "clear":
-            ops = [{"op": "remove", "product_id": p} for p in self.lines]
+            ops: list[dict[str, Any]] = [{"op": "remove", "product_id": p} for p in self.lines]
             self.lines.clear()
         elif not isinstance(product, str) or price_of(product) is None:
             return "unknown_product"
@@ -82,6 +82,13 @@ def price_of(product_id: str) -> int | None:
     if len(product_id) == 5 and product_id.startswith("b-") and product_id[2:].isdigit():
         return 1000 + int(product_id[2:])
     return None
+
+
+def held_price(product_id: str) -> int:
+    """The price of a product a cart holds: apply() lets in only known ones."""
+    price = price_of(product_id)
+    assert price is not None, product_id
+    return price
 
 
 class Floor:

@@ -128,7 +128,7 @@ class Tab:
 
     async def add(self, product_id: str) -> dict[str, Any]:
         msg_id = uuid.uuid4().hex[:12]
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.waiting[msg_id] = future
         message = {"type": "add", "id": msg_id, "product_id": product_id, "quantity": 1}
         await self.ws.send(json.dumps(message))

@@ -524,6 +524,9 @@ async def test_database_out_of_reach_refuses_changes_and_recovers(
         # Only what was acknowledged is in the cart, at contiguous versions.
         assert quantities(doc) == {"p-001": 1, "p-004": 1}
         assert doc["version"] == 2
+        # The tab's patch leaves in the loop turn the answer leaves in, just after it: a
+        # tab closed the moment the answer is read can be closing before it is written.
+        assert (await tab.next("patch"))["version"] == 2
         await tab.close()
         versions = [f["version"] for f in tab.log if f["type"] == "patch"]
         assert versions == [1, 2]
