@@ -56,7 +56,7 @@ class Probe:
         return _cpu(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
 
     def cpu_split(self) -> tuple[float, float]:
-        """(cpu_seconds, loop_cpu_seconds), read together."""
+        """(cpu_seconds, loop_cpu_seconds), the second read right after the first."""
         return self.cpu_seconds(), self.loop_cpu_seconds()
 
     def nofile(self) -> int:
