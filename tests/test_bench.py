@@ -347,7 +347,7 @@ def test_churn_samples_every_growing_table_and_says_whether_they_level_off() -> 
 
 def test_soak_checks_every_ack_and_every_tab() -> None:
     code, run = bench_any(
-        "soak", "--minutes", "0.5", "--shoppers", "4", "--rate", "10", "--every", "3"
+        "soak", "--minutes", "0.25", "--shoppers", "4", "--rate", "10", "--every", "2"
     )
     failures = run["failures"]
     assert failures["acknowledged but not stored"] == 0, run["examples"]

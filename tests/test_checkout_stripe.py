@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -597,3 +599,35 @@ async def test_the_sweeper_expires_open_sessions_and_recovers_lost_payments(
         assert standin.sessions[open_session]["status"] == "expired"
         assert cart_row(server, lost_doc["id"])[0] == "checked_out"
         assert stock(server, "sw-1") == 2
+
+
+# --- what a start loads ------------------------------------------------------------------
+
+LOADED = """
+import sys
+from server.app import create_app
+from server.config import Settings
+from server.payments import open_provider
+
+open_provider(Settings.from_env())
+print(",".join(sorted(name for name in ("stripe", "httpx") if name in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "loaded"),
+    [
+        ({}, ""),  # no Stripe, no events: a start skips both packages (a third of its time)
+        # Loaded at start, not on the first event (stripe talks over httpx)
+        ({"STRIPE_WEBHOOK_SECRET": "whsec_x"}, "httpx,stripe"),
+        ({"STRIPE_SECRET_KEY": "sk_test_x", "PUBLIC_URL": "https://shop.test"}, "httpx,stripe"),
+    ],
+)
+def test_a_start_loads_the_stripe_package_only_when_stripe_is_configured(
+    env: dict[str, str], loaded: str
+) -> None:
+    base = {"PATH": "/usr/bin:/bin", "CART_SECRET": "s", "DEMO_CATALOG": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED], env=base | env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == loaded

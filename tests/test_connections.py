@@ -27,6 +27,9 @@ from tests.support import ServerProcess, Tab
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+# Closed by the server once answered: `answer` reads to the close, which keep-alive would
+# put off by its 5 s.
+HEALTHZ_ONCE = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 HALF = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # the blank line never comes
 # Loopback only, but not a trusted proxy: each 127.0.0.x is a client of its own.
 DIRECT = {"FORWARDED_ALLOW_IPS": "192.0.2.1"}
@@ -251,9 +254,9 @@ async def test_half_open_connections_count_per_address(
     limits["HTTP_PARSER"] = parser
     server = make_server({**DIRECT, **limits}).start()
     async with held([await connect(server, HALF[:30]) for _ in range(10)]) as half_open:
-        assert await refused(await connect(server, HEALTHZ))
+        assert await refused(await connect(server, HEALTHZ_ONCE))
         # Another address is served meanwhile.
-        status, raw = await answer(await connect(server, HEALTHZ, source="127.0.0.2"))
+        status, raw = await answer(await connect(server, HEALTHZ_ONCE, source="127.0.0.2"))
         assert status == 200 and raw.endswith(b'{"status":"ok"}')
         # The held ones were not broken: one finishes its request.
         reader, writer = half_open[0]
@@ -262,7 +265,7 @@ async def test_half_open_connections_count_per_address(
         writer.close()
         # One closed: room for one more from 127.0.0.1 (once the server has seen it go).
         async with asyncio.timeout(10):
-            while await refused(await connect(server, HEALTHZ)):
+            while await refused(await connect(server, HEALTHZ_ONCE)):
                 pass
 
 
@@ -274,7 +277,7 @@ async def test_at_the_descriptor_limit_the_oldest_idle_connection_makes_room(
     try:
         sources = [f"127.0.0.{2 + n % 50}" for n in range(160)]
         async with held([await connect(server, HALF[:30], s) for s in sources]) as half_open:
-            status, _ = await answer(await connect(server, HEALTHZ, "127.0.1.1"))
+            status, _ = await answer(await connect(server, HEALTHZ_ONCE, "127.0.1.1"))
             assert status == 200  # a new client is served
             # The 33 oldest made room (160 + 1 - 128), oldest first; the newest still work.
             for conn in half_open[:33]:
@@ -345,7 +348,7 @@ async def test_a_websocket_counts_as_a_socket_until_it_closes(
     tabs = [await opened(server) for _ in range(2)]
     # Both sockets of 127.0.0.1 are WebSockets: a new one is refused, and the open tabs
     # outlive the header timeout (a long-poll from elsewhere waits it out).
-    assert await refused(await connect(server, HEALTHZ))
+    assert await refused(await connect(server, HEALTHZ_ONCE))
     elsewhere = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
     async with httpx.AsyncClient(base_url=server.url, transport=elsewhere) as other:
         signed = (await other.get("/api/cart")).headers["x-cart-id"]
@@ -357,7 +360,7 @@ async def test_a_websocket_counts_as_a_socket_until_it_closes(
         assert (await tab.next("pong"))["type"] == "pong"
         await tab.close()
     async with asyncio.timeout(10):
-        while await refused(await connect(server, HEALTHZ)):
+        while await refused(await connect(server, HEALTHZ_ONCE)):
             pass
 
 

@@ -65,6 +65,10 @@ class NoProvider:
 
 
 def open_provider(settings: Settings) -> PaymentProvider:
+    if settings.stripe_secret_key or settings.stripe_webhook_secret:
+        # Loaded now, not on the first webhook or checkout: importing the stripe package
+        # takes long enough (0.1 to 0.2 s) to stall every tab if it happened on a request.
+        from . import stripe as _  # noqa: F401
     if settings.stripe_secret_key:
         from .stripe import StripeProvider
 

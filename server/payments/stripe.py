@@ -28,6 +28,16 @@ def stripe_expires_at(expires_at: datetime, hold: float) -> int:
     return int(min(max(expires_at, low), high).timestamp())
 
 
+def signed_by_stripe(payload: bytes, signature: str, secret: str, tolerance: int) -> bool:
+    """Whether the Stripe-Signature header signs this payload with the webhook secret, at
+    a timestamp no more than `tolerance` seconds old."""
+    try:
+        stripe.WebhookSignature.verify_header(payload.decode(), signature, secret, tolerance)
+    except (stripe.SignatureVerificationError, UnicodeDecodeError):
+        return False
+    return True
+
+
 class StripeProvider:
     name = "stripe"
 
