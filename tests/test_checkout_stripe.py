@@ -601,6 +601,21 @@ async def test_the_sweeper_expires_open_sessions_and_recovers_lost_payments(
         assert stock(server, "sw-1") == 2
 
 
+def test_the_signature_check_refuses_what_stripe_did_not_sign() -> None:
+    from server.payments.stripe import signed_by_stripe
+
+    payload = '{"id": "evt_1", "type": "checkout.session.completed", "note": "caf\u00e9"}'.encode()
+    assert signed_by_stripe(payload, signature("whsec_a", payload), "whsec_a", 300)
+    assert not signed_by_stripe(payload, signature("whsec_b", payload), "whsec_a", 300)
+    assert not signed_by_stripe(payload + b" ", signature("whsec_a", payload), "whsec_a", 300)
+    stale = signature("whsec_a", payload, int(time.time()) - 301)
+    assert not signed_by_stripe(payload, stale, "whsec_a", 300)
+    assert not signed_by_stripe(payload, "", "whsec_a", 300)
+    # Signed, yet not UTF-8: refused like any unsigned body, never a server error.
+    broken = b'{"id": "evt_1\xff"}'
+    assert not signed_by_stripe(broken, signature("whsec_a", broken), "whsec_a", 300)
+
+
 # --- what a start loads ------------------------------------------------------------------
 
 LOADED = """
