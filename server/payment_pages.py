@@ -58,7 +58,7 @@ async def stripe_webhook(request: Request) -> Response:
         secret = svc.settings.stripe_webhook_secret
         if not secret:
             raise errors.BadSignature("no STRIPE_WEBHOOK_SECRET is configured; nothing verified")
-        # Here, not at the top: the stripe package is a fifth of a start's time, and a
+        # Here, not at the top: the stripe package is a third of a start's time, and a
         # server with a webhook secret has it loaded at start (open_provider).
         from .payments.stripe import signed_by_stripe
 
