@@ -620,7 +620,7 @@ def test_the_signature_check_refuses_what_stripe_did_not_sign() -> None:
 
 LOADED = """
 import sys
-from server.app import create_app
+import server.app
 from server.config import Settings
 from server.payments import open_provider
 
