@@ -53,8 +53,8 @@ async def test_abandonment_fires_once_per_idle_period_and_an_edit_rearms_it(
     async with rest(server) as viewer:
         untouched = (await viewer.get("/api/cart")).json()
 
+    added = time.monotonic()  # before the add: its deadline counts from before its ack
     await add(tab, "a1", "p-001", 2)
-    added = time.monotonic()
     patch = await tab.next("patch", timeout=5)
     report("abandonment after ABANDON_AFTER=0.5s (idle -> status patch)", time.monotonic() - added)
     assert patch["version"] == 2 and patch["ops"] == STATUS_ABANDONED
