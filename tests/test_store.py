@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +58,8 @@ WITH_GHOST: dict[str, Product] = {**CATALOG, GHOST.id: GHOST}
 
 BATCHES = "cart_commit_batches_total"
 WRITES = "cart_commit_writes_total"
+COMMITS = "cart_commit_seconds"
+TRANSACTIONS = "cart_commit_transaction_seconds"
 
 
 @pytest.fixture
@@ -395,6 +398,44 @@ async def test_writes_queued_while_a_batch_commits_share_the_next_ones(
     assert await first == "first"
     assert await asyncio.gather(*jobs) == list(range(queued))
     assert metrics.value(BATCHES) - batches == 1 + transactions  # the blocked one first
+
+
+async def test_a_commit_reports_its_transaction_apart_from_its_wait(
+    store: Store, metrics: Metrics
+) -> None:
+    """cart_commit_transaction_seconds times a store transaction alone; it is part of
+    each of its writes' cart_commit_seconds, on both stores."""
+    count, spent = metrics.value(TRANSACTIONS + "_count"), metrics.value(TRANSACTIONS + "_sum")
+    waited = metrics.value(COMMITS + "_sum")
+    await store.commit(build(fresh(), AddItem("p-001", 1))[1])
+    assert metrics.value(TRANSACTIONS + "_count") - count == 1
+    transaction = metrics.value(TRANSACTIONS + "_sum") - spent
+    assert 0 < transaction <= metrics.value(COMMITS + "_sum") - waited
+
+
+async def test_a_write_that_waits_in_line_waits_outside_its_transaction(
+    sqlite_store: SQLiteStore, metrics: Metrics
+) -> None:
+    """What an operator reads apart in /metrics: a write queued behind a long transaction
+    has the wait in its commit time, and its own transaction is only its own."""
+    release = threading.Event()
+    entered = threading.Event()
+    first = sqlite_store._submit(lambda conn: (entered.set(), release.wait(10)))
+    await asyncio.to_thread(entered.wait, 10)
+    spent, waited = metrics.value(TRANSACTIONS + "_sum"), metrics.value(COMMITS + "_sum")
+    queued = asyncio.ensure_future(sqlite_store.commit(build(fresh(), AddItem("p-001", 1))[1]))
+    while sqlite_store._unfinished < 2:  # the write is in line behind the held transaction
+        await asyncio.sleep(0)
+    held_from = time.perf_counter()
+    await asyncio.sleep(0.2)  # how long it waits in line: the figure measured below
+    held = time.perf_counter() - held_from
+    release.set()
+    await first
+    await queued
+    transactions = metrics.value(TRANSACTIONS + "_sum") - spent  # the held one and its own
+    commits = metrics.value(COMMITS + "_sum") - waited  # the same two, each from submission
+    assert transactions >= held  # the held transaction is timed...
+    assert commits - transactions >= held  # ...and the queued write's wait is not in its own
 
 
 async def test_close_commits_what_was_submitted(tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ class SQLiteStore(SqlStore):
         self._unfinished += 1
         return self._writer.submit(job, failed)
 
-    def _settle(self, batch: list[Entry], outcome: Outcome) -> None:
+    def _settle(self, batch: list[Entry], outcome: Outcome, took: float) -> None:
         """On the loop: a committed (or failed) batch's futures, in the order submitted."""
         if isinstance(outcome, BaseException):
             log.error("SQLite transaction of %d writes failed: %s", len(batch), outcome)
@@ -118,6 +118,7 @@ class SQLiteStore(SqlStore):
         else:
             self._metrics.inc("cart_commit_batches_total")
             self._metrics.inc("cart_commit_writes_total", len(batch))
+            self._metrics.observe("cart_commit_transaction_seconds", took)
         now = time.perf_counter()
         self._unfinished -= len(batch)
         observe = self._metrics.observe

@@ -24,7 +24,8 @@ Fail = Callable[[Exception], Exception] | None
 Entry = tuple[Job, "Future[Any]", float, Fail]
 # A batch's outcome: each job's (ok, value), or the error that failed the whole transaction.
 Outcome = list[tuple[bool, Any]] | BaseException
-Settle = Callable[[list[Entry], Outcome], None]
+# Called with a batch, its outcome and the seconds its transaction took on the thread.
+Settle = Callable[[list[Entry], Outcome, float], None]
 # Jobs in one transaction at most. The first of a batch is answered only when the whole
 # batch is committed: past about this many, the loop and the clients wait on a larger
 # commit longer than the extra commits cost (measured: README, eighth round).
@@ -32,8 +33,9 @@ MAX_BATCH = 64
 
 
 class Writer:
-    """Jobs in, in the order submitted; `settle` gets each batch's entries and outcome on
-    the loop, in the order committed; `committed` is told on this thread."""
+    """Jobs in, in the order submitted; `settle` gets each batch's entries, outcome and
+    transaction time on the loop, in the order committed; `committed` is told on this
+    thread."""
 
     def __init__(
         self, loop: AbstractEventLoop, settle: Settle, committed: Callable[[], None]
@@ -96,11 +98,13 @@ class Writer:
         try:
             while (batch := self._next()) is not None:
                 outcome: Outcome
+                began = time.perf_counter()
                 try:
                     outcome = run_batch(self._conn, [job for job, _, _, _ in batch])
                 except Exception as exc:  # the transaction failed as a whole
                     outcome = exc
-                self._loop.call_soon_threadsafe(self._settle, batch, outcome)
+                took = time.perf_counter() - began
+                self._loop.call_soon_threadsafe(self._settle, batch, outcome, took)
                 self._committed()
         finally:
             self._conn.close()
