@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
 from typing import Any
@@ -15,7 +14,7 @@ import msgspec
 import uvloop
 
 from .harness import LocalServer, Target, latency_line, percentiles, products, report
-from .http import Conn, HttpError
+from .http import Conn, HttpError, metric_samples
 from .rig import connect
 
 
@@ -83,14 +82,9 @@ async def fill(
 
 async def rooms_loaded(url: str) -> int | None:
     """The server's cart_rooms_loaded gauge, if /metrics answers."""
-    conn = await Conn.open(url)
-    try:
-        status, _, body = await conn.request("GET", "/metrics")
-    finally:
-        await conn.close()
-    # The value as prometheus-client writes it: 12.0, or 1.234567e+06 from a million on.
-    found = re.search(rb"^cart_rooms_loaded(?:\{[^}]*\})? (\S+)", body, re.M)
-    return int(float(found.group(1))) if status == 200 and found else None
+    samples = await metric_samples(url)
+    loaded = None if samples is None else samples.get("cart_rooms_loaded")
+    return None if loaded is None else int(loaded)
 
 
 async def wait_evicted(url: str, before: int | None, seconds: float) -> int | None:

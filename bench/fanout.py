@@ -10,7 +10,7 @@ from typing import Any
 import uvloop
 
 from .harness import Target, cpu_line, latency_line, per, percentiles, products, report
-from .http import open_carts
+from .http import metric_samples, open_carts
 from .pool import Pool
 
 PRODUCTS = 20  # lines a fan-out cart grows to: patches stay one line, carts stay realistic
@@ -99,7 +99,9 @@ def main(args: argparse.Namespace, target: Target) -> None:
     signed = uvloop.run(open_carts(target.url, args.carts))
     with Pool(target.urls, signed, args.tabs, args.procs, ids) as pool:
         opened = pool.open()
+        before = uvloop.run(scrape(target.urls))
         raw = pool.run(args.rate, args.seconds, args.warmup, args.carts, target.pid, args.window)
+        after = uvloop.run(scrape(target.urls))
     result = {
         "carts": args.carts,
         "tabs_per_cart": args.tabs,
@@ -108,8 +110,57 @@ def main(args: argparse.Namespace, target: Target) -> None:
         "tabs_failed": opened["failed"],
         "window": args.window,
         **summarize(raw, 0.0 if args.window else args.rate, args.tabs),
+        "commits": commits(before, after),
     }
     table = [("carts x tabs", f"{args.carts} x {args.tabs} ({args.procs} generator procs)")]
     if opened["failed"]:
         table.append(("tabs failed to open", f"{opened['failed']}: {opened['error']}"))
-    report("fanout", table + rows(result), result)
+    table += rows(result)
+    if result["commits"] is not None:
+        table.append(("server commits", commit_line(result["commits"])))
+    report("fanout", table, result)
+
+
+async def scrape(urls: list[str]) -> dict[str, float] | None:
+    """The samples of every process's /metrics, added up; None without them (the floor)."""
+    total: dict[str, float] = {}
+    for url in urls:
+        samples = await metric_samples(url)
+        if samples is None:
+            return None
+        for key, value in samples.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def commits(
+    before: dict[str, float] | None, after: dict[str, float] | None
+) -> dict[str, Any] | None:
+    """What the server's commits did over the run (with its warm-up), from its histograms:
+    the wait from a write's submission to its commit, and the transaction's own part."""
+    if before is None or after is None:
+        return None
+
+    def grew(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    writes = grew("cart_commit_seconds_count")
+    transactions = grew("cart_commit_transaction_seconds_count")
+    if not writes or not transactions:
+        return None
+    return {
+        "transactions": int(transactions),
+        "writes_per_transaction": writes / transactions,
+        "commit_ms_mean": grew("cart_commit_seconds_sum") / writes * 1000,
+        "transaction_ms_mean": grew("cart_commit_transaction_seconds_sum") / transactions * 1000,
+        "writes_over_5_ms": 1 - grew('cart_commit_seconds_bucket{le="0.005"}') / writes,
+    }
+
+
+def commit_line(figures: dict[str, Any]) -> str:
+    return (
+        f"{figures['transactions']:,} transactions of {figures['writes_per_transaction']:.1f}"
+        f" writes; a write waited {figures['commit_ms_mean']:.2f} ms for its commit on"
+        f" average, a transaction took {figures['transaction_ms_mean']:.2f} ms;"
+        f" {figures['writes_over_5_ms']:.0%} of writes waited over 5 ms"
+    )

@@ -80,3 +80,21 @@ async def open_carts(url: str, count: int, concurrency: int = 16) -> list[str]:
     shares = [count // workers + (1 if n < count % workers else 0) for n in range(workers)]
     await asyncio.gather(*(worker(share) for share in shares))
     return signed
+
+
+async def metric_samples(url: str) -> dict[str, float] | None:
+    """Every sample the server's /metrics shows, by its name and labels as written there
+    (`name{label="value"}`), or None if it has no /metrics (the floor)."""
+    conn = await Conn.open(url)
+    try:
+        status, _, body = await conn.request("GET", "/metrics")
+    finally:
+        await conn.close()
+    if status != 200:
+        return None
+    samples: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import time
 from typing import Any
@@ -17,7 +16,7 @@ import uvloop
 
 from . import fanout
 from .harness import Target, latency_line, products, raise_nofile, report
-from .http import Conn, open_carts
+from .http import metric_samples, open_carts
 from .pause import PauseProbe
 from .pool import Pool
 
@@ -199,10 +198,6 @@ def _table(result: dict[str, Any], rate: float) -> list[tuple[str, str]]:
 async def gc_pause_ms(url: str) -> float | None:
     """The server's longest garbage-collector pass of the last 30-60 s, from /metrics (a
     server without it, the floor, gives None)."""
-    conn = await Conn.open(url)
-    try:
-        status, _, body = await conn.request("GET", "/metrics")
-    finally:
-        await conn.close()
-    found = re.search(rb"^cart_gc_pause_seconds (\S+)", body, re.M)
-    return float(found.group(1)) * 1000 if status == 200 and found else None
+    samples = await metric_samples(url)
+    pause = None if samples is None else samples.get("cart_gc_pause_seconds")
+    return None if pause is None else pause * 1000

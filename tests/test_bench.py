@@ -67,6 +67,11 @@ def test_fanout_over_two_generator_processes(server: ServerProcess) -> None:
     assert result["tabs_failed"] == 0
     assert_clean_fanout(result, 100)
     assert result["deliveries_per_s"] > result["achieved_rate"] > 0
+    # The server's own count of its commits over the run: every mutation among them.
+    commits = result["commits"]
+    assert commits["transactions"] * commits["writes_per_transaction"] >= 100
+    assert commits["writes_per_transaction"] >= 1 and commits["transaction_ms_mean"] > 0
+    assert commits["commit_ms_mean"] > 0 and 0 <= commits["writes_over_5_ms"] <= 1
 
 
 def test_max_reports_the_last_step_that_held(server: ServerProcess) -> None:
@@ -196,6 +201,7 @@ def test_the_floor_speaks_what_the_generator_measures() -> None:
     result = bench("--floor", "fanout", "--carts", "3", "--tabs", "2", "--rate", "400",
                    "--seconds", "1", "--warmup", "0.2")  # fmt: skip
     assert_clean_fanout(result, 400)
+    assert result["commits"] is None  # the floor stores nothing and has no /metrics
     rest = bench("--floor", "rest", "--clients", "2", "--seconds", "0.5", "--warmup", "0.1")
     assert rest["ok"] == rest["requests"] > 0 and set(rest["statuses"]) == {"200"}
 
