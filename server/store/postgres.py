@@ -144,7 +144,7 @@ class PostgresStore(SqlStore):
         started = time.perf_counter()
         writes = (write, *more)
         async with self._connection("store the change") as conn:
-            began = time.perf_counter()  # a pooled connection in hand: the transaction's
+            began = time.perf_counter()  # the transaction, not the wait for a connection
             async with conn.transaction():
                 # Cart rows locked in one order by every commit of several carts: two
                 # logins over the same carts wait for each other instead of deadlocking.
